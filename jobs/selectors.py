@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
+from sdsaas.errors import NotFound
+from tenants.models import Tenant
+
+
+def _visible_to(tenant: Tenant) -> Q:
+    return Q(enabled=True) & (Q(owner__isnull=True) | Q(owner=tenant))
+
+
+def model_list(*, tenant: Tenant) -> QuerySet[DiffusionModel]:
+    return DiffusionModel.objects.filter(_visible_to(tenant)).order_by("slug")
+
+
+def model_get(*, tenant: Tenant, slug: str) -> DiffusionModel | None:
+    return model_list(tenant=tenant).filter(slug=slug).first()
+
+
+def lora_list(*, tenant: Tenant) -> QuerySet[LoraAdapter]:
+    return LoraAdapter.objects.filter(_visible_to(tenant)).order_by("slug")
+
+
+def job_get(*, tenant: Tenant, public_id: str) -> Job:
+    """The tenant's job; another tenant's job is NotFound, the same as a missing one."""
+    job = Job.objects.select_related("model").filter(tenant=tenant, public_id=public_id).first()
+    if job is None:
+        raise NotFound(f"No job {public_id!r}.")
+    return job
+
+
+def job_list(
+    *, tenant: Tenant, status: str | None = None, model_slug: str | None = None
+) -> QuerySet[Job]:
+    jobs = Job.objects.select_related("model").filter(tenant=tenant)
+    if status:
+        jobs = jobs.filter(status=status)
+    if model_slug:
+        jobs = jobs.filter(model__slug=model_slug)
+    return jobs
+
+
+def jobs_in_flight_count(*, tenant: Tenant) -> int:
+    return Job.objects.filter(tenant=tenant, status__in=Job.IN_FLIGHT).count()
+
+
+def job_queue_position(*, job: Job) -> int | None:
+    """0-based position among the tenant's jobs waiting for admission; None once admitted."""
+    if job.status != Job.Status.QUEUED:
+        return None
+    return Job.objects.filter(
+        tenant_id=job.tenant_id, status=Job.Status.QUEUED, id__lt=job.id
+    ).count()
+
+
+def upload_get(*, tenant: Tenant, public_id: str) -> Upload | None:
+    return Upload.objects.filter(tenant=tenant, public_id=public_id).first()

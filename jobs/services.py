@@ -1,0 +1,559 @@
+"""Writes for jobs, uploads and the catalog: the job state machine, admission and publishing.
+
+Lock order, to stay free of deadlocks: every service that changes a tenant's jobs or credits
+locks the tenant row first (`_lock_tenant`), then touches credit and job rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import secrets
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+from PIL import Image, UnidentifiedImageError
+
+from jobs import selectors
+from jobs.models import (
+    DiffusionModel,
+    IdempotencyRecord,
+    Job,
+    JobEvent,
+    LoraAdapter,
+    Upload,
+    public_id,
+)
+from sdsaas.celery import app as celery_app
+from sdsaas.errors import Conflict, IdempotencyKeyReused, InvalidInput, PayloadTooLarge
+from sdsaas.queues import TASK_GPU_GENERATE, model_queue_name
+from tenants.models import Tenant
+from tenants.services import credits_release, credits_reserve, rate_limit_hit, usage_record_images
+
+logger = logging.getLogger(__name__)
+
+SEED_MAX = 2**32 - 1
+DEFAULT_STRENGTH = 0.8
+UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
+def _lock_tenant(tenant: Tenant) -> None:
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+
+
+def _event(job: Job | int, kind: str, attempt: int, **detail: Any) -> None:
+    job_id = job if isinstance(job, int) else job.pk
+    JobEvent.objects.create(job_id=job_id, kind=kind, attempt=attempt, detail=detail)
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def request_fingerprint(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _idempotent_create(
+    *,
+    tenant: Tenant,
+    scope: str,
+    key: str | None,
+    fingerprint: str,
+    create: Callable[[], T],
+    replay: Callable[[IdempotencyRecord], T],
+) -> tuple[T, bool]:
+    """Run `create` once per (tenant, scope, key) within the TTL; return (object, created).
+
+    The key's record is inserted first, in the same transaction as the object: a concurrent
+    request with the same key blocks on the unique index until the first one commits, then
+    fails with IntegrityError and is answered with the first request's object.
+    """
+    if key is None:
+        with transaction.atomic():
+            return create(), True
+    for _ in range(2):
+        try:
+            with transaction.atomic():
+                cutoff = timezone.now() - dt.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
+                IdempotencyRecord.objects.filter(
+                    tenant=tenant, scope=scope, key=key, created_at__lt=cutoff
+                ).delete()
+                existing = IdempotencyRecord.objects.filter(
+                    tenant=tenant, scope=scope, key=key
+                ).first()
+                if existing is not None:
+                    if existing.request_hash != fingerprint:
+                        raise IdempotencyKeyReused(
+                            "This Idempotency-Key was used with a different request body.",
+                        )
+                    return replay(existing), False
+                record = IdempotencyRecord.objects.create(
+                    tenant=tenant, scope=scope, key=key, request_hash=fingerprint
+                )
+                created = create()
+                field = "job" if isinstance(created, Job) else "upload"
+                setattr(record, field, created)
+                record.save(update_fields=[field])
+                return created, True
+        except IntegrityError:
+            continue  # a concurrent request with the same key committed first: replay it
+    raise Conflict("A concurrent request with this Idempotency-Key is still in progress.")
+
+
+# --- uploads -------------------------------------------------------------------------------------
+
+
+def _decode_image(data: bytes) -> tuple[Image.Image, str]:
+    """Open and fully decode, refusing other formats and decompression bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in UPLOAD_FORMATS:
+                raise InvalidInput("file", "must be a PNG, JPEG or WebP image")
+            if image.width * image.height > settings.UPLOAD_MAX_PIXELS:
+                raise InvalidInput(
+                    "file",
+                    f"image of {image.width}x{image.height} exceeds "
+                    f"{settings.UPLOAD_MAX_PIXELS} pixels",
+                )
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput("file", f"is not a readable image ({exc.__class__.__name__})") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise InvalidInput("file", "image has too many pixels (decompression bomb)") from None
+    return image, UPLOAD_FORMATS[str(image.format)]
+
+
+def upload_create(
+    *, tenant: Tenant, data: bytes, idempotency_key: str | None = None
+) -> tuple[Upload, bool]:
+    rate_limit_hit(tenant=tenant)
+    if len(data) > settings.UPLOAD_MAX_BYTES:
+        raise PayloadTooLarge(f"file exceeds {settings.UPLOAD_MAX_BYTES} bytes")
+    if not data:
+        raise InvalidInput("file", "is empty")
+    digest = hashlib.sha256(data).hexdigest()
+
+    def create() -> Upload:
+        image, ext = _decode_image(data)
+        upload_id = public_id("upl")
+        key = default_storage.save(
+            f"tenants/{tenant.pk}/uploads/{upload_id}.{ext}", ContentFile(data)
+        )
+        return Upload.objects.create(
+            public_id=upload_id,
+            tenant=tenant,
+            storage_key=key,
+            content_type=Image.MIME[str(image.format)],
+            width=image.width,
+            height=image.height,
+            size_bytes=len(data),
+            sha256=digest,
+        )
+
+    return _idempotent_create(
+        tenant=tenant,
+        scope=IdempotencyRecord.Scope.UPLOAD_CREATE,
+        key=idempotency_key,
+        fingerprint=digest,
+        create=create,
+        replay=_replayed_upload,
+    )
+
+
+def _replayed_upload(record: IdempotencyRecord) -> Upload:
+    assert record.upload is not None, "upload records are saved with their upload"
+    return record.upload
+
+
+# --- submit --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    model: DiffusionModel
+    kind: str
+    input: dict[str, Any]
+    init_image_key: str
+    init_image_url: str
+
+
+def _resolve_loras(
+    *, tenant: Tenant, model: DiffusionModel, requested: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    requested = list(requested)
+    slugs = [item["slug"] for item in requested]
+    if len(set(slugs)) != len(slugs):
+        raise InvalidInput("loras", "each LoRA may be given once")
+    found = {lora.slug: lora for lora in selectors.lora_list(tenant=tenant).filter(slug__in=slugs)}
+    resolved = []
+    for index, item in enumerate(requested):
+        lora: LoraAdapter | None = found.get(item["slug"])
+        if lora is None:
+            raise InvalidInput(f"loras[{index}].slug", f"unknown LoRA {item['slug']!r}")
+        if lora.family != model.family:
+            raise InvalidInput(
+                f"loras[{index}].slug",
+                f"LoRA {lora.slug!r} is for {lora.family}, model {model.slug!r} is {model.family}",
+            )
+        weight = item.get("weight")
+        resolved.append(
+            {"slug": lora.slug, "weight": lora.default_weight if weight is None else weight}
+        )
+    return resolved
+
+
+def _check_side(name: str, value: int, model: DiffusionModel) -> None:
+    if not model.min_side <= value <= model.max_side:
+        raise InvalidInput(
+            name,
+            f"must be between {model.min_side} and {model.max_side} for model {model.slug!r}",
+        )
+
+
+def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
+    """Apply the model's defaults, check model and plan bounds, choose the seed."""
+    model = selectors.model_get(tenant=tenant, slug=data["model"])
+    if model is None:
+        raise InvalidInput("model", f"unknown model {data['model']!r}")
+    plan = tenant.plan
+    width = data.get("width") or model.default_width
+    height = data.get("height") or model.default_height
+    _check_side("width", width, model)
+    _check_side("height", height, model)
+    if width * height > plan.max_pixels:
+        raise InvalidInput(
+            "width", f"{width}x{height} exceeds your plan's cap of {plan.max_pixels} pixels"
+        )
+    steps = data.get("steps") or model.default_steps
+    max_steps = min(model.max_steps, plan.max_steps)
+    if steps > max_steps:
+        raise InvalidInput("steps", f"must be at most {max_steps} for this model and plan")
+    seed = data.get("seed")
+    image = data.get("image") or ""
+    init_key = init_url = ""
+    if image.startswith("upl_"):
+        upload = selectors.upload_get(tenant=tenant, public_id=image)
+        if upload is None:
+            raise InvalidInput("image", f"unknown upload {image!r}")
+        init_key = upload.storage_key
+    elif image:
+        init_url = image
+    if data.get("strength") is not None and not image:
+        raise InvalidInput("strength", "applies to img2img only: give an image")
+    resolved: dict[str, Any] = {
+        "prompt": data["prompt"],
+        "negative_prompt": data.get("negative_prompt") or "",
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance": model.default_guidance if data.get("guidance") is None else data["guidance"],
+        "scheduler": data.get("scheduler") or model.default_scheduler,
+        "num_outputs": data.get("num_outputs") or 1,
+        "seed": secrets.randbelow(SEED_MAX + 1) if seed is None else seed,
+        "loras": _resolve_loras(tenant=tenant, model=model, requested=data.get("loras") or []),
+        "output_format": data.get("output_format") or "png",
+    }
+    if image:
+        resolved["image"] = image
+        strength = data.get("strength")
+        resolved["strength"] = DEFAULT_STRENGTH if strength is None else strength
+    return ResolvedInput(
+        model=model,
+        kind=Job.Kind.IMG2IMG if image else Job.Kind.TXT2IMG,
+        input=resolved,
+        init_image_key=init_key,
+        init_image_url=init_url,
+    )
+
+
+def job_submit(
+    *, tenant: Tenant, data: dict[str, Any], idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Create a job (credits reserved, admitted if the tenant has a free slot); (job, created).
+
+    The job is published to its model's queue only after this transaction commits.
+    """
+    rate_limit_hit(tenant=tenant)
+
+    def create() -> Job:
+        _lock_tenant(tenant)
+        resolved = job_resolve_input(tenant=tenant, data=data)
+        amount = resolved.input["num_outputs"]
+        month = credits_reserve(tenant=tenant, amount=amount)
+        job = Job.objects.create(
+            public_id=public_id("job"),
+            tenant=tenant,
+            model=resolved.model,
+            kind=resolved.kind,
+            input=resolved.input,
+            init_image_key=resolved.init_image_key,
+            init_image_url=resolved.init_image_url,
+            credits_reserved=amount,
+            credit_month=month,
+        )
+        _event(job, "created", 0)
+        jobs_admit(tenant=tenant)
+        job.refresh_from_db()
+        return job
+
+    return _idempotent_create(
+        tenant=tenant,
+        scope=IdempotencyRecord.Scope.JOB_CREATE,
+        key=idempotency_key,
+        fingerprint=request_fingerprint(data),
+        create=create,
+        replay=_replayed_job,
+    )
+
+
+def _replayed_job(record: IdempotencyRecord) -> Job:
+    assert record.job is not None, "job records are saved with their job"
+    return record.job
+
+
+# --- admission and publishing --------------------------------------------------------------------
+
+
+def jobs_admit(*, tenant: Tenant) -> list[int]:
+    """Move the tenant's oldest queued jobs to `starting` while it is under its concurrency cap.
+
+    Call inside a transaction that holds the tenant lock. Publishing happens after commit.
+    """
+    _lock_tenant(tenant)
+    in_flight = selectors.jobs_in_flight_count(tenant=tenant)
+    free = tenant.plan.max_concurrent_jobs - in_flight
+    if free <= 0:
+        return []
+    ids = list(
+        Job.objects.filter(tenant=tenant, status=Job.Status.QUEUED)
+        .order_by("id")
+        .values_list("id", flat=True)[:free]
+    )
+    if not ids:
+        return []
+    Job.objects.filter(id__in=ids, status=Job.Status.QUEUED).update(
+        status=Job.Status.STARTING, admitted_at=timezone.now(), attempt=1
+    )
+    JobEvent.objects.bulk_create([JobEvent(job_id=i, kind="admitted", attempt=1) for i in ids])
+    transaction.on_commit(lambda: jobs_publish(job_ids=ids))
+    return ids
+
+
+def job_message(*, job: Job) -> dict[str, Any]:
+    """Everything a GPU worker needs, and nothing secret: it has no database access."""
+    model = job.model
+    loras = {
+        lora.slug: lora
+        for lora in LoraAdapter.objects.filter(
+            slug__in=[item["slug"] for item in job.input.get("loras", [])]
+        )
+    }
+    return {
+        "job_id": job.public_id,
+        "attempt": job.attempt,
+        "kind": job.kind,
+        "input": job.input,
+        "model": {
+            "slug": model.slug,
+            "family": model.family,
+            "source_uri": model.source_uri,
+            "revision": model.revision,
+            "sha256": model.sha256,
+        },
+        "loras": [
+            {
+                "slug": item["slug"],
+                "weight": item["weight"],
+                "source_uri": loras[item["slug"]].source_uri,
+                "sha256": loras[item["slug"]].sha256,
+            }
+            for item in job.input.get("loras", [])
+        ],
+        "init_image_key": job.init_image_key,
+        "output_prefix": f"tenants/{job.tenant_id}/jobs/{job.public_id}/",
+        "created_at": job.created_at.isoformat(),
+    }
+
+
+def jobs_publish(*, job_ids: Iterable[int]) -> int:
+    """Send admitted, unpublished jobs to their model queues; return how many were sent.
+
+    A failure leaves `published_at` empty for the sweeper: the job is committed, the caller (an API
+    request after commit) must not fail, and the broker's outage must not lose it.
+    """
+    sent = 0
+    jobs = Job.objects.select_related("model").filter(
+        id__in=list(job_ids), status=Job.Status.STARTING, published_at__isnull=True
+    )
+    for job in jobs.order_by("id"):
+        try:
+            celery_app.send_task(
+                TASK_GPU_GENERATE,
+                kwargs={"job": job_message(job=job)},
+                queue=model_queue_name(job.model.slug),
+                retry=False,
+            )
+        except Exception as exc:  # any broker failure: the sweeper publishes it later
+            logger.warning(
+                "publish of %s failed (%s: %s); the sweeper will publish it",
+                job.public_id,
+                exc.__class__.__name__,
+                exc,
+            )
+            break  # the broker is down for the rest too
+        Job.objects.filter(pk=job.pk, published_at__isnull=True).update(published_at=timezone.now())
+        sent += 1
+    return sent
+
+
+def jobs_sweep_unpublished(*, older_than: dt.timedelta) -> int:
+    """Publish admitted jobs whose publish failed, and admit tenants with free slots.
+
+    Rows are locked with SKIP LOCKED while they are published, so two sweepers never publish the
+    same job; a job is sent again only if this process dies between the send and the commit.
+    """
+    cutoff = timezone.now() - older_than
+    with transaction.atomic():
+        ids = list(
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(status=Job.Status.STARTING, published_at__isnull=True, admitted_at__lte=cutoff)
+            .order_by("id")
+            .values_list("id", flat=True)[:500]
+        )
+        sent = jobs_publish(job_ids=ids)
+    for tenant in Tenant.objects.filter(jobs__status=Job.Status.QUEUED).distinct():
+        with transaction.atomic():
+            jobs_admit(tenant=tenant)
+    return sent
+
+
+# --- state machine -------------------------------------------------------------------------------
+
+
+def _finish(
+    *,
+    job: Job,
+    status: str,
+    attempt: int | None,
+    fields: dict[str, Any],
+    produced: int,
+) -> bool:
+    """Move a job to a final state once; meter or release its credits; admit the next job."""
+    _lock_tenant(job.tenant)
+    fence = Q(pk=job.pk) & ~Q(status__in=Job.FINAL)
+    if attempt is not None:
+        fence &= Q(attempt__lte=attempt)
+    now = timezone.now()
+    changed = Job.objects.filter(fence).update(status=status, completed_at=now, **fields)
+    if not changed:
+        return False
+    if produced:
+        usage_record_images(
+            tenant=job.tenant,
+            job_id=job.pk,
+            month=job.credit_month,
+            reserved=job.credits_reserved,
+            produced=produced,
+            model_slug=job.model.slug,
+        )
+    else:
+        credits_release(tenant=job.tenant, month=job.credit_month, amount=job.credits_reserved)
+    _event(job, status, attempt or job.attempt, **{k: v for k, v in fields.items() if "error" in k})
+    jobs_admit(tenant=job.tenant)
+    return True
+
+
+@transaction.atomic
+def job_cancel(*, tenant: Tenant, job_public_id: str) -> Job:
+    """Cancel a job that is not final; canceling a canceled job changes nothing."""
+    _lock_tenant(tenant)
+    job = selectors.job_get(tenant=tenant, public_id=job_public_id)
+    if job.status == Job.Status.CANCELED:
+        return job
+    if job.is_final:
+        raise Conflict(f"Job {job.public_id} is already {job.status}.")
+    _finish(job=job, status=Job.Status.CANCELED, attempt=None, fields={}, produced=0)
+    job.refresh_from_db()
+    return job
+
+
+def _job_for_event(job_public_id: str) -> Job | None:
+    return (
+        Job.objects.select_related("tenant__plan", "model").filter(public_id=job_public_id).first()
+    )
+
+
+@transaction.atomic
+def job_mark_started(*, job_public_id: str, attempt: int, load_s: float) -> bool:
+    """A worker began attempt `attempt`. Older attempts and final jobs change nothing."""
+    job = _job_for_event(job_public_id)
+    if job is None:
+        return False
+    changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt__lte=attempt).update(
+        status=Job.Status.PROCESSING,
+        attempt=attempt,
+        started_at=timezone.now(),
+        metrics={**job.metrics, "load_s": load_s},
+    )
+    if changed:
+        _event(job, "started", attempt, load_s=load_s)
+    return bool(changed)
+
+
+def job_mark_progress(*, job_public_id: str, attempt: int, step: int, total: int) -> bool:
+    return bool(
+        Job.objects.filter(
+            public_id=job_public_id, status=Job.Status.PROCESSING, attempt=attempt
+        ).update(progress_step=step, progress_total=total)
+    )
+
+
+@transaction.atomic
+def job_mark_succeeded(
+    *, job_public_id: str, attempt: int, output_keys: list[str], metrics: dict[str, float]
+) -> bool:
+    """Record the outputs and meter usage, exactly once per job whatever the duplicates."""
+    job = _job_for_event(job_public_id)
+    if job is None:
+        return False
+    return _finish(
+        job=job,
+        status=Job.Status.SUCCEEDED,
+        attempt=attempt,
+        fields={
+            "output_keys": output_keys,
+            "metrics": {**job.metrics, **metrics},
+            "progress_step": job.input["steps"],
+            "progress_total": job.input["steps"],
+        },
+        produced=len(output_keys),
+    )
+
+
+@transaction.atomic
+def job_mark_failed(*, job_public_id: str, attempt: int, code: str, message: str) -> bool:
+    job = _job_for_event(job_public_id)
+    if job is None:
+        return False
+    return _finish(
+        job=job,
+        status=Job.Status.FAILED,
+        attempt=attempt,
+        fields={"error_code": code, "error_message": message[:2000]},
+        produced=0,
+    )

@@ -1,0 +1,233 @@
+"""The one settings file: every value comes from the environment, bad values fail at start-up.
+
+See README.md, "Configuration", for the table of variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from sdsaas.queues import TASK_SWEEP_UNPUBLISHED
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        raise ImproperlyConfigured(f"{name} must be set")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("SDSAAS_DEBUG", False)
+# A fixed development key is allowed only with DEBUG on; production must set its own.
+SECRET_KEY = os.environ.get("SDSAAS_SECRET_KEY") or (
+    "dev-only-insecure-key" if DEBUG else env_str("SDSAAS_SECRET_KEY")
+)
+ALLOWED_HOSTS = env_list("SDSAAS_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
+# The public base URL used in job objects (`urls.get`, `urls.cancel`).
+PUBLIC_BASE_URL = env_str("SDSAAS_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "tenants",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "sdsaas.urls"
+WSGI_APPLICATION = "sdsaas.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_default_db = f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            os.environ.get("DATABASE_URL") or _default_db, conn_max_age=60
+        )
+    }
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Concurrent writers on SQLite wait for the lock instead of failing at once.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# --- AWS: SQS broker and S3 storage -------------------------------------------------------------
+AWS_REGION = env_str("SDSAAS_AWS_REGION", "us-east-1")
+# Set to the local SQS/S3-compatible server in development and tests; empty means real AWS.
+SQS_ENDPOINT_URL = os.environ.get("SDSAAS_SQS_ENDPOINT_URL", "")
+SQS_QUEUE_PREFIX = env_str("SDSAAS_SQS_QUEUE_PREFIX", "sdsaas")
+# Must exceed the longest allowed job: a message in flight longer than this is redelivered.
+SQS_VISIBILITY_TIMEOUT = env_int("SDSAAS_SQS_VISIBILITY_TIMEOUT", 1800, minimum=30)
+S3_BUCKET = env_str("SDSAAS_S3_BUCKET", "sdsaas-local")
+S3_ENDPOINT_URL = os.environ.get("SDSAAS_S3_ENDPOINT_URL", "")
+# Presigned output URLs expire after this many seconds.
+OUTPUT_URL_TTL = env_int("SDSAAS_OUTPUT_URL_TTL", 3600, minimum=60)
+
+STORAGES = {
+    "default": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET,
+            "region_name": AWS_REGION,
+            "endpoint_url": S3_ENDPOINT_URL or None,
+            "querystring_expire": OUTPUT_URL_TTL,
+            "file_overwrite": False,
+            "default_acl": None,
+        },
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- Celery over SQS ----------------------------------------------------------------------------
+
+
+def sqs_broker_url(endpoint_url: str) -> str:
+    """`sqs://` for AWS (credentials from the environment or role); host:port for a local server."""
+    if not endpoint_url:
+        return "sqs://"
+    parts = urlsplit(endpoint_url)
+    key = quote(os.environ.get("AWS_ACCESS_KEY_ID", "local"), safe="")
+    secret = quote(os.environ.get("AWS_SECRET_ACCESS_KEY", "local"), safe="")
+    return f"sqs://{key}:{secret}@{parts.hostname}:{parts.port or 80}"
+
+
+CELERY_BROKER_URL = sqs_broker_url(SQS_ENDPOINT_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "region": AWS_REGION,
+    "is_secure": not SQS_ENDPOINT_URL.startswith("http://"),
+    "visibility_timeout": SQS_VISIBILITY_TIMEOUT,
+    "wait_time_seconds": 10,
+    "polling_interval": 1,
+    # Fail fast: a submit must not hang on a broker that is down (the sweeper publishes later).
+    "client-config": {
+        "connect_timeout": env_int("SDSAAS_PUBLISH_TIMEOUT", 3, minimum=1),
+        "read_timeout": 30,
+        "retries": {"mode": "standard", "max_attempts": 2},
+    },
+}
+CELERY_TASK_DEFAULT_QUEUE = f"{SQS_QUEUE_PREFIX}-control"
+# Admitted jobs still unpublished after this many seconds are published again by the sweeper.
+SWEEP_UNPUBLISHED_AFTER = env_int("SDSAAS_SWEEP_UNPUBLISHED_AFTER", 30, minimum=0)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-unpublished-jobs": {"task": TASK_SWEEP_UNPUBLISHED, "schedule": 15.0},
+}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- API ----------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.authentication.HasScope"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "sdsaas.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "sdsaas API",
+    "DESCRIPTION": "Multi-tenant Stable Diffusion: submit jobs, poll them, cancel them.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Served from the app itself: the docs page works with no access to a CDN.
+    "REDOC_DIST": "SIDECAR",
+}
+# Uploads: the file cap, and a decoded-pixel cap against decompression bombs.
+UPLOAD_MAX_BYTES = env_int("SDSAAS_UPLOAD_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
+UPLOAD_MAX_PIXELS = env_int("SDSAAS_UPLOAD_MAX_PIXELS", 4096 * 4096, minimum=64 * 64)
+DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("SDSAAS_LOG_LEVEL", "INFO")},
+    "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
+}

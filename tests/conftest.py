@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from sdsaas.celery import app as celery_app
+from sdsaas.settings import sqs_broker_url
+from tests.support.aws import LocalAws
+from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
+
+
+def pytest_report_header() -> str:
+    return f"database: {settings.DATABASES['default']['ENGINE']}"
+
+
+@pytest.fixture(scope="session")
+def local_aws() -> Iterator[LocalAws]:
+    """moto_server for SQS and S3; the app's broker and storage point at it for the session."""
+    aws = LocalAws()
+    settings.SQS_ENDPOINT_URL = aws.endpoint_url
+    settings.STORAGES["default"]["OPTIONS"]["endpoint_url"] = aws.endpoint_url
+    celery_app.conf.broker_url = sqs_broker_url(aws.endpoint_url)
+    celery_app.conf.broker_transport_options = {
+        **settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+        "is_secure": False,
+    }
+    aws.client("s3").create_bucket(Bucket=settings.S3_BUCKET)
+    yield aws
+    celery_app.pool.force_close_all()
+    aws.close()
+
+
+@pytest.fixture(autouse=True)
+def _queue_prefix(settings: pytest.FixtureRequest) -> None:
+    """Each test gets its own queues, so no test reads another one's messages."""
+    settings.SQS_QUEUE_PREFIX = f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def tenant(db: None):  # type: ignore[no-untyped-def]
+    return TenantFactory()
+
+
+@pytest.fixture
+def other_tenant(db: None):  # type: ignore[no-untyped-def]
+    return TenantFactory()
+
+
+@pytest.fixture
+def model(db: None):  # type: ignore[no-untyped-def]
+    return DiffusionModelFactory(slug="tiny")
+
+
+@pytest.fixture
+def client(tenant) -> APIClient:  # type: ignore[no-untyped-def]
+    return api_client_for(tenant)
+
+
+requires_postgres = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="needs PostgreSQL row locks and concurrent transactions; set DATABASE_URL",
+)
