@@ -36,6 +36,7 @@ from jobs.models import (
     public_id,
 )
 from sdsaas.celery import app as celery_app
+from sdsaas.celery import publisher_pool
 from sdsaas.errors import Conflict, IdempotencyKeyReused, InvalidInput, PayloadTooLarge
 from sdsaas.queues import TASK_GPU_GENERATE, model_queue_name
 from tenants.models import Tenant
@@ -400,24 +401,28 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
     jobs = Job.objects.select_related("model").filter(
         id__in=list(job_ids), status=Job.Status.STARTING, published_at__isnull=True
     )
-    for job in jobs.order_by("id"):
-        try:
-            celery_app.send_task(
-                TASK_GPU_GENERATE,
-                kwargs={"job": job_message(job=job)},
-                queue=model_queue_name(job.model.slug),
-                retry=False,
+    with publisher_pool().acquire(block=True, timeout=30) as connection:
+        for job in jobs.order_by("id"):
+            try:
+                celery_app.send_task(
+                    TASK_GPU_GENERATE,
+                    kwargs={"job": job_message(job=job)},
+                    queue=model_queue_name(job.model.slug),
+                    connection=connection,
+                    retry=False,
+                )
+            except Exception as exc:  # any broker failure: the sweeper publishes it later
+                logger.warning(
+                    "publish of %s failed (%s: %s); the sweeper will publish it",
+                    job.public_id,
+                    exc.__class__.__name__,
+                    exc,
+                )
+                break  # the broker is down for the rest too
+            Job.objects.filter(pk=job.pk, published_at__isnull=True).update(
+                published_at=timezone.now()
             )
-        except Exception as exc:  # any broker failure: the sweeper publishes it later
-            logger.warning(
-                "publish of %s failed (%s: %s); the sweeper will publish it",
-                job.public_id,
-                exc.__class__.__name__,
-                exc,
-            )
-            break  # the broker is down for the rest too
-        Job.objects.filter(pk=job.pk, published_at__isnull=True).update(published_at=timezone.now())
-        sent += 1
+            sent += 1
     return sent
 
 

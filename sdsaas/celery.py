@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from celery import Celery
+from kombu.connection import ConnectionPool
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsaas.settings")
 
 app = Celery("sdsaas")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["jobs"])
+
+
+@functools.cache
+def publisher_pool() -> ConnectionPool:
+    """Connections for publishing from request handlers and sweepers.
+
+    They fail at once when the broker is down (`max_retries: 0`) instead of retrying for seconds
+    inside an API request: a job whose publish failed is published again by the sweeper.
+    """
+    connection = app.connection_for_write(transport_options={"max_retries": 0})
+    return connection.Pool(limit=app.conf.broker_pool_limit or 10)

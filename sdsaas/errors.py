@@ -106,10 +106,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     from rest_framework.views import exception_handler
 
     if isinstance(exc, ServiceError):
-        response = Response(error_body(exc.code, exc.message, exc.details), exc.status_code)
+        own = Response(error_body(exc.code, exc.message, exc.details), exc.status_code)
         if isinstance(exc, RateLimited):
-            response["Retry-After"] = str(exc.retry_after)
-        return response
+            own["Retry-After"] = str(exc.retry_after)
+        return own
     if isinstance(exc, RequestDataTooBig):
         return Response(
             error_body("payload_too_large", "The request body is too large."),

@@ -76,18 +76,17 @@ def rate_limit_hit(*, tenant: Tenant, now: dt.datetime | None = None) -> None:
     now = now or timezone.now()
     window_start = now.replace(second=0, microsecond=0)
     limit = tenant.plan.requests_per_minute
-    for _ in range(2):
-        if RateWindow.objects.filter(
-            tenant=tenant, window_start=window_start, count__lt=limit
-        ).update(count=F("count") + 1):
-            return
-        if RateWindow.objects.filter(tenant=tenant, window_start=window_start).exists():
-            break
-        try:
-            with transaction.atomic():
-                RateWindow.objects.create(tenant=tenant, window_start=window_start, count=0)
-        except IntegrityError:
-            pass  # created by a concurrent request: count against it
+    window = RateWindow.objects.filter(tenant=tenant, window_start=window_start, count__lt=limit)
+    if window.update(count=F("count") + 1):
+        return
+    try:
+        with transaction.atomic():
+            RateWindow.objects.create(tenant=tenant, window_start=window_start, count=1)
+        return
+    except IntegrityError:
+        pass  # the window exists (full, or created by a concurrent request): count against it
+    if window.update(count=F("count") + 1):
+        return
     retry_after = max(1, 60 - now.second)
     raise RateLimited(
         f"Rate limit of {limit} requests per minute exceeded.", retry_after=retry_after

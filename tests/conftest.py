@@ -6,9 +6,11 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 from django.db import connection
+from pytest_django.fixtures import SettingsWrapper
 from rest_framework.test import APIClient
 
 from sdsaas.celery import app as celery_app
+from sdsaas.celery import publisher_pool
 from sdsaas.settings import sqs_broker_url
 from tests.support.aws import LocalAws
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
@@ -32,11 +34,12 @@ def local_aws() -> Iterator[LocalAws]:
     aws.client("s3").create_bucket(Bucket=settings.S3_BUCKET)
     yield aws
     celery_app.pool.force_close_all()
+    publisher_pool().force_close_all()
     aws.close()
 
 
 @pytest.fixture(autouse=True)
-def _queue_prefix(settings: pytest.FixtureRequest) -> None:
+def _queue_prefix(settings: SettingsWrapper) -> None:
     """Each test gets its own queues, so no test reads another one's messages."""
     settings.SQS_QUEUE_PREFIX = f"t{uuid.uuid4().hex[:10]}"
 

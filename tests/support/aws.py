@@ -60,6 +60,10 @@ class TcpProxy:
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
+            # shutdown() first: on Linux, close() alone leaves a thread blocked in accept()
+            # holding the socket, which then keeps accepting connections.
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
             server.close()
         with self._lock:
             conns, self._conns = self._conns, []

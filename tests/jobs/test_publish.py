@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jobs.models import Job
+from jobs.services import job_mark_succeeded
+from jobs.tasks import sweep_unpublished
+from sdsaas.queues import model_queue_name
+from tests.support.factories import (
+    DiffusionModelFactory,
+    PlanFactory,
+    TenantFactory,
+    api_client_for,
+)
+
+pytestmark = [pytest.mark.usefixtures("local_aws"), pytest.mark.django_db(transaction=True)]
+
+
+def submit(client, model: str):  # type: ignore[no-untyped-def]
+    return client.post("/v1/jobs", {"model": model, "prompt": "a tram"}, format="json")
+
+
+def test_each_model_has_its_own_queue(local_aws):  # type: ignore[no-untyped-def]
+    # given two models
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
+    DiffusionModelFactory(slug="alpha")
+    DiffusionModelFactory(slug="beta", family="sdxl")
+    client = api_client_for(tenant)
+    # when jobs for both are submitted
+    alpha = [submit(client, "alpha").json()["id"] for _ in range(2)]
+    beta = [submit(client, "beta").json()["id"]]
+    # then each queue holds exactly its own model's jobs, with what a GPU worker needs
+    alpha_tasks = local_aws.drain_tasks(model_queue_name("alpha"))
+    beta_tasks = local_aws.drain_tasks(model_queue_name("beta"))
+    assert sorted(t["kwargs"]["job"]["job_id"] for t in alpha_tasks) == sorted(alpha)
+    assert [t["kwargs"]["job"]["job_id"] for t in beta_tasks] == beta
+    message = beta_tasks[0]["kwargs"]["job"]
+    assert message["model"] == {
+        "slug": "beta",
+        "family": "sdxl",
+        "source_uri": "s3://sdsaas-models/beta/",
+        "revision": "r1",
+        "sha256": "",
+    }
+    assert message["attempt"] == 1
+    assert message["output_prefix"] == f"tenants/{tenant.pk}/jobs/{beta[0]}/"
+    assert isinstance(message["input"]["seed"], int)
+    # nothing secret travels to the GPU side
+    flat = str(message)
+    assert "sk_live_" not in flat and "key_hash" not in flat
+
+
+def test_publish_failure_is_repaired_by_the_sweeper_exactly_once(local_aws, settings):  # type: ignore[no-untyped-def]
+    settings.SWEEP_UNPUBLISHED_AFTER = 0
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
+    DiffusionModelFactory(slug="tiny")
+    client = api_client_for(tenant)
+    queue = model_queue_name("tiny")
+    submit(client, "tiny")  # creates the queue while the endpoint is up
+    assert len(local_aws.drain_tasks(queue)) == 1
+    Job.objects.all().update(status="succeeded")
+    # given the SQS endpoint is down
+    local_aws.proxy.stop()
+    try:
+        # when three jobs are submitted
+        started = time.monotonic()
+        responses = [submit(client, "tiny") for _ in range(3)]
+        elapsed = time.monotonic() - started
+        # then the API still accepts them; two are admitted but unpublished, one waits
+        assert [r.status_code for r in responses] == [202] * 3
+        assert elapsed < 10, f"submits took {elapsed:.1f}s while the broker was down"
+        ids = [r.json()["id"] for r in responses]
+        assert Job.objects.filter(public_id__in=ids, published_at__isnull=True).count() == 3
+    finally:
+        local_aws.proxy.start()
+    assert local_aws.drain_tasks(queue) == []
+    # when the endpoint is back and the sweeper runs (twice)
+    assert sweep_unpublished() == 2
+    assert sweep_unpublished() == 0
+    # then each admitted job is in the queue exactly once
+    assert sorted(t["kwargs"]["job"]["job_id"] for t in local_aws.drain_tasks(queue)) == sorted(
+        ids[:2]
+    )
+    # and when one finishes, the third is admitted and published right away
+    job_mark_succeeded(job_public_id=ids[0], attempt=1, output_keys=["k.png"], metrics={})
+    assert [t["kwargs"]["job"]["job_id"] for t in local_aws.drain_tasks(queue)] == [ids[2]]
