@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.conf import settings
 from django.db import connection
-from pytest_django.fixtures import SettingsWrapper
 from rest_framework.test import APIClient
 
 from sdsaas.celery import app as celery_app
@@ -39,7 +39,7 @@ def local_aws() -> Iterator[LocalAws]:
 
 
 @pytest.fixture(autouse=True)
-def _queue_prefix(settings: SettingsWrapper) -> None:
+def _queue_prefix(settings: Any) -> None:
     """Each test gets its own queues, so no test reads another one's messages."""
     settings.SQS_QUEUE_PREFIX = f"t{uuid.uuid4().hex[:10]}"
 
