@@ -76,7 +76,7 @@ def test_final_states_never_change(setup):  # type: ignore[no-untyped-def]
 
 
 def test_events_of_an_older_attempt_change_nothing(setup):  # type: ignore[no-untyped-def]
-    tenant, client = setup
+    _tenant, client = setup
     job_id = submit(client)
     # given the job was redelivered and attempt 2 has started
     assert job_mark_started(job_public_id=job_id, attempt=1, load_s=0.1)
@@ -134,7 +134,7 @@ def test_cancel_of_a_running_job_frees_its_slot(setup, local_aws):  # type: igno
 
 
 def test_cancel_of_a_finished_job_is_409(setup):  # type: ignore[no-untyped-def]
-    tenant, client = setup
+    _tenant, client = setup
     job_id = submit(client)
     job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
     response = client.post(f"/v1/jobs/{job_id}/cancel")
