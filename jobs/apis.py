@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -46,6 +48,16 @@ ERROR = inline_serializer(
     },
 )
 ERRORS = {code: ERROR for code in (400, 401, 403, 404, 409, 413, 422, 429)}
+# Reads that take no input can still be refused for the key: none, bad, or lacking the scope.
+AUTH_ERRORS = {code: ERROR for code in (401, 403)}
+JOB_PAGE = inline_serializer(
+    "JobPage",
+    {
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": JobSerializer(many=True),
+    },
+)
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -86,7 +98,7 @@ class JobListCreateApi(APIView):
     @extend_schema(
         operation_id="jobs_list",
         parameters=[JobFilterSerializer],
-        responses={200: JobSerializer(many=True), **ERRORS},
+        responses={200: JOB_PAGE, **ERRORS},
     )
     def get(self, request: Request) -> Response:
         filters = JobFilterSerializer(data=request.query_params)
@@ -130,7 +142,10 @@ class ModelListApi(APIView):
 
     @extend_schema(
         operation_id="models_list",
-        responses={200: inline_serializer("ModelList", {"results": ModelSerializer(many=True)})},
+        responses={
+            200: inline_serializer("ModelList", {"results": ModelSerializer(many=True)}),
+            **AUTH_ERRORS,
+        },
     )
     def get(self, request: Request) -> Response:
         models = selectors.model_list(tenant=request_tenant(request))
@@ -142,7 +157,10 @@ class LoraListApi(APIView):
 
     @extend_schema(
         operation_id="loras_list",
-        responses={200: inline_serializer("LoraList", {"results": LoraSerializer(many=True)})},
+        responses={
+            200: inline_serializer("LoraList", {"results": LoraSerializer(many=True)}),
+            **AUTH_ERRORS,
+        },
     )
     def get(self, request: Request) -> Response:
         loras = selectors.lora_list(tenant=request_tenant(request))
@@ -151,6 +169,7 @@ class LoraListApi(APIView):
 
 class UploadCreateApi(APIView):
     required_scopes = {"POST": WRITE}
+    parser_classes = [MultiPartParser]
 
     @extend_schema(
         operation_id="uploads_create",
@@ -161,9 +180,10 @@ class UploadCreateApi(APIView):
     def post(self, request: Request) -> Response:
         payload = UploadInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
+        # One byte past the cap is enough for the service to refuse it (413); reading the whole
+        # file would let one request hold an upload of any size in memory.
+        data = payload.validated_data["file"].read(settings.UPLOAD_MAX_BYTES + 1)
         upload, _ = services.upload_create(
-            tenant=request_tenant(request),
-            data=payload.validated_data["file"].read(),
-            idempotency_key=idempotency_key(request),
+            tenant=request_tenant(request), data=data, idempotency_key=idempotency_key(request)
         )
         return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)

@@ -29,6 +29,15 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class NumberField(serializers.FloatField):
+    """A JSON number: unlike DRF's FloatField, `true` is refused, not read as 1.0."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
 def multiple_of_8(value: int) -> None:
     if value % 8:
         raise serializers.ValidationError("Must be a multiple of 8.")
@@ -36,7 +45,7 @@ def multiple_of_8(value: int) -> None:
 
 class LoraInputSerializer(StrictSerializer):
     slug = serializers.SlugField(max_length=40)
-    weight = serializers.FloatField(min_value=-2.0, max_value=2.0, required=False)
+    weight = NumberField(min_value=-2.0, max_value=2.0, required=False)
 
 
 class JobInputSerializer(StrictSerializer):
@@ -52,7 +61,7 @@ class JobInputSerializer(StrictSerializer):
         min_value=8, max_value=8192, required=False, validators=[multiple_of_8]
     )
     steps = serializers.IntegerField(min_value=1, max_value=MAX_STEPS_CEILING, required=False)
-    guidance = serializers.FloatField(min_value=0.0, max_value=30.0, required=False)
+    guidance = NumberField(min_value=0.0, max_value=30.0, required=False)
     scheduler = serializers.ChoiceField(choices=SCHEDULERS, required=False)
     num_outputs = serializers.IntegerField(min_value=1, max_value=4, required=False)
     seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, required=False)
@@ -61,7 +70,7 @@ class JobInputSerializer(StrictSerializer):
         required=False,
         help_text="img2img: an upload id (`upl_…`) or an https URL.",
     )
-    strength = serializers.FloatField(min_value=0.0, max_value=1.0, required=False)
+    strength = NumberField(min_value=0.0, max_value=1.0, required=False)
     loras = LoraInputSerializer(many=True, required=False)
     output_format = serializers.ChoiceField(choices=OUTPUT_FORMATS, required=False)
 

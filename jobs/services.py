@@ -38,7 +38,12 @@ from jobs.models import (
 from sdsaas.celery import app as celery_app
 from sdsaas.celery import publisher_pool
 from sdsaas.errors import Conflict, IdempotencyKeyReused, InvalidInput, PayloadTooLarge
-from sdsaas.queues import TASK_GPU_GENERATE, model_queue_name
+from sdsaas.queues import (
+    TASK_GPU_GENERATE,
+    cancel_marker_key,
+    job_output_prefix,
+    model_queue_name,
+)
 from tenants.models import Tenant
 from tenants.services import credits_release, credits_reserve, rate_limit_hit, usage_record_images
 
@@ -386,7 +391,7 @@ def job_message(*, job: Job) -> dict[str, Any]:
             for item in job.input.get("loras", [])
         ],
         "init_image_key": job.init_image_key,
-        "output_prefix": f"tenants/{job.tenant_id}/jobs/{job.public_id}/",
+        "output_prefix": job_output_prefix(job.tenant_id, job.public_id),
         "created_at": job.created_at.isoformat(),
     }
 
@@ -492,9 +497,20 @@ def job_cancel(*, tenant: Tenant, job_public_id: str) -> Job:
         return job
     if job.is_final:
         raise Conflict(f"Job {job.public_id} is already {job.status}.")
+    admitted = job.status != Job.Status.QUEUED
     _finish(job=job, status=Job.Status.CANCELED, attempt=None, fields={}, produced=0)
+    if admitted:  # its message may be in a queue or on a worker: tell the worker
+        marker = cancel_marker_key(job_output_prefix(job.tenant_id, job.public_id))
+        transaction.on_commit(lambda: _write_cancel_marker(marker))
     job.refresh_from_db()
     return job
+
+
+def _write_cancel_marker(key: str) -> None:
+    try:
+        default_storage.save(key, ContentFile(b"canceled"))
+    except Exception as exc:  # the job is canceled regardless; its worker finishes in vain
+        logger.warning("could not write cancel marker %s: %s", key, exc)
 
 
 def _job_for_event(job_public_id: str) -> Job | None:

@@ -5,10 +5,45 @@ import datetime as dt
 from celery import shared_task
 from django.conf import settings
 
-from jobs.services import jobs_sweep_unpublished
-from sdsaas.queues import TASK_SWEEP_UNPUBLISHED
+from jobs import services
+from sdsaas.queues import (
+    TASK_JOB_FAILED,
+    TASK_JOB_PROGRESS,
+    TASK_JOB_STARTED,
+    TASK_JOB_SUCCEEDED,
+    TASK_SWEEP_UNPUBLISHED,
+)
 
 
 @shared_task(name=TASK_SWEEP_UNPUBLISHED, ignore_result=True)
 def sweep_unpublished() -> int:
-    return jobs_sweep_unpublished(older_than=dt.timedelta(seconds=settings.SWEEP_UNPUBLISHED_AFTER))
+    return services.jobs_sweep_unpublished(
+        older_than=dt.timedelta(seconds=settings.SWEEP_UNPUBLISHED_AFTER)
+    )
+
+
+# Events from GPU workers. Each is safe to run twice: the services fence by attempt and status.
+
+
+@shared_task(name=TASK_JOB_STARTED, ignore_result=True)
+def job_started(job_id: str, attempt: int, load_s: float) -> None:
+    services.job_mark_started(job_public_id=job_id, attempt=attempt, load_s=load_s)
+
+
+@shared_task(name=TASK_JOB_PROGRESS, ignore_result=True)
+def job_progress(job_id: str, attempt: int, step: int, total: int) -> None:
+    services.job_mark_progress(job_public_id=job_id, attempt=attempt, step=step, total=total)
+
+
+@shared_task(name=TASK_JOB_SUCCEEDED, ignore_result=True)
+def job_succeeded(
+    job_id: str, attempt: int, output_keys: list[str], metrics: dict[str, float]
+) -> None:
+    services.job_mark_succeeded(
+        job_public_id=job_id, attempt=attempt, output_keys=output_keys, metrics=metrics
+    )
+
+
+@shared_task(name=TASK_JOB_FAILED, ignore_result=True)
+def job_failed(job_id: str, attempt: int, code: str, message: str) -> None:
+    services.job_mark_failed(job_public_id=job_id, attempt=attempt, code=code, message=message)

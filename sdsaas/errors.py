@@ -81,23 +81,46 @@ _DRF_CODES: dict[type[exceptions.APIException], str] = {
 }
 
 
+def _encodable(value: Any) -> Any:
+    """`value` with lone surrogates escaped, so that it can be rendered as UTF-8 JSON.
+
+    Errors echo client input (an unknown field's name, an invalid choice); JSON may carry a lone
+    surrogate (`"\\ud800"`), which no UTF-8 encoder accepts: rendering the 400 would be a 500.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable(item) for item in value]
+    return value
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+    return _encodable({"error": {"code": code, "message": message, "details": details or {}}})
 
 
 def _validation_message(detail: Any, path: str = "") -> str:
-    """The first error, named by its field path: `width: Ensure this value is ...`."""
+    """The first error, named by its field path: `width: ...`, `loras[1].weight: ...`.
+
+    Items of a list are named by their index, the way services name them (`loras[1].slug`):
+    DRF reports a list's errors as a dict keyed by index, or as a list with `{}` for valid items.
+    """
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = f"{path}.{key}" if path else str(key)
             if key == "non_field_errors":
                 name = path or "input"
+            elif path and (isinstance(key, int) or str(key).isdigit()):
+                name = f"{path}[{key}]"
+            else:
+                name = f"{path}.{key}" if path else str(key)
             return _validation_message(value, name)
     if isinstance(detail, list) and detail:
-        first = detail[0]
-        if isinstance(first, dict | list):
-            return _validation_message(first, f"{path}[0]" if path else "input")
-        return f"{path or 'input'}: {first}"
+        for index, item in enumerate(detail):
+            if not isinstance(item, dict | list):
+                return f"{path or 'input'}: {item}"
+            if item:
+                return _validation_message(item, f"{path}[{index}]" if path else "input")
     return f"{path or 'input'}: {detail}"
 
 

@@ -12,6 +12,11 @@ TASK_GPU_GENERATE = "gpu.generate"
 
 # Executed by the control worker (CPU, has the database).
 TASK_SWEEP_UNPUBLISHED = "control.sweep_unpublished"
+# Events from GPU workers to the control worker, fenced by attempt.
+TASK_JOB_STARTED = "control.job_started"
+TASK_JOB_PROGRESS = "control.job_progress"
+TASK_JOB_SUCCEEDED = "control.job_succeeded"
+TASK_JOB_FAILED = "control.job_failed"
 
 
 def control_queue_name() -> str:
@@ -21,3 +26,16 @@ def control_queue_name() -> str:
 def model_queue_name(model_slug: str) -> str:
     """The SQS queue of one base model's GPU pool: `<prefix>-model-<slug>`."""
     return f"{settings.SQS_QUEUE_PREFIX}-model-{model_slug}"
+
+
+# Object keys shared by the control plane and GPU workers.
+
+
+def job_output_prefix(tenant_id: int, job_public_id: str) -> str:
+    """Images of a job: `tenants/<tenant>/jobs/<job>/<n>.<ext>`."""
+    return f"tenants/{tenant_id}/jobs/{job_public_id}/"
+
+
+def cancel_marker_key(output_prefix: str) -> str:
+    """Written by the control plane when an admitted job is canceled; polled by its worker."""
+    return f"{output_prefix}cancel"

@@ -103,6 +103,10 @@ TEMPLATES = [
     },
 ]
 
+# api | control | gpu. GPU workers hold no database credentials: any query there fails loudly.
+ROLE = os.environ.get("SDSAAS_ROLE", "api")
+if ROLE not in {"api", "control", "gpu"}:
+    raise ImproperlyConfigured(f"SDSAAS_ROLE must be api, control or gpu, got {ROLE!r}")
 _default_db = f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"
 try:
     DATABASES = {
@@ -112,9 +116,13 @@ try:
     }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if ROLE == "gpu":
+    DATABASES = {"default": {"ENGINE": "django.db.backends.dummy"}}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent writers on SQLite wait for the lock instead of failing at once.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # A file, not memory, so that worker processes started by end-to-end tests share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -145,7 +153,8 @@ STORAGES = {
             "region_name": AWS_REGION,
             "endpoint_url": S3_ENDPOINT_URL or None,
             "querystring_expire": OUTPUT_URL_TTL,
-            "file_overwrite": False,
+            # Keys are unique per object; a redelivered job rewrites its own output keys.
+            "file_overwrite": True,
             "default_acl": None,
         },
     },
@@ -199,10 +208,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.authentication.HasScope"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON everywhere; the upload view alone takes multipart.
+    "DEFAULT_PARSER_CLASSES": ["sdsaas.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "sdsaas.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -55,8 +56,23 @@ class TenantAdmin(admin.ModelAdmin):
             )
 
 
+class ApiKeyForm(forms.ModelForm):
+    # Checkboxes of the known scopes: a free-form JSON list would accept scopes that do not exist.
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple, required=False
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "scopes"]
+
+    def clean_scopes(self) -> list[str]:
+        return sorted(self.cleaned_data["scopes"])
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
     list_display = ["prefix", "tenant", "name", "scopes", "last_used_at", "revoked_at"]
     list_filter = ["tenant"]
     readonly_fields = ["tenant", "prefix", "key_hash", "created_at", "last_used_at", "revoked_at"]
@@ -76,6 +92,9 @@ class CreditPeriodAdmin(admin.ModelAdmin):
     list_display = ["tenant", "month", "used", "reserved"]
     list_filter = ["month"]
     readonly_fields = ["tenant", "month", "used", "reserved"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # periods are opened by the first reservation of a month, in services
 
 
 @admin.register(UsageRecord)

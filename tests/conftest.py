@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,8 @@ def pytest_report_header() -> str:
 def local_aws() -> Iterator[LocalAws]:
     """moto_server for SQS and S3; the app's broker and storage point at it for the session."""
     aws = LocalAws()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ[name] = "local"  # the test process signs S3 and SQS calls to moto
     settings.SQS_ENDPOINT_URL = aws.endpoint_url
     settings.STORAGES["default"]["OPTIONS"]["endpoint_url"] = aws.endpoint_url
     celery_app.conf.broker_url = sqs_broker_url(aws.endpoint_url)

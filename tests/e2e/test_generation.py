@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import io
+import json
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from tenants.models import UsageRecord
+from tests.e2e.conftest import wait_for
+from tests.support.factories import (
+    DiffusionModelFactory,
+    PlanFactory,
+    TenantFactory,
+    api_client_for,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
+
+FINAL = {"succeeded", "failed", "canceled"}
+
+
+def finished(client, job_id: str, timeout: float = 120):  # type: ignore[no-untyped-def]
+    def poll():  # type: ignore[no-untyped-def]
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        return job if job["status"] in FINAL else None
+
+    return wait_for(poll, timeout, f"job {job_id} to finish")
+
+
+def download(url: str) -> Image.Image:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        image = Image.open(io.BytesIO(response.read()))
+        image.load()
+        return image
+
+
+@pytest.fixture
+def setup(workers, tiny_model_dir):  # type: ignore[no-untyped-def]
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=4))
+    DiffusionModelFactory(
+        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
+    )
+    return tenant, api_client_for(tenant)
+
+
+def test_txt2img_succeeds_with_a_reproducible_png(setup, workers):  # type: ignore[no-untyped-def]
+    tenant, client = setup
+    body = {"model": "tiny", "prompt": "a red fox", "width": 64, "height": 96, "steps": 4}
+    # when a job is submitted twice with the same seed
+    first = client.post("/v1/jobs", {**body, "seed": 1234}, format="json").json()
+    second = client.post("/v1/jobs", {**body, "seed": 1234}, format="json").json()
+    jobs = [finished(client, first["id"]), finished(client, second["id"])]
+    # then both succeed, with a PNG of the asked size that records its seed
+    assert [j["status"] for j in jobs] == ["succeeded", "succeeded"], workers.log("gpu")
+    images = [download(job["output"][0]) for job in jobs]
+    assert images[0].format == "PNG"
+    assert images[0].size == (64, 96)
+    record = json.loads(images[0].text["sdsaas"])
+    assert record["seed"] == 1234
+    assert record["model"]["slug"] == "tiny"
+    # and the same input and seed give byte-identical pixels
+    assert images[0].tobytes() == images[1].tobytes()
+    assert jobs[0]["metrics"]["inference_s"] > 0
+    assert jobs[0]["progress"] == {"step": 4, "total": 4}
+    assert UsageRecord.objects.filter(tenant=tenant).count() == 2
