@@ -1,8 +1,9 @@
 """`make run`: the whole local stack in one command, stopped with Ctrl-C.
 
 Starts the SQS/S3-compatible server (moto_server), migrates, seeds a demo tenant and model,
-then runs the API (gunicorn), the control worker and the scheduler (Celery), submits a demo job
-and keeps serving. `--exit-after-demo` stops everything once the demo job was accepted (CI).
+builds the tiny model if needed, then runs the API (gunicorn), the control worker, the scheduler
+and a GPU worker on the CPU (Celery), submits a demo job, saves its image to a path it prints and
+keeps serving. `--exit-after-demo` stops everything once the demo image is saved (CI).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ class Stack:
         self.logs = logs
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.logs / f"{name}.log").open("wb")
         process = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=self.env,
+            env=env or self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -79,9 +80,20 @@ def wait_http(url: str, timeout: float, stack: Stack) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset or timed out (URLError is an OSError)
             time.sleep(0.3)
     raise SystemExit(f"{url} did not answer within {timeout}s")
+
+
+def wait_job(url: str, key: str, timeout: float, stack: Stack) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        job = api("GET", url, key)
+        if job["status"] in {"succeeded", "failed", "canceled"}:
+            return job
+        time.sleep(0.5)
+    raise SystemExit(f"the demo job did not finish within {timeout}s")
 
 
 def api(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> Any:
@@ -91,7 +103,7 @@ def api(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> 
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
 
@@ -139,7 +151,25 @@ def main() -> None:
             aws_secret_access_key="local",
         ).create_bucket(Bucket=os.environ.get("SDSAAS_S3_BUCKET", "sdsaas-local"))
         stack.manage("migrate", "--no-input")
-        key = stack.manage("seed_demo", "--model-uri", str(var / "models" / "tiny")).strip()
+        tiny = var / "models" / "tiny"
+        if not (tiny / "model_index.json").is_file():
+            print("  building the tiny test model (random weights) in", tiny)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gpu_worker.build_model",
+                    "--arch",
+                    "tiny",
+                    "--out",
+                    str(tiny),
+                ],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        key = stack.manage("seed_demo", "--model-uri", str(tiny)).strip()
         prefix = os.environ.get("SDSAAS_SQS_QUEUE_PREFIX", "sdsaas")
         celery = [str(BIN / "celery"), "-A", "sdsaas"]
         stack.start(
@@ -158,18 +188,40 @@ def main() -> None:
         stack.start(
             "control-worker",
             [*celery, "worker", "-Q", f"{prefix}-control", "-c", "2", "-n", "control@%h"],
+            {**env, "SDSAAS_ROLE": "control"},
+        )
+        # GPU workers hold no database credentials.
+        gpu_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+        stack.start(
+            "gpu-worker",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "gpu_worker.worker",
+                "worker",
+                "-P",
+                "solo",
+                "-Q",
+                f"{prefix}-model-tiny",
+                "-n",
+                "gpu@%h",
+            ],
+            {**gpu_env, "SDSAAS_ROLE": "gpu"},
         )
         stack.start("scheduler", [*celery, "beat", "-s", str(var / "celerybeat-schedule")])
         wait_http(f"{base}/healthz", 60, stack)
 
         job = api("POST", f"{base}/v1/jobs", key, {"model": "tiny", "prompt": "a red fox"})
         print(f"\ndemo job {job['id']}: {job['status']} (seed {job['input']['seed']})")
-        job = api("GET", job["urls"]["get"], key)
+        job = wait_job(job["urls"]["get"], key, 300, stack)
         print(json.dumps(job, indent=2))
-        print(
-            "\nThe GPU worker is not part of this stack yet: the job waits in its model queue"
-            f" ({prefix}-model-tiny)."
-        )
+        if job["status"] != "succeeded":
+            raise SystemExit(f"demo job ended {job['status']}: see {logs}")
+        image = var / "demo" / f"{job['id']}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(job["output"][0], timeout=10) as response:
+            image.write_bytes(response.read())
+        print(f"\ndemo image saved to {image}")
         print(f"\nAPI {base}/v1/  docs {base}/v1/docs  admin {base}/admin/")
         print(f"demo API key (shown once): {key}\n")
         print(f"  curl -H 'Authorization: Bearer {key}' {base}/v1/jobs")
