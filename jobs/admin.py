@@ -53,6 +53,10 @@ class JobAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        # A live job holds reserved credits and may be on a GPU: cancel it, which releases them.
+        return obj is None or obj.is_final
+
     @admin.action(description="Cancel selected jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         for job in queryset.select_related("tenant"):

@@ -44,6 +44,7 @@ from sdsaas.queues import (
     job_output_prefix,
     model_queue_name,
 )
+from sdsaas.sqs import delete_dead_letter, ensure_model_queue, receive_dead_letters
 from tenants.models import Tenant
 from tenants.services import credits_release, credits_reserve, rate_limit_hit, usage_record_images
 
@@ -409,6 +410,7 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
     with publisher_pool().acquire(block=True, timeout=30) as connection:
         for job in jobs.order_by("id"):
             try:
+                ensure_model_queue(job.model.slug)
                 celery_app.send_task(
                     TASK_GPU_GENERATE,
                     kwargs={"job": job_message(job=job)},
@@ -525,7 +527,8 @@ def job_mark_started(*, job_public_id: str, attempt: int, load_s: float) -> bool
     job = _job_for_event(job_public_id)
     if job is None:
         return False
-    changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt__lte=attempt).update(
+    newer = Q(attempt__lt=attempt) | Q(attempt=attempt, status=Job.Status.STARTING)
+    changed = Job.objects.filter(newer, pk=job.pk, status__in=Job.IN_FLIGHT).update(
         status=Job.Status.PROCESSING,
         attempt=attempt,
         started_at=timezone.now(),
@@ -578,3 +581,31 @@ def job_mark_failed(*, job_public_id: str, attempt: int, code: str, message: str
         fields={"error_code": code, "error_message": message[:2000]},
         produced=0,
     )
+
+
+def jobs_fail_dead_lettered() -> int:
+    """Fail the jobs whose message was dead-lettered (its worker died on every delivery).
+
+    Credits are released; the message is deleted only after the job is final, so a crash here
+    leaves it for the next sweep.
+    """
+    failed = 0
+    for model in DiffusionModel.objects.filter(enabled=True):
+        for receipt, kwargs in receive_dead_letters(model.slug):
+            job_id = kwargs.get("job", {}).get("job_id", "")
+            with transaction.atomic():
+                job = _job_for_event(job_id)
+                if job is not None and _finish(
+                    job=job,
+                    status=Job.Status.FAILED,
+                    attempt=None,
+                    fields={
+                        "error_code": "worker_lost",
+                        "error_message": f"The worker was lost on each of "
+                        f"{settings.SQS_MAX_RECEIVES} deliveries of this job.",
+                    },
+                    produced=0,
+                ):
+                    failed += 1
+            delete_dead_letter(model.slug, receipt)
+    return failed

@@ -11,8 +11,14 @@ from sdsaas.queues import (
     TASK_JOB_PROGRESS,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
+    TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
 )
+
+
+@shared_task(name=TASK_SWEEP_DEAD_LETTERS, ignore_result=True)
+def sweep_dead_letters() -> int:
+    return services.jobs_fail_dead_lettered()
 
 
 @shared_task(name=TASK_SWEEP_UNPUBLISHED, ignore_result=True)

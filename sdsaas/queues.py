@@ -12,6 +12,7 @@ TASK_GPU_GENERATE = "gpu.generate"
 
 # Executed by the control worker (CPU, has the database).
 TASK_SWEEP_UNPUBLISHED = "control.sweep_unpublished"
+TASK_SWEEP_DEAD_LETTERS = "control.sweep_dead_letters"
 # Events from GPU workers to the control worker, fenced by attempt.
 TASK_JOB_STARTED = "control.job_started"
 TASK_JOB_PROGRESS = "control.job_progress"

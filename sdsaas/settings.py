@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from sdsaas.queues import TASK_SWEEP_UNPUBLISHED
+from sdsaas.queues import TASK_SWEEP_DEAD_LETTERS, TASK_SWEEP_UNPUBLISHED
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -139,7 +139,9 @@ AWS_REGION = env_str("SDSAAS_AWS_REGION", "us-east-1")
 SQS_ENDPOINT_URL = os.environ.get("SDSAAS_SQS_ENDPOINT_URL", "")
 SQS_QUEUE_PREFIX = env_str("SDSAAS_SQS_QUEUE_PREFIX", "sdsaas")
 # Must exceed the longest allowed job: a message in flight longer than this is redelivered.
-SQS_VISIBILITY_TIMEOUT = env_int("SDSAAS_SQS_VISIBILITY_TIMEOUT", 1800, minimum=30)
+SQS_VISIBILITY_TIMEOUT = env_int("SDSAAS_SQS_VISIBILITY_TIMEOUT", 1800, minimum=5)
+# Deliveries of one job message before it goes to the dead-letter queue (and the job fails).
+SQS_MAX_RECEIVES = env_int("SDSAAS_SQS_MAX_RECEIVES", 3, minimum=1)
 S3_BUCKET = env_str("SDSAAS_S3_BUCKET", "sdsaas-local")
 S3_ENDPOINT_URL = os.environ.get("SDSAAS_S3_ENDPOINT_URL", "")
 # Presigned output URLs expire after this many seconds.
@@ -193,6 +195,7 @@ CELERY_TASK_DEFAULT_QUEUE = f"{SQS_QUEUE_PREFIX}-control"
 SWEEP_UNPUBLISHED_AFTER = env_int("SDSAAS_SWEEP_UNPUBLISHED_AFTER", 30, minimum=0)
 CELERY_BEAT_SCHEDULE = {
     "sweep-unpublished-jobs": {"task": TASK_SWEEP_UNPUBLISHED, "schedule": 15.0},
+    "sweep-dead-letters": {"task": TASK_SWEEP_DEAD_LETTERS, "schedule": 15.0},
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -6,9 +6,7 @@ state, as SQS does during a network partition.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -20,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+
+from sdsaas.sqs import decode_task
 
 
 def free_port() -> int:
@@ -157,6 +157,5 @@ class LocalAws:
             if not batch:
                 return tasks
             for message in batch:
-                envelope = json.loads(base64.b64decode(message["Body"]))
-                args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-                tasks.append({"task": envelope["headers"]["task"], "args": args, "kwargs": kwargs})
+                task, kwargs = decode_task(message["Body"])
+                tasks.append({"task": task, "kwargs": kwargs})

@@ -1,0 +1,90 @@
+"""SQS queues of the model pools: created with their dead-letter queue and attributes.
+
+kombu sets attributes only when it creates a queue, so the control plane creates the model
+queues itself (Terraform does the same in production) and enforces their attributes.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from django.conf import settings
+
+from sdsaas.queues import model_queue_name
+
+
+def sqs_client() -> Any:
+    return boto3.client(
+        "sqs",
+        region_name=settings.AWS_REGION,
+        endpoint_url=settings.SQS_ENDPOINT_URL or None,
+        config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2}),
+    )
+
+
+def dead_letter_queue_name(queue_name: str) -> str:
+    return f"{queue_name}-dlq"
+
+
+@functools.cache
+def _ensure_queue(name: str, visibility_timeout: int, max_receives: int) -> str:
+    client = sqs_client()
+    dlq_url = client.create_queue(
+        QueueName=dead_letter_queue_name(name),
+        Attributes={"MessageRetentionPeriod": str(14 * 24 * 3600)},
+    )["QueueUrl"]
+    dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    attributes = {
+        "VisibilityTimeout": str(visibility_timeout),
+        "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)}
+        ),
+    }
+    try:
+        url = client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    except client.exceptions.QueueNameExists:  # created with other attributes: enforce ours
+        url = client.get_queue_url(QueueName=name)["QueueUrl"]
+        client.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return str(url)
+
+
+def ensure_model_queue(model_slug: str) -> str:
+    """The model's queue URL, after making sure it exists with its DLQ, redrive and timeout."""
+    return _ensure_queue(
+        model_queue_name(model_slug), settings.SQS_VISIBILITY_TIMEOUT, settings.SQS_MAX_RECEIVES
+    )
+
+
+def decode_task(body: str) -> tuple[str, dict[str, Any]]:
+    """(task name, kwargs) of a Celery task message as kombu's SQS transport stores it."""
+    envelope = json.loads(base64.b64decode(body))
+    _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    return str(envelope["headers"]["task"]), dict(kwargs)
+
+
+def receive_dead_letters(model_slug: str, limit: int = 10) -> list[tuple[str, dict[str, Any]]]:
+    """Up to `limit` dead-lettered messages of a model queue: (receipt handle, task kwargs)."""
+    client = sqs_client()
+    dlq = dead_letter_queue_name(model_queue_name(model_slug))
+    try:
+        url = client.get_queue_url(QueueName=dlq)["QueueUrl"]
+    except client.exceptions.QueueDoesNotExist:
+        return []
+    messages = client.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=min(limit, 10), VisibilityTimeout=60
+    ).get("Messages", [])
+    return [(message["ReceiptHandle"], decode_task(message["Body"])[1]) for message in messages]
+
+
+def delete_dead_letter(model_slug: str, receipt_handle: str) -> None:
+    client = sqs_client()
+    dlq = dead_letter_queue_name(model_queue_name(model_slug))
+    url = client.get_queue_url(QueueName=dlq)["QueueUrl"]
+    client.delete_message(QueueUrl=url, ReceiptHandle=receipt_handle)

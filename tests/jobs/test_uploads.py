@@ -1,0 +1,424 @@
+"""POST /v1/uploads: img2img input images, stored in S3 under the tenant, and jobs that use them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+from rest_framework.test import APIClient
+
+from jobs import services
+from jobs.models import IdempotencyRecord, Job, Upload
+from sdsaas.queues import model_queue_name
+from tenants.models import CreditPeriod
+from tests.support.factories import TenantFactory, api_client_for
+
+pytestmark = pytest.mark.usefixtures("local_aws")
+
+MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
+def image_bytes(fmt: str, size: tuple[int, int] = (64, 48), color: Any = (200, 30, 30)) -> bytes:
+    mode = "P" if fmt == "GIF" else "RGB"
+    buffer = io.BytesIO()
+    Image.new(mode, size, 1 if mode == "P" else color).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def single_colour_png(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG of one colour: tens of KB on disk, width x height decoded."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", body)
+        + _chunk(b"IEND", b"")
+    )
+
+
+def upload(client, data: bytes, name: str = "input.png", key: str | None = None, **extra):  # type: ignore[no-untyped-def]
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key is not None else {}
+    body = {"file": SimpleUploadedFile(name, data, content_type="application/octet-stream")}
+    return client.post("/v1/uploads", {**body, **extra}, format="multipart", **headers)
+
+
+def bucket_keys(local_aws) -> set[str]:  # type: ignore[no-untyped-def]
+    s3 = local_aws.client("s3")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.S3_BUCKET)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+def s3_object(local_aws, key: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    obj = local_aws.client("s3").get_object(Bucket=settings.S3_BUCKET, Key=key)
+    return {"body": obj["Body"].read(), "content_type": obj["ContentType"]}
+
+
+def assert_error(response, status: int, code: str, field: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    if field is not None:
+        assert field in body["error"]["details"], body
+        assert body["error"]["message"].startswith(f"{field}:"), body
+
+
+# --- accepted formats ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_png_jpeg_and_webp_are_stored_in_s3_under_the_tenant(local_aws, tenant, client, fmt):  # type: ignore[no-untyped-def]
+    # given an image of 64x48 in the format
+    data = image_bytes(fmt, (64, 48))
+    # when the tenant uploads it
+    response = upload(client, data, name=f"photo.{EXT[fmt]}")
+    # then the upload object describes the image
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["id"].startswith("upl_")
+    assert (body["width"], body["height"]) == (64, 48)
+    assert body["content_type"] == MIME[fmt]
+    assert body["size_bytes"] == len(data)
+    assert body["sha256"] == hashlib.sha256(data).hexdigest()
+    # and the very bytes are in S3 under the tenant's uploads prefix
+    stored = Upload.objects.get(public_id=body["id"])
+    assert stored.tenant == tenant
+    assert stored.storage_key == f"tenants/{tenant.pk}/uploads/{body['id']}.{EXT[fmt]}"
+    obj = s3_object(local_aws, stored.storage_key)
+    assert obj["body"] == data
+    assert obj["content_type"] == MIME[fmt]
+
+
+@pytest.mark.django_db
+def test_the_format_comes_from_the_bytes_not_the_file_name(local_aws, tenant, client):  # type: ignore[no-untyped-def]
+    # given PNG bytes sent as "photo.jpg"
+    data = image_bytes("PNG")
+    # when they are uploaded
+    response = upload(client, data, name="photo.jpg")
+    # then the upload is a PNG, stored with the .png extension
+    assert response.status_code == 201
+    assert response.json()["content_type"] == "image/png"
+    assert Upload.objects.get().storage_key.endswith(".png")
+
+
+# --- refused files -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        pytest.param("anim.png", image_bytes("GIF"), id="gif"),
+        pytest.param("bitmap.png", image_bytes("BMP"), id="bmp"),
+        pytest.param("notes.png", b"just some text, not an image\n" * 10, id="text"),
+        pytest.param("empty.png", b"", id="empty"),
+    ],
+)
+def test_other_formats_text_and_empty_files_are_400_naming_file(  # type: ignore[no-untyped-def]
+    local_aws, tenant, client, name, data
+):
+    # given what is in the bucket before
+    before = bucket_keys(local_aws)
+    # when a file that is not a PNG, JPEG or WebP image is uploaded
+    response = upload(client, data, name=name)
+    # then it is a 400 naming `file`, and nothing was stored
+    assert_error(response, 400, "invalid_input", field="file")
+    assert Upload.objects.count() == 0
+    assert bucket_keys(local_aws) == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    [pytest.param({}, id="missing"), pytest.param({"file": "not a file"}, id="plain-field")],
+)
+def test_a_request_without_a_file_is_400_naming_file(local_aws, tenant, client, body):  # type: ignore[no-untyped-def]
+    before = bucket_keys(local_aws)
+    # when the multipart body has no file part
+    response = client.post("/v1/uploads", body, format="multipart")
+    # then it is a 400 naming `file`
+    assert_error(response, 400, "invalid_input", field="file")
+    assert Upload.objects.count() == 0
+    assert bucket_keys(local_aws) == before
+
+
+@pytest.mark.django_db
+def test_a_json_body_is_415(local_aws, tenant, client):  # type: ignore[no-untyped-def]
+    # when the upload is sent as JSON instead of multipart
+    response = client.post("/v1/uploads", {"file": "aGVsbG8="}, format="json")
+    # then the media type is refused in the uniform shape
+    assert_error(response, 415, "unsupported_media_type")
+    assert Upload.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_file_over_the_default_10_mb_cap_is_413(local_aws, tenant, client):  # type: ignore[no-untyped-def]
+    # given a file one byte over the default cap of 10 MB (a PNG header and padding)
+    assert settings.UPLOAD_MAX_BYTES == 10 * 1024 * 1024
+    data = image_bytes("PNG").ljust(settings.UPLOAD_MAX_BYTES + 1, b"\x00")
+    before = bucket_keys(local_aws)
+    # when it is uploaded
+    response = upload(client, data)
+    # then it is refused as too large, and nothing was stored
+    assert_error(response, 413, "payload_too_large")
+    assert Upload.objects.count() == 0
+    assert bucket_keys(local_aws) == before
+
+
+@pytest.mark.django_db
+def test_the_size_cap_is_inclusive(local_aws, tenant, client, settings):  # type: ignore[no-untyped-def]
+    # given a cap of exactly the size of a valid PNG
+    data = image_bytes("PNG")
+    settings.UPLOAD_MAX_BYTES = len(data)
+    # when a PNG of exactly that size, then one a byte bigger, are uploaded
+    at_cap = upload(client, data)
+    over_cap = upload(client, data + b"\x00")
+    # then the first is stored and the second is a 413
+    assert at_cap.status_code == 201
+    assert_error(over_cap, 413, "payload_too_large")
+    assert Upload.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "side",
+    [
+        pytest.param(5000, id="over-UPLOAD_MAX_PIXELS"),
+        pytest.param(10_000, id="over-pillow-warning-limit"),
+        pytest.param(20_000, id="over-pillow-error-limit"),
+    ],
+)
+def test_a_decompression_bomb_is_400_and_not_stored(local_aws, tenant, client, side):  # type: ignore[no-untyped-def]
+    # given a PNG of a few KB that decodes to side x side pixels
+    data = single_colour_png(side, side)
+    assert len(data) < 64 * 1024
+    before = bucket_keys(local_aws)
+    # when it is uploaded
+    response = upload(client, data)
+    # then it is refused before decoding, naming `file`, and nothing was stored
+    assert_error(response, 400, "invalid_input", field="file")
+    assert "pixels" in response.json()["error"]["message"]
+    assert Upload.objects.count() == 0
+    assert bucket_keys(local_aws) == before
+
+
+@pytest.mark.django_db
+def test_the_pixel_cap_follows_the_setting(local_aws, tenant, client, settings):  # type: ignore[no-untyped-def]
+    # given a pixel cap of 64x64
+    settings.UPLOAD_MAX_PIXELS = 64 * 64
+    before = bucket_keys(local_aws)
+    # when a 64x64 image and a 65x64 image are uploaded
+    at_cap = upload(client, image_bytes("PNG", (64, 64)))
+    over_cap = upload(client, image_bytes("PNG", (65, 64)))
+    # then only the first is stored
+    assert at_cap.status_code == 201
+    assert_error(over_cap, 400, "invalid_input", field="file")
+    assert Upload.objects.count() == 1
+    assert bucket_keys(local_aws) - before == {Upload.objects.get().storage_key}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: data[: len(data) // 2], id="truncated"),
+        pytest.param(lambda data: data[:60] + bytes([data[60] ^ 0xFF]) + data[61:], id="corrupt"),
+        pytest.param(lambda data: data[:24], id="header-only"),
+    ],
+)
+def test_a_truncated_or_corrupt_png_is_400(local_aws, tenant, client, damage):  # type: ignore[no-untyped-def]
+    # given a PNG damaged in its image data
+    data = damage(image_bytes("PNG", (64, 64), color=(10, 120, 240)))
+    before = bucket_keys(local_aws)
+    # when it is uploaded
+    response = upload(client, data)
+    # then it is a 400 naming `file`, and nothing was stored
+    assert_error(response, 400, "invalid_input", field="file")
+    assert Upload.objects.count() == 0
+    assert bucket_keys(local_aws) == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("scopes", "status", "code"),
+    [
+        pytest.param(None, 401, "unauthenticated", id="no-key"),
+        pytest.param(["jobs:read"], 403, "forbidden", id="read-only-key"),
+    ],
+)
+def test_only_a_key_with_write_scope_can_upload(local_aws, tenant, scopes, status, code):  # type: ignore[no-untyped-def]
+    # given no key, or a key with only the read scope
+    client = APIClient() if scopes is None else api_client_for(tenant, scopes=scopes)
+    before = bucket_keys(local_aws)
+    # when it uploads an image
+    response = upload(client, image_bytes("PNG"))
+    # then it is refused and nothing was stored
+    assert_error(response, status, code)
+    assert Upload.objects.count() == 0
+    assert bucket_keys(local_aws) == before
+
+
+@pytest.mark.django_db
+def test_an_oversized_file_is_not_read_whole_into_memory(  # type: ignore[no-untyped-def]
+    local_aws, tenant, client, settings, monkeypatch
+):
+    # given a cap of 4 KB and a spy on the bytes the view hands to the service
+    settings.UPLOAD_MAX_BYTES = 4096
+    seen: list[int] = []
+    real_upload_create = services.upload_create
+
+    def spy(*, data: bytes, **kwargs: Any) -> Any:
+        seen.append(len(data))
+        return real_upload_create(data=data, **kwargs)
+
+    monkeypatch.setattr(services, "upload_create", spy)
+    # when a 1 MB file is uploaded
+    response = upload(client, image_bytes("PNG").ljust(1024 * 1024, b"\x00"))
+    # then it is a 413, decided on at most cap + 1 bytes rather than on the whole body
+    assert_error(response, 413, "payload_too_large")
+    assert seen and max(seen) <= settings.UPLOAD_MAX_BYTES + 1
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_same_key_same_file_returns_the_same_upload(local_aws, tenant, client):  # type: ignore[no-untyped-def]
+    # given an upload made with an Idempotency-Key
+    data = image_bytes("PNG")
+    before = bucket_keys(local_aws)
+    first = upload(client, data, key="upl-1")
+    # when the same file is sent again with the same key
+    again = upload(client, data, key="upl-1")
+    # then the same upload is answered (201 again, as the original), stored once
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert Upload.objects.count() == 1
+    assert len(bucket_keys(local_aws) - before) == 1
+
+
+@pytest.mark.django_db
+def test_same_key_other_file_is_422_and_stores_nothing(local_aws, tenant, client):  # type: ignore[no-untyped-def]
+    # given an upload made with a key
+    first = upload(client, image_bytes("PNG"), key="upl-1")
+    after_first = bucket_keys(local_aws)
+    # when another file is sent with the same key
+    response = upload(client, image_bytes("PNG", color=(0, 255, 0)), key="upl-1")
+    # then it is a 422 and nothing more was stored
+    assert first.status_code == 201
+    assert_error(response, 422, "idempotency_key_reused")
+    assert list(Upload.objects.values_list("public_id", flat=True)) == [first.json()["id"]]
+    assert bucket_keys(local_aws) == after_first
+
+
+@pytest.mark.django_db
+def test_a_refused_upload_does_not_use_up_its_key(local_aws, tenant, client):  # type: ignore[no-untyped-def]
+    # given an upload refused as corrupt, sent with a key
+    refused = upload(client, b"not an image", key="upl-1")
+    # when a valid image is sent with the same key
+    response = upload(client, image_bytes("PNG"), key="upl-1")
+    # then the key was not recorded for the refused request: the image is stored
+    assert refused.status_code == 400
+    assert response.status_code == 201
+    assert IdempotencyRecord.objects.get().upload == Upload.objects.get()
+
+
+@pytest.mark.django_db
+def test_upload_keys_are_per_tenant(local_aws, tenant, other_tenant, client):  # type: ignore[no-untyped-def]
+    # given the same file and key sent by two tenants
+    data = image_bytes("PNG")
+    mine = upload(client, data, key="shared")
+    theirs = upload(api_client_for(other_tenant), data, key="shared")
+    # then each has its own upload, under its own prefix
+    assert mine.status_code == theirs.status_code == 201
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert Upload.objects.get(tenant=other_tenant).storage_key.startswith(
+        f"tenants/{other_tenant.pk}/uploads/"
+    )
+
+
+# --- img2img jobs --------------------------------------------------------------------------------
+
+
+def submit(client, **fields):  # type: ignore[no-untyped-def]
+    body = {"model": "tiny", "prompt": "the same fox, in winter", **fields}
+    return client.post("/v1/jobs", body, format="json")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_on_an_upload_is_img2img_with_default_strength(local_aws, tenant, model, client):  # type: ignore[no-untyped-def]
+    # given an uploaded image
+    upload_id = upload(client, image_bytes("PNG")).json()["id"]
+    stored = Upload.objects.get(public_id=upload_id)
+    # when a job is submitted on it without a strength
+    response = submit(client, image=upload_id)
+    # then it is an img2img job with strength 0.8 that points the worker at the S3 object
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["kind"] == "img2img"
+    assert body["input"]["image"] == upload_id
+    assert body["input"]["strength"] == 0.8
+    job = Job.objects.get(public_id=body["id"])
+    assert (job.init_image_key, job.init_image_url) == (stored.storage_key, "")
+    (task,) = local_aws.drain_tasks(model_queue_name("tiny"))
+    assert task["kwargs"]["job"]["init_image_key"] == stored.storage_key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_https_url_is_img2img_stored_as_init_image_url(local_aws, tenant, model, client):  # type: ignore[no-untyped-def]
+    # when a job is submitted on an https URL with an explicit strength
+    response = submit(client, image="https://example.com/a.png", strength=0.35)
+    # then it is accepted as img2img and the URL is kept for the worker to fetch
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["kind"] == "img2img"
+    assert body["input"]["strength"] == 0.35
+    job = Job.objects.get(public_id=body["id"])
+    assert (job.init_image_url, job.init_image_key) == ("https://example.com/a.png", "")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "image",
+    [
+        pytest.param("upl_00000000000000000000", id="unknown-upload"),
+        pytest.param("http://example.com/a.png", id="plain-http"),
+        pytest.param("file:///etc/passwd", id="file-url"),
+    ],
+)
+def test_an_unknown_upload_or_non_https_image_is_400(local_aws, tenant, model, client, image):  # type: ignore[no-untyped-def]
+    response = submit(client, image=image)
+    assert_error(response, 400, "invalid_input", field="image")
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_another_tenants_upload_is_unknown(local_aws, model):  # type: ignore[no-untyped-def]
+    # given tenant A's upload
+    tenant_a, tenant_b = TenantFactory(), TenantFactory()
+    upload_id = upload(api_client_for(tenant_a), image_bytes("PNG")).json()["id"]
+    # when tenant B submits a job on it
+    response = submit(api_client_for(tenant_b), image=upload_id)
+    # then it is refused as an unknown upload, and B has no job and no reserved credit
+    assert_error(response, 400, "invalid_input", field="image")
+    assert response.json()["error"]["message"] == f"image: unknown upload {upload_id!r}"
+    assert not Job.objects.exists()
+    assert not CreditPeriod.objects.filter(tenant=tenant_b, reserved__gt=0).exists()
