@@ -190,11 +190,6 @@ def test_an_unknown_path_is_a_json_404(tenant, path, with_key):  # type: ignore[
 
 
 @pytest.mark.django_db
-@pytest.mark.xfail(
-    strict=True,
-    reason="HasScope (tenants/authentication.py) refuses a method with no declared scope as 403 "
-    "before DRF can answer 405",
-)
 def test_a_method_the_endpoint_does_not_have_is_405(tenant):  # type: ignore[no-untyped-def]
     # when a full-scope key sends DELETE to /v1/jobs
     response = api_client_for(tenant).delete("/v1/jobs")
