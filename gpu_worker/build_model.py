@@ -11,7 +11,6 @@ loaded by the same code path as real weights (`gpu_worker.inference.load_pipelin
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from gpu_worker.model_store import digest
 
 _SCHEDULER = {
     "beta_start": 0.00085,
@@ -113,7 +114,7 @@ def byte_level_tokenizer() -> CLIPTokenizer:
 
 
 def build(arch: str, out: Path, *, fp16: bool = False, seed: int = 0) -> str:
-    """Write the pipeline to `out`; return the SHA-256 of its weight files (the catalog hash)."""
+    """Write the pipeline to `out`; return its catalog hash (`gpu_worker.model_store.digest`)."""
     spec = ARCHS[arch]
     torch.manual_seed(seed)
     tokenizer = byte_level_tokenizer()
@@ -140,18 +141,7 @@ def build(arch: str, out: Path, *, fp16: bool = False, seed: int = 0) -> str:
     if fp16:
         pipeline.to(torch.float16)
     pipeline.save_pretrained(out, safe_serialization=True)
-    return weights_sha256(out)
-
-
-def weights_sha256(root: Path) -> str:
-    """One hash over every file of the pipeline folder, in path order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return digest(out)
 
 
 def main() -> None:
