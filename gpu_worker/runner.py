@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,14 +18,16 @@ from typing import Any
 import diffusers
 import torch
 import transformers
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from gpu_worker import inference
+from gpu_worker import inference, model_store
 from sdsaas.celery import app as celery_app
 from sdsaas.queues import (
     TASK_JOB_FAILED,
+    TASK_JOB_PREEMPTED,
     TASK_JOB_PROGRESS,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
@@ -61,18 +62,46 @@ class CancelWatch:
         return bool(self.storage.exists(self.key))
 
 
-def resolve_model_path(source_uri: str) -> str:
-    if source_uri.startswith("s3://"):
-        raise NotImplementedError("s3:// model sources are not supported yet")
-    path = Path(source_uri)
-    if not (path / "model_index.json").is_file():
-        raise inference.InvalidRequest(f"no diffusers pipeline at {source_uri}")
-    return str(path)
+class Preempted(Exception):
+    """The worker is stopping and its grace period ran out: the job goes back to the queue."""
 
 
-CACHE = inference.PipelineCache(
-    max_bytes=int(os.environ.get("SDSAAS_PIPELINE_CACHE_BYTES", 12 * 1024**3))
-)
+@dataclass
+class StopDeadline:
+    """Set when the worker is told to stop (SIGTERM): jobs still running past it are handed back."""
+
+    at: float | None = None
+
+    def begin(self, grace_s: float) -> None:
+        if self.at is None:
+            self.at = time.monotonic() + grace_s
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+STOP = StopDeadline()
+MODEL_STORE = model_store.ModelStore(settings.GPU_MODEL_CACHE_DIR, model_store.s3_client_from_env)
+CACHE = inference.PipelineCache(max_bytes=settings.GPU_PIPELINE_CACHE_BYTES)
+
+
+def local_copy(source_uri: str, sha256: str) -> str:
+    """A local path of a model or LoRA, downloaded and verified once if it lives in S3."""
+    try:
+        return str(MODEL_STORE.local_path(source_uri, sha256))
+    except model_store.ModelStoreError as exc:  # missing or corrupt: retrying gives the same
+        raise inference.InvalidRequest(str(exc)) from exc
+
+
+def load_model(model_ref: dict[str, Any], device: torch.device) -> inference.LoadedModel:
+    def load() -> Any:
+        path = local_copy(model_ref["source_uri"], model_ref["sha256"])
+        if not (Path(path) / "model_index.json").is_file():
+            raise inference.InvalidRequest(f"no diffusers pipeline at {model_ref['source_uri']}")
+        return inference.load_pipeline(path, device)
+
+    model, _ = CACHE.get(f"{model_ref['slug']}@{model_ref['revision']}", load)
+    return model
 
 
 def reproducibility_record(
@@ -94,6 +123,22 @@ def reproducibility_record(
     }
 
 
+def decode_init_image(data: bytes) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise inference.InvalidRequest(f"the input image cannot be decoded ({exc})") from exc
+    return image
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; torch's CPU allocator raises a plain RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(exc)
+
+
 def run_job(
     message: dict[str, Any],
     *,
@@ -101,32 +146,33 @@ def run_job(
     storage: Storage,
     send: Callable[..., None] = send_event,
 ) -> str:
-    """Run one job message; return how it ended: succeeded, failed or canceled."""
+    """Run one job message; return how it ended: succeeded, failed, canceled or preempted."""
     job_id = message["job_id"]
     prefix = message["output_prefix"]
     watch = CancelWatch(storage, cancel_marker_key(prefix))
     if watch.canceled(force=True):
         logger.info("job %s was canceled before it started", job_id)
         return "canceled"
+    if STOP.passed():
+        send(TASK_JOB_PREEMPTED, job_id=job_id, attempt=attempt)
+        return "preempted"
     created = dt.datetime.fromisoformat(message["created_at"])
     queue_s = (dt.datetime.now(dt.UTC) - created).total_seconds()
     device = inference.pick_device()
     params = message["input"]
     try:
         started = time.monotonic()
-        model_ref = message["model"]
-        path = resolve_model_path(model_ref["source_uri"])
-        model, _ = CACHE.get(
-            f"{model_ref['slug']}@{model_ref['revision']}",
-            lambda: inference.load_pipeline(path, device),
+        model = load_model(message["model"], device)
+        loras = tuple(
+            (lora["slug"], local_copy(lora["source_uri"], lora["sha256"]), float(lora["weight"]))
+            for lora in message["loras"]
         )
         load_s = time.monotonic() - started
         send(TASK_JOB_STARTED, job_id=job_id, attempt=attempt, load_s=round(load_s, 3))
         init_image = None
         if message.get("init_image_key"):
             with storage.open(message["init_image_key"], "rb") as handle:
-                init_image = Image.open(io.BytesIO(handle.read()))
-                init_image.load()
+                init_image = decode_init_image(handle.read())
         request = inference.Request(
             prompt=params["prompt"],
             negative_prompt=params.get("negative_prompt", ""),
@@ -139,6 +185,7 @@ def run_job(
             seed=params["seed"],
             init_image=init_image,
             strength=params.get("strength", 0.8),
+            loras=loras,
         )
         last_progress = 0.0
 
@@ -146,6 +193,8 @@ def run_job(
             nonlocal last_progress
             if watch.canceled():
                 raise inference.Canceled
+            if STOP.passed():
+                raise Preempted
             now = time.monotonic()
             if now - last_progress >= PROGRESS_INTERVAL_S:
                 last_progress = now
@@ -170,12 +219,18 @@ def run_job(
     except inference.Canceled:
         logger.info("job %s canceled during inference", job_id)
         return "canceled"
+    except Preempted:
+        logger.info("job %s preempted: the worker is stopping", job_id)
+        send(TASK_JOB_PREEMPTED, job_id=job_id, attempt=attempt)
+        return "preempted"
     except inference.InvalidRequest as exc:
         send(
             TASK_JOB_FAILED, job_id=job_id, attempt=attempt, code="invalid_input", message=str(exc)
         )
         return "failed"
-    except torch.OutOfMemoryError:
+    except Exception as exc:
+        if not out_of_memory(exc):
+            raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         send(
@@ -183,7 +238,8 @@ def run_job(
             job_id=job_id,
             attempt=attempt,
             code="out_of_memory",
-            message="The GPU ran out of memory: use a smaller size or fewer images.",
+            message=f"The {device.type.upper()} ran out of memory: "
+            "use a smaller size or fewer images.",
         )
         return "failed"
     metrics = {

@@ -5,31 +5,54 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from botocore.exceptions import BotoCoreError
+from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
 from celery.worker.request import Request
+from django.conf import settings
 from django.core.files.storage import default_storage
 from kombu.exceptions import OperationalError
 
-from gpu_worker.runner import run_job, send_event
+from gpu_worker.runner import STOP, run_job, send_event
 from sdsaas.celery import app
 from sdsaas.queues import TASK_GPU_GENERATE, TASK_JOB_FAILED
+from sdsaas.sqs import sqs_client
 
 logger = logging.getLogger(__name__)
 
-# Storage or queue trouble: retrying can help. Anything else fails the job at once.
-TRANSIENT_ERRORS = (BotoCoreError, ConnectionError, TimeoutError, OperationalError)
+
+class TransientClientError(Exception):
+    """An S3 or SQS answer that a later try may not get: 5xx or throttling."""
+
+
+TRANSIENT_ERRORS = (
+    BotoCoreError,
+    TransientClientError,
+    ConnectionError,
+    TimeoutError,
+    OperationalError,
+)
+THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
+
+
+def is_transient(exc: ClientError) -> bool:
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return status >= 500 or exc.response.get("Error", {}).get("Code") in THROTTLING_CODES
 
 
 class SqsRequest(Request):
-    """Keeps SQS's ApproximateReceiveCount, which Celery drops from delivery_info."""
+    """Keeps what Celery drops from SQS's delivery info: the receive count and the receipt."""
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(message, *args, **kwargs)
-        sqs_message = (message.delivery_info or {}).get("sqs_message") or {}
+        raw = message.delivery_info or {}
+        sqs_message = raw.get("sqs_message") or {}
         count = sqs_message.get("Attributes", {}).get("ApproximateReceiveCount", "1")
         delivery_info: dict[str, Any] = self.delivery_info  # type: ignore[assignment]
         delivery_info["receive_count"] = int(count)
+        delivery_info["receipt_handle"] = sqs_message.get("ReceiptHandle")
+        delivery_info["queue_url"] = raw.get("sqs_queue")
 
 
 class GenerateTask(Task):
@@ -52,6 +75,24 @@ def attempt_of(job: dict[str, Any], delivery_info: Any) -> int:
     return int(job["attempt"]) + receive_count - 1
 
 
+@worker_shutting_down.connect
+def _start_stop_grace(**_: Any) -> None:
+    """Celery's warm shutdown takes no new message and waits for the running job; we bound it."""
+    STOP.begin(settings.GPU_STOP_GRACE_S)
+    logger.info("stopping: the running job has %ss to finish", settings.GPU_STOP_GRACE_S)
+
+
+def hand_back(delivery_info: Any) -> None:
+    """Make the message visible again now, for another worker, instead of after its timeout."""
+    delivery_info = delivery_info or {}
+    if delivery_info.get("receipt_handle") and delivery_info.get("queue_url"):
+        sqs_client().change_message_visibility(
+            QueueUrl=delivery_info["queue_url"],
+            ReceiptHandle=delivery_info["receipt_handle"],
+            VisibilityTimeout=0,
+        )
+
+
 @app.task(
     bind=True,
     base=GenerateTask,
@@ -66,4 +107,15 @@ def attempt_of(job: dict[str, Any], delivery_info: Any) -> int:
 def generate(self: Task, job: dict[str, Any]) -> str:
     attempt = attempt_of(job, self.request.delivery_info)
     logger.info("job %s attempt %s", job["job_id"], attempt)
-    return run_job(job, attempt=attempt, storage=default_storage)
+    try:
+        outcome = run_job(job, attempt=attempt, storage=default_storage)
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientClientError(str(exc)) from exc
+        raise
+    if outcome == "preempted":
+        hand_back(self.request.delivery_info)
+        # Neither acked nor deleted (the model queues have a redrive policy, so kombu keeps a
+        # rejected message): SQS redelivers it, and the next receive is attempt + 1.
+        raise Reject("preempted: the worker is stopping", requeue=False)
+    return outcome

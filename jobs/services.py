@@ -570,6 +570,20 @@ def job_mark_succeeded(
 
 
 @transaction.atomic
+def job_mark_preempted(*, job_public_id: str, attempt: int) -> bool:
+    """The worker of `attempt` stopped before finishing; SQS redelivers the job as attempt + 1."""
+    job = _job_for_event(job_public_id)
+    if job is None:
+        return False
+    changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt=attempt).update(
+        status=Job.Status.STARTING, progress_step=0
+    )
+    if changed:
+        _event(job, "preempted", attempt)
+    return bool(changed)
+
+
+@transaction.atomic
 def job_mark_failed(*, job_public_id: str, attempt: int, code: str, message: str) -> bool:
     job = _job_for_event(job_public_id)
     if job is None:

@@ -8,6 +8,7 @@ from django.conf import settings
 from jobs import services
 from sdsaas.queues import (
     TASK_JOB_FAILED,
+    TASK_JOB_PREEMPTED,
     TASK_JOB_PROGRESS,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
@@ -53,3 +54,8 @@ def job_succeeded(
 @shared_task(name=TASK_JOB_FAILED, ignore_result=True)
 def job_failed(job_id: str, attempt: int, code: str, message: str) -> None:
     services.job_mark_failed(job_public_id=job_id, attempt=attempt, code=code, message=message)
+
+
+@shared_task(name=TASK_JOB_PREEMPTED, ignore_result=True)
+def job_preempted(job_id: str, attempt: int) -> None:
+    services.job_mark_preempted(job_public_id=job_id, attempt=attempt)

@@ -18,6 +18,7 @@ TASK_JOB_STARTED = "control.job_started"
 TASK_JOB_PROGRESS = "control.job_progress"
 TASK_JOB_SUCCEEDED = "control.job_succeeded"
 TASK_JOB_FAILED = "control.job_failed"
+TASK_JOB_PREEMPTED = "control.job_preempted"
 
 
 def control_queue_name() -> str:

@@ -163,6 +163,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
+# --- GPU workers -------------------------------------------------------------------------------
+# Verified copies of s3:// models and LoRAs (never downloaded twice), and the in-memory LRU bound.
+GPU_MODEL_CACHE_DIR = Path(env_str("SDSAAS_MODEL_CACHE_DIR", str(BASE_DIR / "var" / "model-cache")))
+GPU_PIPELINE_CACHE_BYTES = env_int("SDSAAS_PIPELINE_CACHE_BYTES", 12 * 1024**3, minimum=1)
+# On SIGTERM (spot interruption, scale-in) the current job may finish within this many seconds;
+# past it, the job is handed back to the queue for another worker (ECS stopTimeout must exceed it).
+GPU_STOP_GRACE_S = env_int("SDSAAS_GPU_STOP_GRACE_S", 25, minimum=0)
+
 # --- Celery over SQS ----------------------------------------------------------------------------
 
 
@@ -204,6 +212,12 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+if ROLE == "gpu":
+    # One job per GPU: the solo pool runs one task, and its prefetch is concurrency x multiplier,
+    # so a concurrency of 1 keeps every other message in SQS for idle workers (and out of the
+    # hands of a worker that is about to be preempted).
+    CELERY_WORKER_POOL = "solo"
+    CELERY_WORKER_CONCURRENCY = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- API ----------------------------------------------------------------------------------------

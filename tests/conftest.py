@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import connection
 from rest_framework.test import APIClient
 
@@ -29,6 +30,8 @@ def local_aws() -> Iterator[LocalAws]:
         os.environ[name] = "local"  # the test process signs S3 and SQS calls to moto
     settings.SQS_ENDPOINT_URL = aws.endpoint_url
     settings.STORAGES["default"]["OPTIONS"]["endpoint_url"] = aws.endpoint_url
+    # A storage built before this point kept the old endpoint: have Django build it anew.
+    setting_changed.send(sender=None, setting="STORAGES", value=settings.STORAGES, enter=True)
     celery_app.conf.broker_url = sqs_broker_url(aws.endpoint_url)
     celery_app.conf.broker_transport_options = {
         **settings.CELERY_BROKER_TRANSPORT_OPTIONS,

@@ -56,6 +56,7 @@ class Workers:
             "SDSAAS_S3_BUCKET": settings.S3_BUCKET,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
+            "SDSAAS_MODEL_CACHE_DIR": str(logs / "model-cache"),
         }
         self.env.pop("DATABASE_URL", None)
 
@@ -64,9 +65,24 @@ class Workers:
         argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", f"{E2E_PREFIX}-control"]
         self._start("control", argv, env)
 
-    def start_gpu(self, name: str = "gpu", queues: str = f"{E2E_PREFIX}-model-tiny") -> None:
+    def start_gpu(
+        self, name: str = "gpu", queues: str = f"{E2E_PREFIX}-model-tiny", **env: str
+    ) -> None:
         argv = ["-A", "gpu_worker.worker", "worker", "-P", "solo", "-Q", queues, "-n", f"{name}@%h"]
-        self._start(name, argv, self.env)
+        self._start(name, argv, {**self.env, **env})
+
+    def pid(self, name: str) -> int:
+        return self.processes[name].pid
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: the process dies at once, as a lost spot instance does, acking nothing."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+
+    def wait_exit(self, name: str, timeout: float) -> int:
+        process = self.processes.pop(name)
+        return process.wait(timeout=timeout)
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = (self.logs / f"{name}.log").open("ab")
@@ -119,3 +135,17 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+FINAL = {"succeeded", "failed", "canceled"}
+
+
+def finished(client: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    """The job object, once the API shows it final."""
+
+    def poll() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        return job if job["status"] in FINAL else None
+
+    result: dict[str, Any] = wait_for(poll, timeout, f"job {job_id} to finish")
+    return result

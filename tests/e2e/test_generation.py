@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tenants.models import UsageRecord
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import finished
 from tests.support.factories import (
     DiffusionModelFactory,
     PlanFactory,
@@ -17,16 +17,6 @@ from tests.support.factories import (
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
-
-FINAL = {"succeeded", "failed", "canceled"}
-
-
-def finished(client, job_id: str, timeout: float = 120):  # type: ignore[no-untyped-def]
-    def poll():  # type: ignore[no-untyped-def]
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        return job if job["status"] in FINAL else None
-
-    return wait_for(poll, timeout, f"job {job_id} to finish")
 
 
 def download(url: str) -> Image.Image:

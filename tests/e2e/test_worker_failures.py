@@ -1,0 +1,265 @@
+"""GPU workers that die, stop, run out of memory or get bad input, and jobs canceled on them.
+
+Real processes: the control worker of the session, and a GPU worker per test on a model queue of
+its own (CPU, tiny model), with a short visibility timeout so that redelivery takes seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import re
+import resource
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from PIL import Image
+
+from jobs import services
+from jobs.models import Job, Upload
+from sdsaas.queues import model_queue_name
+from sdsaas.sqs import ensure_model_queue
+from tenants.models import CreditPeriod, UsageRecord
+from tests.e2e.conftest import Workers, finished, wait_for
+from tests.support.factories import (
+    DiffusionModelFactory,
+    PlanFactory,
+    TenantFactory,
+    api_client_for,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
+
+VISIBILITY_S = 6
+# On the tiny model a step takes tens of milliseconds: these jobs run for seconds.
+LONG_JOB = {"width": 64, "height": 64, "steps": 150, "scheduler": "euler"}
+SHORT_JOB = {"width": 64, "height": 64, "steps": 2}
+
+
+@dataclass
+class Pool:
+    """One model, its queue and the GPU worker serving it; a tenant with a client."""
+
+    workers: Workers
+    slug: str
+    client: Any
+    tenant: Any
+
+    @property
+    def queue(self) -> str:
+        return model_queue_name(self.slug)
+
+    @property
+    def worker(self) -> str:
+        return f"gpu-{self.slug}"
+
+    def start_worker(self, **env: str) -> None:
+        self.workers.start_gpu(self.worker, queues=self.queue, **env)
+
+    def submit(self, **fields: Any) -> str:
+        body = {"model": self.slug, "prompt": "a lighthouse", **fields}
+        response = self.client.post("/v1/jobs", body, format="json")
+        assert response.status_code == 202, response.content
+        return str(response.json()["id"])
+
+    def job(self, job_id: str) -> Job:
+        return Job.objects.get(public_id=job_id)
+
+    def wait_processing(self, job_id: str, attempt: int = 1, timeout: float = 90) -> None:
+        def running() -> bool:
+            job = self.job(job_id)
+            return job.status == Job.Status.PROCESSING and job.attempt == attempt
+
+        wait_for(running, timeout, f"{job_id} to be processing as attempt {attempt}")
+
+    def log(self) -> str:
+        return self.workers.log(self.worker)
+
+
+@pytest.fixture
+def pool(workers: Workers, tiny_model_dir: Any, settings: Any) -> Any:
+    settings.SQS_VISIBILITY_TIMEOUT = VISIBILITY_S
+    slug = f"tiny{uuid.uuid4().hex[:6]}"
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
+    DiffusionModelFactory(
+        slug=slug, source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=1024
+    )
+    # The queue exists with its redrive policy and timeout before a worker would create it bare.
+    ensure_model_queue(slug)
+    made = Pool(workers, slug, api_client_for(tenant), tenant)
+    yield made
+    if made.worker in workers.processes:
+        workers.stop(made.worker)
+
+
+def credits(tenant: Any) -> tuple[int, int]:
+    period = CreditPeriod.objects.get(tenant=tenant)
+    return period.reserved, period.used
+
+
+def test_kill_9_mid_job_redelivers_it_as_attempt_2_metered_once(pool: Pool) -> None:
+    # given a job running on a worker
+    pool.start_worker()
+    job_id = pool.submit(**LONG_JOB)
+    pool.wait_processing(job_id)
+    # when the worker is killed with SIGKILL, and a new worker comes up
+    pool.workers.kill(pool.worker)
+    pool.start_worker()
+    # then the job is delivered again once its visibility timeout ends, and succeeds as attempt 2
+    job = finished(pool.client, job_id)
+    assert job["status"] == "succeeded", pool.log()
+    assert job["attempt"] == 2
+    # and its image is metered once
+    assert UsageRecord.objects.filter(job__public_id=job_id).count() == 1
+    assert credits(pool.tenant) == (0, 1)
+    starts = pool.job(job_id).events.filter(kind="started").values_list("attempt", flat=True)
+    assert list(starts) == [1, 2]
+
+
+def test_sigterm_past_the_grace_hands_the_job_back_as_attempt_2(pool: Pool) -> None:
+    # given a worker with a 1 s stop grace, running a job that needs many seconds
+    pool.start_worker(SDSAAS_GPU_STOP_GRACE_S="1")
+    job_id = pool.submit(**LONG_JOB)
+    pool.wait_processing(job_id)
+    # when it gets SIGTERM (a spot interruption notice)
+    pool.workers.processes[pool.worker].send_signal(signal.SIGTERM)
+    # then it stops within the grace and a few steps, without finishing the job
+    assert pool.workers.wait_exit(pool.worker, timeout=30) == 0
+    history = list(pool.job(job_id).events.values_list("kind", "attempt"))
+    assert ("preempted", 1) in history, history
+    assert pool.job(job_id).status == Job.Status.STARTING
+    # and another worker takes it at once (not after the visibility timeout) as attempt 2
+    pool.start_worker()
+    job = finished(pool.client, job_id)
+    assert job["status"] == "succeeded", pool.log()
+    assert job["attempt"] == 2
+    assert UsageRecord.objects.filter(job__public_id=job_id).count() == 1
+
+
+def test_sigterm_within_the_grace_finishes_the_job_and_takes_no_new_one(pool: Pool) -> None:
+    # given a worker with a long grace, running a job, and a second job waiting in its queue
+    pool.start_worker(SDSAAS_GPU_STOP_GRACE_S="120")
+    running = pool.submit(**{**LONG_JOB, "steps": 40})
+    waiting = pool.submit(**SHORT_JOB)
+    pool.wait_processing(running)
+    # when it gets SIGTERM
+    pool.workers.processes[pool.worker].send_signal(signal.SIGTERM)
+    assert pool.workers.wait_exit(pool.worker, timeout=60) == 0
+    # then it finished the running job, as attempt 1, and never started the waiting one
+    job = finished(pool.client, running, timeout=10)
+    assert (job["status"], job["attempt"]) == ("succeeded", 1)
+    assert pool.job(waiting).status == Job.Status.STARTING
+    assert waiting not in pool.log()
+    # and the waiting job is served by the next worker
+    pool.start_worker()
+    assert finished(pool.client, waiting)["status"] == "succeeded"
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_dead_lettered(
+    pool: Pool, settings: Any
+) -> None:
+    # given a model queue that dead-letters a message after 2 receives
+    settings.SQS_MAX_RECEIVES = 2
+    ensure_model_queue(pool.slug)  # attributes enforced anew with the new receive count
+    pool.start_worker()
+    job_id = pool.submit(**LONG_JOB)
+    # when its worker dies during each of its 2 deliveries
+    for attempt in (1, 2):
+        pool.wait_processing(job_id, attempt=attempt)
+        pool.workers.kill(pool.worker)
+        pool.start_worker()
+    # then the message goes to the dead-letter queue, and the sweeper fails the job
+    wait_for(services.jobs_fail_dead_lettered, 60, "the dead-lettered job to be failed")
+    job = finished(pool.client, job_id, timeout=5)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "worker_lost"
+    # and its credit is released, nothing metered
+    assert credits(pool.tenant) == (0, 0)
+    assert not UsageRecord.objects.filter(job__public_id=job_id).exists()
+
+
+def _log_time(log: str, pattern: str) -> float:
+    """When the worker logged a line (Celery's `[YYYY-MM-DD HH:MM:SS,mmm: ...]`, local time)."""
+    match = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]*\] " + pattern, log)
+    assert match, f"no log line matching {pattern!r}"
+    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def test_cancel_while_queued_never_runs_and_cancel_while_running_stops_within_2s(
+    pool: Pool,
+) -> None:
+    # given a tenant with one slot: a long job running and a second one queued behind it
+    pool.tenant.plan.max_concurrent_jobs = 1
+    pool.tenant.plan.save()
+    pool.start_worker()
+    running = pool.submit(**LONG_JOB)
+    queued = pool.submit(**SHORT_JOB)
+    assert pool.job(queued).status == Job.Status.QUEUED
+    # when the queued job is canceled
+    assert pool.client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "canceled"
+    # and the running one is canceled a second into its denoising
+    pool.wait_processing(running)
+    time.sleep(1)
+    canceled_at = time.time()
+    response = pool.client.post(f"/v1/jobs/{running}/cancel")
+    # then both are canceled, their credits released
+    assert response.json()["status"] == "canceled"
+    stopped = wait_for(
+        lambda: re.search(f"job {running} canceled during inference", pool.log()),
+        10,
+        "the worker to stop the canceled job",
+    )
+    assert stopped
+    assert _log_time(pool.log(), f"job {running} canceled during inference") - canceled_at < 2.0
+    assert credits(pool.tenant) == (0, 0)
+    # and the queued one never reached a worker
+    assert queued not in pool.log()
+    assert list(pool.job(queued).events.values_list("kind", flat=True)) == [
+        "created",
+        "canceled",
+    ]
+
+
+def test_out_of_memory_and_an_undecodable_input_fail_final_and_the_worker_goes_on(
+    pool: Pool, local_aws: Any
+) -> None:
+    # given a warm worker whose address space is capped 2 GiB above what it uses
+    pool.start_worker()
+    assert finished(pool.client, pool.submit(**SHORT_JOB))["status"] == "succeeded"
+    pid = pool.workers.pid(pool.worker)
+    with open(f"/proc/{pid}/status") as status:
+        vm_kib = int(re.search(r"VmSize:\s+(\d+)", status.read()).group(1))  # type: ignore[union-attr]
+    resource.prlimit(pid, resource.RLIMIT_AS, (vm_kib * 1024 + 2 * 1024**3, resource.RLIM_INFINITY))
+    # when a job needs far more memory than that
+    big = pool.submit(width=1024, height=1024, num_outputs=4, steps=1)
+    # then it fails as out_of_memory, at once, not retried
+    job = finished(pool.client, big)
+    assert (job["status"], job["error"]["code"], job["attempt"]) == ("failed", "out_of_memory", 1)
+    # given an img2img job whose input image in S3 is no longer an image
+    upload = pool.client.post(
+        "/v1/uploads",
+        {"file": ContentFile(_png(), name="in.png")},
+        format="multipart",
+    ).json()
+    key = Upload.objects.get(public_id=upload["id"]).storage_key
+    default_storage.save(key, ContentFile(b"not an image any more"))
+    bad = pool.submit(image=upload["id"], strength=0.5, **SHORT_JOB)
+    # then it fails as invalid_input
+    job = finished(pool.client, bad)
+    assert (job["status"], job["error"]["code"], job["attempt"]) == ("failed", "invalid_input", 1)
+    # and the same worker still serves the next job, and no credit was used by the failures
+    assert finished(pool.client, pool.submit(**SHORT_JOB))["status"] == "succeeded"
+    assert credits(pool.tenant) == (0, 2)
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (20, 120, 200)).save(buffer, "PNG")
+    return buffer.getvalue()
