@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import secrets
@@ -16,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -39,11 +41,14 @@ from sdsaas.celery import app as celery_app
 from sdsaas.celery import publisher_pool
 from sdsaas.errors import Conflict, IdempotencyKeyReused, InvalidInput, PayloadTooLarge
 from sdsaas.queues import (
+    TASK_FETCH_INPUT_IMAGE,
     TASK_GPU_GENERATE,
     cancel_marker_key,
+    control_queue_name,
     job_output_prefix,
     model_queue_name,
 )
+from sdsaas.safe_http import FetchError, address_is_public, fetch
 from sdsaas.sqs import delete_dead_letter, ensure_model_queue, receive_dead_letters
 from tenants.models import Tenant
 from tenants.services import credits_release, credits_reserve, rate_limit_hit, usage_record_images
@@ -232,6 +237,17 @@ def _check_side(name: str, value: int, model: DiffusionModel) -> None:
         )
 
 
+def _check_image_url_host(url: str) -> None:
+    """Refuse an address literal we would never fetch now; names are checked at fetch time."""
+    host = (urlsplit(url).hostname or "").lower()
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if not address_is_public(literal) and host not in settings.IMAGE_FETCH_ALLOW_HOSTS:
+        raise InvalidInput("image", "must not point to a private, loopback or link-local address")
+
+
 def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
     """Apply the model's defaults, check model and plan bounds, choose the seed."""
     model = selectors.model_get(tenant=tenant, slug=data["model"])
@@ -259,6 +275,7 @@ def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
             raise InvalidInput("image", f"unknown upload {image!r}")
         init_key = upload.storage_key
     elif image:
+        _check_image_url_host(image)
         init_url = image
     if data.get("strength") is not None and not image:
         raise InvalidInput("strength", "applies to img2img only: give an image")
@@ -410,6 +427,17 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
     with publisher_pool().acquire(block=True, timeout=30) as connection:
         for job in jobs.order_by("id"):
             try:
+                if job.init_image_url and not job.init_image_key:
+                    # The control worker fetches the image into S3 first, then publishes the job;
+                    # until then it stays unpublished, so the sweeper asks again if this is lost.
+                    celery_app.send_task(
+                        TASK_FETCH_INPUT_IMAGE,
+                        kwargs={"job_id": job.pk},
+                        queue=control_queue_name(),
+                        connection=connection,
+                        retry=False,
+                    )
+                    continue
                 ensure_model_queue(job.model.slug)
                 celery_app.send_task(
                     TASK_GPU_GENERATE,
@@ -431,6 +459,51 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
             )
             sent += 1
     return sent
+
+
+def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:
+    """Fetch an admitted img2img job's https image into S3 under the job, then publish the job.
+
+    Safe to run twice (the key is the job's own; a job already holding it is just published).
+    Raises FetchError when a retry may help and this is not the last try; otherwise a refused or
+    unreadable image fails the job, releasing its credits.
+    """
+    job = Job.objects.select_related("tenant", "model").filter(pk=job_id).first()
+    if job is None or job.status != Job.Status.STARTING or not job.init_image_url:
+        return  # canceled or finished meanwhile
+    if not job.init_image_key:
+        try:
+            fetched = fetch(
+                job.init_image_url,
+                max_bytes=settings.UPLOAD_MAX_BYTES,
+                allow_hosts=settings.IMAGE_FETCH_ALLOW_HOSTS,
+                ca_file=settings.IMAGE_FETCH_CA_FILE,
+                timeout=settings.IMAGE_FETCH_TIMEOUT_S,
+            )
+            _image, ext = _decode_image(fetched.data)
+        except FetchError as exc:
+            if exc.retryable and not last_try:
+                raise
+            _fail_before_dispatch(job, "image_fetch_failed", f"image: {exc.message}")
+            return
+        except InvalidInput as exc:
+            _fail_before_dispatch(job, "invalid_input", exc.message.replace("file:", "image:", 1))
+            return
+        prefix = job_output_prefix(job.tenant_id, job.public_id)
+        key = default_storage.save(f"{prefix}input.{ext}", ContentFile(fetched.data))
+        Job.objects.filter(pk=job.pk, init_image_key="").update(init_image_key=key)
+    jobs_publish(job_ids=[job.pk])
+
+
+@transaction.atomic
+def _fail_before_dispatch(job: Job, code: str, message: str) -> None:
+    _finish(
+        job=job,
+        status=Job.Status.FAILED,
+        attempt=None,
+        fields={"error_code": code, "error_message": message[:2000]},
+        produced=0,
+    )
 
 
 def jobs_sweep_unpublished(*, older_than: dt.timedelta) -> int:

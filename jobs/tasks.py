@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 
 from jobs import services
 from sdsaas.queues import (
+    TASK_FETCH_INPUT_IMAGE,
     TASK_JOB_FAILED,
     TASK_JOB_PREEMPTED,
     TASK_JOB_PROGRESS,
@@ -15,6 +16,21 @@ from sdsaas.queues import (
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
 )
+from sdsaas.safe_http import FetchError
+
+
+@shared_task(
+    bind=True,
+    name=TASK_FETCH_INPUT_IMAGE,
+    ignore_result=True,
+    autoretry_for=(FetchError,),
+    retry_backoff=2,
+    max_retries=3,
+)
+def fetch_input_image(self: Task, job_id: int) -> None:
+    services.job_fetch_input_image(
+        job_id=job_id, last_try=self.request.retries >= (self.max_retries or 0)
+    )
 
 
 @shared_task(name=TASK_SWEEP_DEAD_LETTERS, ignore_result=True)

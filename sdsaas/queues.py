@@ -13,6 +13,7 @@ TASK_GPU_GENERATE = "gpu.generate"
 # Executed by the control worker (CPU, has the database).
 TASK_SWEEP_UNPUBLISHED = "control.sweep_unpublished"
 TASK_SWEEP_DEAD_LETTERS = "control.sweep_dead_letters"
+TASK_FETCH_INPUT_IMAGE = "control.fetch_input_image"
 # Events from GPU workers to the control worker, fenced by attempt.
 TASK_JOB_STARTED = "control.job_started"
 TASK_JOB_PROGRESS = "control.job_progress"
@@ -22,7 +23,8 @@ TASK_JOB_PREEMPTED = "control.job_preempted"
 
 
 def control_queue_name() -> str:
-    return str(settings.CELERY_TASK_DEFAULT_QUEUE)
+    """The control worker's queue (Celery's default queue, `<prefix>-control`)."""
+    return f"{settings.SQS_QUEUE_PREFIX}-control"
 
 
 def model_queue_name(model_slug: str) -> str:

@@ -246,6 +246,14 @@ UPLOAD_MAX_PIXELS = env_int("SDSAAS_UPLOAD_MAX_PIXELS", 4096 * 4096, minimum=64 
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+# img2img by URL: the control worker fetches https URLs (SSRF-safe, sdsaas.safe_http) into S3.
+# Hosts listed here skip the public-address check: for tests and trusted internal image hosts.
+IMAGE_FETCH_ALLOW_HOSTS = frozenset(
+    host.lower() for host in env_list("SDSAAS_IMAGE_FETCH_ALLOW_HOSTS", "")
+)
+# A CA bundle to trust instead of the public ones (tests use their own CA); empty: certifi's.
+IMAGE_FETCH_CA_FILE = os.environ.get("SDSAAS_IMAGE_FETCH_CA_FILE") or None
+IMAGE_FETCH_TIMEOUT_S = env_int("SDSAAS_IMAGE_FETCH_TIMEOUT_S", 15, minimum=1)
 
 LOGGING = {
     "version": 1,

@@ -6,32 +6,23 @@ attacker would act, and no test may need the internet.
 
 from __future__ import annotations
 
-import datetime
 import io
 import ipaddress
 import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 import urllib3.util.connection
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image
 
 from sdsaas.safe_http import FetchError, address_is_public, fetch
+from tests.support.https import PINNED_NAME, HttpsServer, Tls, make_tls, serve_https
 
 CAP = 64 * 1024
-# Only in the server certificate's SANs so the pinning test can pass TLS under a made-up name.
-PINNED_NAME = "pinned.test"
 
 
 def png_bytes() -> bytes:
@@ -43,119 +34,14 @@ def png_bytes() -> bytes:
 PNG = png_bytes()
 
 
-# --- certificates -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tls:
-    ca_file: str
-    cert_file: str
-    key_file: str
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    directory: Path = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("sdsaas test CA"))
-        .issuer_name(_name("sdsaas test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName(PINNED_NAME),
-                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file = directory / "ca.pem"
-    cert_file = directory / "server.pem"
-    key_file = directory / "server.key"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Tls(ca_file=str(ca_file), cert_file=str(cert_file), key_file=str(key_file))
-
-
-# --- the server ---------------------------------------------------------------------------
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.accepted = 0  # TCP connections, counted before the TLS handshake
-        self.paths: list[str] = []
-        self.hosts: list[str] = []
-        self.release = threading.Event()  # ends the handlers that stall
-
-    def get_request(self) -> tuple[Any, Any]:
-        self.accepted += 1
-        return super().get_request()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # the client hanging up mid-body is what several tests do on purpose
+    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    server: HttpsServer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -228,12 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 @dataclass
 class LocalServer:
-    httpd: _Server
+    httpd: HttpsServer
     tls: Tls
 
     @property
     def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        return self.httpd.port
 
     def url(self, path: str, host: str = "localhost") -> str:
         return f"https://{host}:{self.port}{path}"
@@ -241,17 +127,8 @@ class LocalServer:
 
 @pytest.fixture
 def server(tls: Tls) -> Iterator[LocalServer]:
-    httpd = _Server()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield LocalServer(httpd=httpd, tls=tls)
-    httpd.release.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+    with serve_https(_Handler, tls) as httpd:
+        yield LocalServer(httpd=httpd, tls=tls)
 
 
 def fetch_local(server: LocalServer, path: str, **kwargs: Any) -> Any:

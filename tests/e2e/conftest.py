@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.support.aws import LocalAws
+from tests.support.https import Tls, make_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_PREFIX = "e2e"
@@ -42,10 +43,17 @@ def _database_url() -> str:
     )
 
 
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """The CA of the tests' HTTPS servers; the control worker trusts it for `localhost` only."""
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
 class Workers:
-    def __init__(self, aws: LocalAws, logs: Path) -> None:
+    def __init__(self, aws: LocalAws, logs: Path, tls: Tls) -> None:
         self.aws = aws
         self.logs = logs
+        self.tls = tls
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {
             **os.environ,
@@ -61,7 +69,14 @@ class Workers:
         self.env.pop("DATABASE_URL", None)
 
     def start_control(self) -> None:
-        env = {**self.env, "DATABASE_URL": _database_url(), "SDSAAS_ROLE": "control"}
+        env = {
+            **self.env,
+            "DATABASE_URL": _database_url(),
+            "SDSAAS_ROLE": "control",
+            # The tests' only way to loopback: this host, with this CA, for img2img URLs.
+            "SDSAAS_IMAGE_FETCH_ALLOW_HOSTS": "localhost",
+            "SDSAAS_IMAGE_FETCH_CA_FILE": self.tls.ca_file,
+        }
         argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", f"{E2E_PREFIX}-control"]
         self._start("control", argv, env)
 
@@ -109,11 +124,15 @@ class Workers:
 
 @pytest.fixture(scope="session")
 def workers(
-    local_aws: LocalAws, django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any
+    local_aws: LocalAws,
+    tls: Tls,
+    django_db_setup: Any,
+    django_db_blocker: Any,
+    tmp_path_factory: Any,
 ) -> Iterator[Workers]:
     logs = tmp_path_factory.mktemp("logs")
     with django_db_blocker.unblock():
-        stack = Workers(local_aws, logs)
+        stack = Workers(local_aws, logs, tls)
         stack.start_control()
         stack.start_gpu()
     yield stack

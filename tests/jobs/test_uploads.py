@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from jobs import services
 from jobs.models import IdempotencyRecord, Job, Upload
-from sdsaas.queues import model_queue_name
+from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, control_queue_name, model_queue_name
 from tenants.models import CreditPeriod
 from tests.support.factories import TenantFactory, api_client_for
 
@@ -386,13 +386,18 @@ def test_a_job_on_an_upload_is_img2img_with_default_strength(local_aws, tenant, 
 def test_an_https_url_is_img2img_stored_as_init_image_url(local_aws, tenant, model, client):  # type: ignore[no-untyped-def]
     # when a job is submitted on an https URL with an explicit strength
     response = submit(client, image="https://example.com/a.png", strength=0.35)
-    # then it is accepted as img2img and the URL is kept for the worker to fetch
+    # then it is accepted as img2img and the URL is kept for the control worker to fetch
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["kind"] == "img2img"
     assert body["input"]["strength"] == 0.35
     job = Job.objects.get(public_id=body["id"])
     assert (job.init_image_url, job.init_image_key) == ("https://example.com/a.png", "")
+    # and the control worker is asked to fetch it; no GPU sees the job before that
+    assert local_aws.drain_tasks(control_queue_name()) == [
+        {"task": TASK_FETCH_INPUT_IMAGE, "kwargs": {"job_id": job.pk}}
+    ]
+    assert local_aws.drain_tasks(model_queue_name("tiny")) == []
 
 
 @pytest.mark.django_db(transaction=True)
