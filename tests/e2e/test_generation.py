@@ -5,6 +5,7 @@ import json
 import urllib.request
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from tenants.models import UsageRecord
@@ -55,3 +56,24 @@ def test_txt2img_succeeds_with_a_reproducible_png(setup, workers):  # type: igno
     assert jobs[0]["metrics"]["inference_s"] > 0
     assert jobs[0]["progress"] == {"step": 4, "total": 4}
     assert UsageRecord.objects.filter(tenant=tenant).count() == 2
+
+
+def test_img2img_from_an_upload_succeeds_and_records_its_strength(setup, workers):  # type: ignore[no-untyped-def]
+    _, client = setup
+    # given an uploaded photo
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 64), (30, 90, 200)).save(buffer, "JPEG")
+    photo = SimpleUploadedFile("photo.jpg", buffer.getvalue(), content_type="image/jpeg")
+    upload = client.post("/v1/uploads", {"file": photo}, format="multipart").json()
+    # when an img2img job uses it, as WebP output
+    body = {"model": "tiny", "prompt": "as a watercolour", "image": upload["id"], "strength": 0.5}
+    fields = {"width": 64, "height": 64, "steps": 4, "seed": 7, "output_format": "webp"}
+    job_id = client.post("/v1/jobs", {**body, **fields}, format="json").json()["id"]
+    job = finished(client, job_id)
+    # then it succeeds with a WebP of the asked size whose record names the input and strength
+    assert (job["status"], job["kind"]) == ("succeeded", "img2img"), workers.log("gpu")
+    image = download(job["output"][0])
+    assert (image.format, image.size) == ("WEBP", (64, 64))
+    record = json.loads(image.getexif()[0x010E])
+    assert record["input"]["image"] == upload["id"]
+    assert (record["input"]["strength"], record["seed"]) == (0.5, 7)
