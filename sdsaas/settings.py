@@ -185,6 +185,8 @@ def sqs_broker_url(endpoint_url: str) -> str:
 
 
 CELERY_BROKER_URL = sqs_broker_url(SQS_ENDPOINT_URL)
+# kombu's SQS consumer stops polling for good after an endpoint outage; this one keeps polling.
+CELERY_BROKER_TRANSPORT = "sdsaas.sqs_transport:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "region": AWS_REGION,
     "is_secure": not SQS_ENDPOINT_URL.startswith("http://"),
