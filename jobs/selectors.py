@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Q, QuerySet
 
-from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
+from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload
 from sdsaas.errors import NotFound
 from tenants.models import Tenant
 
@@ -57,3 +57,9 @@ def job_queue_position(*, job: Job) -> int | None:
 
 def upload_get(*, tenant: Tenant, public_id: str) -> Upload | None:
     return Upload.objects.filter(tenant=tenant, public_id=public_id).first()
+
+
+def job_events(*, job: Job) -> QuerySet[JobEvent]:
+    """The job's history, oldest first. Not tenant-scoped: for staff pages only."""
+    # By id, not created_at: ids follow the order of the writes even when clocks tie.
+    return JobEvent.objects.filter(job=job).order_by("id")
