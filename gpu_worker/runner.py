@@ -12,15 +12,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diffusers
 import torch
 import transformers
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
+from kombu.exceptions import OperationalError
 from PIL import Image, UnidentifiedImageError
 
 from gpu_worker import inference, model_store
@@ -42,8 +45,53 @@ CANCEL_POLL_S = 0.2
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 
 
+THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """S3 or SQS trouble that a later try may not meet: unreachable, timeouts, 5xx, throttling."""
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        return status >= 500 or exc.response.get("Error", {}).get("Code") in THROTTLING_CODES
+    return isinstance(exc, BotoCoreError | OperationalError | ConnectionError | TimeoutError)
+
+
+def patiently(what: str, call: Callable[[], T]) -> T:
+    """`call()`, retried through an S3 or SQS outage of up to GPU_OUTAGE_TOLERANCE_S seconds.
+
+    A job in the middle of its work should not be thrown away (and run again after the visibility
+    timeout) because the endpoint was away for a while: the work waits for it instead.
+    """
+    deadline = time.monotonic() + settings.GPU_OUTAGE_TOLERANCE_S
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s failed (%s); trying again in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def send_event(task_name: str, **kwargs: Any) -> None:
-    celery_app.send_task(task_name, kwargs=kwargs, queue=control_queue_name())
+    """Report to the control worker. Progress is best effort (the next one supersedes a lost
+    one); every other event waits out an outage, since the job's outcome depends on it."""
+
+    def publish() -> None:
+        celery_app.send_task(task_name, kwargs=kwargs, queue=control_queue_name())
+
+    if task_name != TASK_JOB_PROGRESS:
+        patiently(f"event {task_name}", publish)
+        return
+    try:
+        publish()
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        logger.warning("progress event dropped: %s", exc)
 
 
 @dataclass
@@ -59,7 +107,13 @@ class CancelWatch:
         if not force and now - self.checked_at < CANCEL_POLL_S:
             return False
         self.checked_at = now
-        return bool(self.storage.exists(self.key))
+        try:
+            return bool(self.storage.exists(self.key))
+        except Exception as exc:  # storage away for a while: go on, and ask again at the next poll
+            if not is_transient(exc):
+                raise
+            logger.warning("cancel check failed: %s", exc)
+            return False
 
 
 class Preempted(Exception):
@@ -123,6 +177,11 @@ def reproducibility_record(
     }
 
 
+def read_bytes(storage: Storage, message: dict[str, Any]) -> bytes:
+    with storage.open(message["init_image_key"], "rb") as handle:
+        return bytes(handle.read())
+
+
 def decode_init_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
@@ -171,8 +230,9 @@ def run_job(
         send(TASK_JOB_STARTED, job_id=job_id, attempt=attempt, load_s=round(load_s, 3))
         init_image = None
         if message.get("init_image_key"):
-            with storage.open(message["init_image_key"], "rb") as handle:
-                init_image = decode_init_image(handle.read())
+            init_image = decode_init_image(
+                patiently("input image download", lambda: read_bytes(storage, message))
+            )
         request = inference.Request(
             prompt=params["prompt"],
             negative_prompt=params.get("negative_prompt", ""),
@@ -211,10 +271,10 @@ def run_job(
         ]
         encode_s = time.monotonic() - encode_started
         upload_started = time.monotonic()
-        keys = [
-            storage.save(f"{prefix}{i}.{EXTENSIONS[fmt]}", ContentFile(data))
-            for i, data in enumerate(encoded)
-        ]
+        keys = []
+        for i, data in enumerate(encoded):
+            key = f"{prefix}{i}.{EXTENSIONS[fmt]}"
+            keys.append(patiently("image upload", partial(storage.save, key, ContentFile(data))))
         upload_s = time.monotonic() - upload_started
     except inference.Canceled:
         logger.info("job %s canceled during inference", job_id)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 from celery.worker.request import Request
 from django.conf import settings
 from django.core.files.storage import default_storage
-from kombu.exceptions import OperationalError
 
-from gpu_worker.runner import STOP, run_job, send_event
+from gpu_worker.runner import STOP, is_transient, run_job, send_event
 from sdsaas.celery import app
 from sdsaas.queues import TASK_GPU_GENERATE, TASK_JOB_FAILED
 from sdsaas.sqs import sqs_client
@@ -22,23 +20,8 @@ from sdsaas.sqs import sqs_client
 logger = logging.getLogger(__name__)
 
 
-class TransientClientError(Exception):
-    """An S3 or SQS answer that a later try may not get: 5xx or throttling."""
-
-
-TRANSIENT_ERRORS = (
-    BotoCoreError,
-    TransientClientError,
-    ConnectionError,
-    TimeoutError,
-    OperationalError,
-)
-THROTTLING_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
-
-
-def is_transient(exc: ClientError) -> bool:
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-    return status >= 500 or exc.response.get("Error", {}).get("Code") in THROTTLING_CODES
+class TransientError(Exception):
+    """S3 or SQS trouble that outlasted the runner's patience: Celery retries the job later."""
 
 
 class SqsRequest(Request):
@@ -99,7 +82,7 @@ def hand_back(delivery_info: Any) -> None:
     name=TASK_GPU_GENERATE,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
+    autoretry_for=(TransientError,),
     retry_backoff=2,
     max_retries=3,
     ignore_result=True,
@@ -109,9 +92,9 @@ def generate(self: Task, job: dict[str, Any]) -> str:
     logger.info("job %s attempt %s", job["job_id"], attempt)
     try:
         outcome = run_job(job, attempt=attempt, storage=default_storage)
-    except ClientError as exc:
+    except Exception as exc:
         if is_transient(exc):
-            raise TransientClientError(str(exc)) from exc
+            raise TransientError(str(exc)) from exc
         raise
     if outcome == "preempted":
         hand_back(self.request.delivery_info)

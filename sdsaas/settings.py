@@ -170,6 +170,8 @@ GPU_PIPELINE_CACHE_BYTES = env_int("SDSAAS_PIPELINE_CACHE_BYTES", 12 * 1024**3, 
 # On SIGTERM (spot interruption, scale-in) the current job may finish within this many seconds;
 # past it, the job is handed back to the queue for another worker (ECS stopTimeout must exceed it).
 GPU_STOP_GRACE_S = env_int("SDSAAS_GPU_STOP_GRACE_S", 25, minimum=0)
+# A running job waits this long for S3 or SQS to come back (uploads, events) before it gives up.
+GPU_OUTAGE_TOLERANCE_S = env_int("SDSAAS_GPU_OUTAGE_TOLERANCE_S", 300, minimum=0)
 
 # --- Celery over SQS ----------------------------------------------------------------------------
 

@@ -50,7 +50,16 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 
 class Workers:
-    def __init__(self, aws: LocalAws, logs: Path, tls: Tls) -> None:
+    def __init__(
+        self,
+        aws: LocalAws,
+        logs: Path,
+        tls: Tls,
+        *,
+        prefix: str = E2E_PREFIX,
+        endpoint_url: str | None = None,
+    ) -> None:
+        self.prefix = prefix
         self.aws = aws
         self.logs = logs
         self.tls = tls
@@ -58,9 +67,9 @@ class Workers:
         self.env = {
             **os.environ,
             "SDSAAS_DEBUG": "1",
-            "SDSAAS_SQS_ENDPOINT_URL": aws.endpoint_url,
-            "SDSAAS_S3_ENDPOINT_URL": aws.endpoint_url,
-            "SDSAAS_SQS_QUEUE_PREFIX": E2E_PREFIX,
+            "SDSAAS_SQS_ENDPOINT_URL": endpoint_url or aws.endpoint_url,
+            "SDSAAS_S3_ENDPOINT_URL": endpoint_url or aws.endpoint_url,
+            "SDSAAS_SQS_QUEUE_PREFIX": prefix,
             "SDSAAS_S3_BUCKET": settings.S3_BUCKET,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
@@ -68,7 +77,7 @@ class Workers:
         }
         self.env.pop("DATABASE_URL", None)
 
-    def start_control(self) -> None:
+    def start_control(self, name: str = "control") -> None:
         env = {
             **self.env,
             "DATABASE_URL": _database_url(),
@@ -77,8 +86,9 @@ class Workers:
             "SDSAAS_IMAGE_FETCH_ALLOW_HOSTS": "localhost",
             "SDSAAS_IMAGE_FETCH_CA_FILE": self.tls.ca_file,
         }
-        argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", f"{E2E_PREFIX}-control"]
-        self._start("control", argv, env)
+        queue = f"{self.prefix}-control"
+        argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", queue, "-n", f"{name}@%h"]
+        self._start(name, argv, env)
 
     def start_gpu(
         self, name: str = "gpu", queues: str = f"{E2E_PREFIX}-model-tiny", **env: str

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobs.models import Job
-from tests.e2e.conftest import Workers, _database_url, wait_for
+from tests.e2e.conftest import Workers, wait_for
 from tests.support.aws import LocalAws, TcpProxy
 from tests.support.factories import (
     DiffusionModelFactory,
@@ -32,24 +31,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 PREFIX = "outage"
 OUTAGE_S = 30  # required by the issue
 FINAL = {"succeeded", "failed", "canceled"}
-
-
-class PartitionedWorkers(Workers):
-    """A control and a GPU worker on PREFIX's queues, reaching SQS and S3 through `proxy`."""
-
-    def __init__(self, aws: LocalAws, proxy: TcpProxy, logs: Path, tls: Tls) -> None:
-        super().__init__(aws, logs, tls)
-        endpoint_url = f"http://127.0.0.1:{proxy.port}"
-        self.env.update(
-            SDSAAS_SQS_ENDPOINT_URL=endpoint_url,
-            SDSAAS_S3_ENDPOINT_URL=endpoint_url,
-            SDSAAS_SQS_QUEUE_PREFIX=PREFIX,
-        )
-
-    def start_control(self) -> None:
-        env = {**self.env, "DATABASE_URL": _database_url(), "SDSAAS_ROLE": "control"}
-        argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", f"{PREFIX}-control"]
-        self._start(f"{PREFIX}-control", [*argv, "-n", f"{PREFIX}-control@%h"], env)
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +49,14 @@ def partitioned_workers(
     django_db_setup: Any,
     django_db_blocker: Any,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[PartitionedWorkers]:
+) -> Iterator[Workers]:
     with django_db_blocker.unblock():
         logs = tmp_path_factory.mktemp("outage-logs")
-        stack = PartitionedWorkers(local_aws, proxy, logs, tls)
-        stack.start_control()
+        # A control and a GPU worker on PREFIX's queues, reaching SQS and S3 through `proxy`.
+        stack = Workers(
+            local_aws, logs, tls, prefix=PREFIX, endpoint_url=f"http://127.0.0.1:{proxy.port}"
+        )
+        stack.start_control(f"{PREFIX}-control")
         stack.start_gpu(f"{PREFIX}-gpu", queues=f"{PREFIX}-model-tiny")
     yield stack
     for name in list(stack.processes):
@@ -135,3 +119,30 @@ def test_every_job_of_a_stream_completes_after_a_30s_outage(  # type: ignore[no-
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {statuses(ids)}\n{logs()}") from None
     assert statuses(ids) == dict.fromkeys(ids, "succeeded"), logs()
+
+
+def test_a_job_running_through_a_30s_outage_completes_without_a_redelivery(  # type: ignore[no-untyped-def]
+    partitioned_workers, proxy, tiny_model_dir, settings
+):
+    settings.SQS_QUEUE_PREFIX = PREFIX
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
+    DiffusionModelFactory(
+        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
+    )
+    client = api_client_for(tenant)
+    # given a job that runs for many seconds, already processing
+    body = {"model": "tiny", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 150}
+    job_id = client.post("/v1/jobs", body, format="json").json()["id"]
+    wait_for(lambda: statuses([job_id]) == {job_id: "processing"}, 120, "the job to start")
+    # when the worker loses S3 and SQS for 30 s in the middle of it (cancel checks, progress,
+    # the upload and the final event all fall in the outage)
+    proxy.stop()
+    try:
+        time.sleep(OUTAGE_S)
+        assert statuses([job_id]) == {job_id: "processing"}
+    finally:
+        proxy.start()
+    # then the same attempt finishes once the endpoint is back: the work was not thrown away
+    wait_for(lambda: statuses([job_id])[job_id] in FINAL, 60, "the job to finish")
+    job = Job.objects.get(public_id=job_id)
+    assert (job.status, job.attempt) == ("succeeded", 1), partitioned_workers.log(f"{PREFIX}-gpu")
