@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +45,18 @@ def local_aws() -> Iterator[LocalAws]:
     celery_app.pool.force_close_all()
     publisher_pool().force_close_all()
     aws.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test pipeline, built (random weights, diffusers layout) once per session."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    subprocess.run(
+        [sys.executable, "-m", "gpu_worker.build_model", "--arch", "tiny", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
 
 
 @pytest.fixture(autouse=True)

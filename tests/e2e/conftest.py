@@ -22,17 +22,6 @@ E2E_PREFIX = "e2e"
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "gpu_worker.build_model", "--arch", "tiny", "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
 def _database_url() -> str:
     db = connection.settings_dict
     if connection.vendor == "sqlite":

@@ -80,17 +80,6 @@ def dest() -> str:
     return f"s3://{settings.S3_BUCKET}/models/{uuid.uuid4().hex[:12]}/"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    subprocess.run(
-        [sys.executable, "-m", "gpu_worker.build_model", "--arch", "tiny", "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
 def write_folder(root: Path) -> dict[str, bytes]:
     """A small model-like folder: nested files, one above the part size, one empty."""
     files = {
@@ -155,19 +144,19 @@ def test_pushed_folder_comes_back_byte_identical_with_the_catalog_digest(
 
 
 def test_tiny_pipeline_from_s3_loads(
-    tiny_model: Path, s3: Any, store: ModelStore, dest: str
+    tiny_model_dir: Path, s3: Any, store: ModelStore, dest: str
 ) -> None:
     # given the real tiny pipeline pushed to S3
-    source_uri, sha256 = push(s3, tiny_model, dest)
+    source_uri, sha256 = push(s3, tiny_model_dir, dest)
 
     # when it is fetched and loaded like the worker does
     path = store.local_path(source_uri, sha256)
     pipeline = inference.load_pipeline(str(path), torch.device("cpu"))
 
     # then the downloaded folder is a working diffusers pipeline, byte for byte the built one
-    assert read_folder(path) == read_folder(tiny_model)
+    assert read_folder(path) == read_folder(tiny_model_dir)
     assert pipeline.unet.config.sample_size == 8
-    assert digest(tiny_model) == sha256
+    assert digest(tiny_model_dir) == sha256
 
 
 def test_large_object_is_fetched_with_parallel_ranged_gets(
