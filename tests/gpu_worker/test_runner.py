@@ -1,0 +1,158 @@
+"""One job message through the GPU runner, against the local S3: events, outputs, cancel, errors.
+
+The events go to a list instead of the control queue: the runner takes its sender as an argument,
+and what is checked here is what it reports and when (the e2e tests send them for real).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from PIL import Image
+
+from gpu_worker import runner
+from sdsaas.queues import (
+    TASK_JOB_FAILED,
+    TASK_JOB_PROGRESS,
+    TASK_JOB_STARTED,
+    TASK_JOB_SUCCEEDED,
+    cancel_marker_key,
+)
+
+pytestmark = pytest.mark.usefixtures("local_aws")
+
+
+class Events(list[tuple[float, str, dict[str, Any]]]):
+    def __call__(self, task_name: str, **kwargs: Any) -> None:
+        self.append((time.monotonic(), task_name, kwargs))
+
+    def kinds(self) -> list[str]:
+        return [name for _, name, _ in self if name != TASK_JOB_PROGRESS]
+
+
+def message(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "attempt": 1,
+        "kind": "txt2img",
+        "input": {
+            "prompt": "a red fox",
+            "negative_prompt": "",
+            "width": 64,
+            "height": 64,
+            "steps": 4,
+            "guidance": 7.5,
+            "scheduler": "euler",
+            "num_outputs": 1,
+            "seed": 5,
+            "loras": [],
+            "output_format": "png",
+            **input_fields,
+        },
+        "model": {
+            "slug": "tiny",
+            "family": "sd15",
+            "source_uri": str(tiny_model_dir),
+            "revision": "tiny-1",
+            "sha256": "",
+        },
+        "loras": [],
+        "init_image_key": "",
+        "output_prefix": f"tenants/1/jobs/{job_id}/",
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+
+
+def test_a_job_reports_started_then_succeeded_with_its_images_in_s3(tiny_model_dir: Path) -> None:
+    # when a job of two images runs
+    events = Events()
+    job = message(tiny_model_dir, "job_runner_ok", num_outputs=2)
+    outcome = runner.run_job(job, attempt=3, storage=default_storage, send=events)
+    # then it reports started (with load time) and succeeded (with keys and every metric)
+    assert outcome == "succeeded"
+    assert events.kinds() == [TASK_JOB_STARTED, TASK_JOB_SUCCEEDED]
+    started, succeeded = (kw for _, name, kw in events if name != TASK_JOB_PROGRESS)
+    assert started["attempt"] == succeeded["attempt"] == 3
+    assert started["load_s"] >= 0
+    assert succeeded["output_keys"] == [
+        f"{job['output_prefix']}0.png",
+        f"{job['output_prefix']}1.png",
+    ]
+    assert set(succeeded["metrics"]) == {"queue_s", "load_s", "inference_s", "encode_s", "upload_s"}
+    # and each image is in S3 with its own seed in its record
+    for index, key in enumerate(succeeded["output_keys"]):
+        with default_storage.open(key, "rb") as handle:
+            record = json.loads(Image.open(io.BytesIO(handle.read())).text["sdsaas"])
+        assert (record["seed"], record["image_index"]) == (5 + index, index)
+        assert record["model"] == {"slug": "tiny", "revision": "tiny-1", "sha256": ""}
+        assert record["versions"]["torch"] == torch.__version__
+        assert record["device"] == "cpu"
+
+
+def test_progress_is_reported_at_most_once_a_second(tiny_model_dir: Path) -> None:
+    # when a job of many steps runs
+    events = Events()
+    job = message(tiny_model_dir, "job_runner_progress", steps=40)
+    began = time.monotonic()
+    assert runner.run_job(job, attempt=1, storage=default_storage, send=events) == "succeeded"
+    elapsed = time.monotonic() - began
+    # then it reported progress, not more than once a second, with growing steps
+    progress = [(at, kw["step"]) for at, name, kw in events if name == TASK_JOB_PROGRESS]
+    assert 1 <= len(progress) <= elapsed / runner.PROGRESS_INTERVAL_S + 1
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(progress)]
+    assert all(gap >= runner.PROGRESS_INTERVAL_S for gap in gaps), gaps
+    steps = [step for _, step in progress]
+    assert steps == sorted(steps) and steps[-1] <= 40
+
+
+def test_a_job_canceled_before_it_starts_never_loads_the_model(tiny_model_dir: Path) -> None:
+    # given the cancel marker of a job in S3, and a model path that does not exist
+    job = message(tiny_model_dir, "job_runner_canceled")
+    job["model"]["source_uri"] = "/nonexistent/model"
+    default_storage.save(cancel_marker_key(job["output_prefix"]), ContentFile(b"canceled"))
+    events = Events()
+    # when it is delivered, then it ends at once, reporting nothing
+    assert runner.run_job(job, attempt=1, storage=default_storage, send=events) == "canceled"
+    assert events == []
+
+
+def test_a_missing_model_fails_as_invalid_input(tiny_model_dir: Path) -> None:
+    job = message(tiny_model_dir, "job_runner_missing")
+    job["model"] = {**job["model"], "source_uri": "/nonexistent/model", "revision": "gone"}
+    events = Events()
+    assert runner.run_job(job, attempt=1, storage=default_storage, send=events) == "failed"
+    ((_, name, kwargs),) = events
+    assert (name, kwargs["code"]) == (TASK_JOB_FAILED, "invalid_input")
+
+
+def test_cpu_and_gpu_out_of_memory_are_both_recognised() -> None:
+    cpu_oom = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
+    )
+    assert runner.out_of_memory(cpu_oom)
+    assert runner.out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not runner.out_of_memory(RuntimeError("size mismatch for weight"))
+
+
+def test_the_cancel_check_keeps_going_when_storage_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a cancel watch on a storage whose endpoint cannot be reached
+    monkeypatch.setitem(
+        settings.STORAGES["default"]["OPTIONS"], "endpoint_url", "http://127.0.0.1:9"
+    )
+    from storages.backends.s3 import S3Storage
+
+    unreachable = S3Storage(**settings.STORAGES["default"]["OPTIONS"])
+    watch = runner.CancelWatch(unreachable, "tenants/1/jobs/x/cancel")
+    # when it is asked, then the job goes on (it asks again at the next poll)
+    assert watch.canceled(force=True) is False
