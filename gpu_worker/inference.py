@@ -1,5 +1,8 @@
 """Pure inference: no Django. Load a pipeline once, generate many; the seed decides the image.
 
+SD 1.x/2.x (`StableDiffusionPipeline`) and SDXL (`StableDiffusionXLPipeline`) folders go through
+the same functions: the folder's `model_index.json` says which pipeline class loads it.
+
 Determinism: every image `i` of a job uses its own CPU generator seeded `seed + i`, so the same
 input gives the same pixels on the same device and software versions, whatever the batch size.
 """
@@ -13,7 +16,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeAlias
 
 import torch
 from diffusers import (
@@ -27,6 +31,8 @@ from diffusers import (
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
     UniPCMultistepScheduler,
 )
 from PIL import Image, PngImagePlugin
@@ -70,16 +76,43 @@ class Request:
     loras: tuple[tuple[str, str, float], ...] = field(default_factory=tuple)  # slug, path, weight
 
 
+Pipeline: TypeAlias = StableDiffusionPipeline | StableDiffusionXLPipeline
+
+# `_class_name` in model_index.json → the class that loads the folder, and what it is loaded
+# with. No safety checker: moderation, if any, is the service's business, not the pipeline's.
+# No invisible watermark: the pixels would depend on whether an optional package happens to be
+# installed on the worker, and the same request must give the same image everywhere.
+PIPELINES: dict[str, tuple[Any, dict[str, Any]]] = {
+    "StableDiffusionPipeline": (
+        StableDiffusionPipeline,
+        {"safety_checker": None, "requires_safety_checker": False},
+    ),
+    "StableDiffusionXLPipeline": (StableDiffusionXLPipeline, {"add_watermarker": False}),
+}
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_pipeline(path: str, device: torch.device) -> StableDiffusionPipeline:
+def pipeline_class(path: str) -> tuple[Any, dict[str, Any]]:
+    """The class that loads the diffusers folder `path`, and its loading options."""
+    try:
+        class_name = json.loads((Path(path) / "model_index.json").read_text())["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest(f"no readable model_index.json in {path}") from exc
+    if not isinstance(class_name, str) or class_name not in PIPELINES:
+        raise InvalidRequest(
+            f"unsupported pipeline {class_name!r}; supported: {', '.join(sorted(PIPELINES))}"
+        )
+    return PIPELINES[class_name]
+
+
+def load_pipeline(path: str, device: torch.device) -> Pipeline:
     """Load a diffusers folder: fp16, SDPA attention and channels-last on CUDA; fp32 on CPU."""
+    cls, options = pipeline_class(path)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    pipeline = cls.from_pretrained(path, dtype=dtype, **options)
     pipeline.set_progress_bar_config(disable=True)
     if device.type == "cuda":
         from diffusers.models.attention_processor import AttnProcessor2_0
@@ -98,18 +131,36 @@ def pipeline_bytes(pipeline: DiffusionPipeline) -> int:
     return total
 
 
+# LoRAs kept loaded in a pipeline beyond those of the current job (least recently used go first).
+MAX_IDLE_ADAPTERS = 8
+
+
 @dataclass
 class LoadedModel:
     """A pipeline in memory and the LoRA adapters loaded into it so far."""
 
-    pipeline: StableDiffusionPipeline
-    adapters: set[str] = field(default_factory=set)
+    pipeline: Pipeline
+    # slug -> the file it was loaded from, least recently used first.
+    adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # The scheduler config the model was saved with. Each job's scheduler is built from it,
+    # not from the last job's: options such as Karras sigmas would otherwise carry over to the
+    # next job's scheduler, and the same request would give other pixels after another job.
+    scheduler_config: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler_config = self.pipeline.scheduler.config
 
     def apply_loras(self, loras: tuple[tuple[str, str, float], ...]) -> None:
         for slug, path, _ in loras:
-            if slug not in self.adapters:
-                self.pipeline.load_lora_weights(path, adapter_name=slug)
-                self.adapters.add(slug)
+            if self.adapters.get(slug) != path:  # new, or its file changed in the catalog
+                if slug in self.adapters:
+                    self._unload(slug)
+                self._load_lora(slug, path)
+            self.adapters.move_to_end(slug)
+        wanted = {slug for slug, _, _ in loras}
+        idle = [slug for slug in self.adapters if slug not in wanted]
+        for slug in idle[: max(0, len(idle) - MAX_IDLE_ADAPTERS)]:
+            self._unload(slug)  # memory grows with every LoRA a worker sees, unless bounded
         if loras:
             self.pipeline.enable_lora()
             self.pipeline.set_adapters(
@@ -117,6 +168,24 @@ class LoadedModel:
             )
         elif self.adapters:
             self.pipeline.disable_lora()
+
+    def _unload(self, slug: str) -> None:
+        self.pipeline.delete_adapters([slug])
+        del self.adapters[slug]
+
+    def _load_lora(self, slug: str, path: str) -> None:
+        try:
+            self.pipeline.load_lora_weights(path, adapter_name=slug)
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            if "can't allocate" in str(exc):  # out of memory stays out of memory
+                raise
+            # A LoRA half loaded (UNet yes, text encoder no) would block its name for good.
+            if any(slug in names for names in self.pipeline.get_list_adapters().values()):
+                self.pipeline.delete_adapters([slug])
+            raise InvalidRequest(
+                f"LoRA {slug!r} does not fit this model ({exc.__class__.__name__})"
+            ) from exc
+        self.adapters[slug] = path
 
 
 class PipelineCache:
@@ -127,9 +196,7 @@ class PipelineCache:
         self._items: OrderedDict[str, tuple[LoadedModel, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(
-        self, key: str, load: Callable[[], StableDiffusionPipeline]
-    ) -> tuple[LoadedModel, bool]:
+    def get(self, key: str, load: Callable[[], Pipeline]) -> tuple[LoadedModel, bool]:
         """(model, loaded_now): the cached model, or `load()` after evicting what must go."""
         with self._lock:
             if key in self._items:
@@ -150,40 +217,95 @@ class PipelineCache:
         return key in self._items
 
 
-def _encode_chunks(
-    pipeline: StableDiffusionPipeline, text: str, chunks: int | None
-) -> torch.Tensor:
-    """Embed text of any length: 75-token windows, each wrapped in BOS/EOS, concatenated.
+@dataclass(frozen=True)
+class PromptEmbeds:
+    """What one image is conditioned on; the pooled pair only for SDXL."""
 
-    The text encoder sees at most 77 positions; longer prompts are split instead of truncated.
-    """
-    tokenizer = pipeline.tokenizer
+    positive: torch.Tensor  # (1, 77 * windows, features)
+    negative: torch.Tensor  # the same shape
+    pooled: torch.Tensor | None = None  # (1, projection)
+    negative_pooled: torch.Tensor | None = None
+
+    def pipeline_kwargs(self, copies: int) -> dict[str, torch.Tensor]:
+        kwargs = {
+            "prompt_embeds": self.positive.repeat(copies, 1, 1),
+            "negative_prompt_embeds": self.negative.repeat(copies, 1, 1),
+        }
+        if self.pooled is not None and self.negative_pooled is not None:
+            kwargs["pooled_prompt_embeds"] = self.pooled.repeat(copies, 1)
+            kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled.repeat(copies, 1)
+        return kwargs
+
+
+def _text_encoders(pipeline: Pipeline) -> list[tuple[Any, Any]]:
+    """(tokenizer, text encoder) pairs, in the order the UNet takes their features."""
+    pairs = [(pipeline.tokenizer, pipeline.text_encoder)]
+    if isinstance(pipeline, StableDiffusionXLPipeline):
+        pairs.append((pipeline.tokenizer_2, pipeline.text_encoder_2))
+    return pairs
+
+
+def _windows(tokenizer: Any, text: str) -> list[list[int]]:
+    """The text's token ids in windows of 75: with BOS and EOS, what one encoder pass takes."""
     window = tokenizer.model_max_length - 2
     ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
-    pieces = [ids[i : i + window] for i in range(0, len(ids), window)] or [[]]
-    if chunks is not None:
-        pieces += [[] for _ in range(chunks - len(pieces))]
-    embeddings = []
-    device = pipeline.text_encoder.device
-    for piece in pieces:
-        padded = [tokenizer.bos_token_id, *piece, tokenizer.eos_token_id]
-        padded += [tokenizer.pad_token_id] * (tokenizer.model_max_length - len(padded))
-        tokens = torch.tensor([padded], device=device)
-        embeddings.append(pipeline.text_encoder(tokens)[0])
-    return torch.cat(embeddings, dim=1)
+    return [ids[i : i + window] for i in range(0, len(ids), window)] or [[]]
 
 
-def encode_prompts(
-    pipeline: StableDiffusionPipeline, prompt: str, negative: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_rows(
+    tokenizer: Any, windows: list[list[int]], count: int, device: torch.device
+) -> torch.Tensor:
+    """`count` rows of input ids: each window wrapped in BOS/EOS and padded, then empty ones."""
+    rows = []
+    for piece in windows + [[] for _ in range(count - len(windows))]:
+        row = [tokenizer.bos_token_id, *piece, tokenizer.eos_token_id]
+        rows.append(row + [tokenizer.pad_token_id] * (tokenizer.model_max_length - len(row)))
+    return torch.tensor(rows, device=device)
+
+
+def encode_prompts(pipeline: Pipeline, prompt: str, negative: str) -> PromptEmbeds:
+    """Embed a prompt and a negative prompt of any length: split, never truncated.
+
+    A text encoder sees at most 77 positions, so each text is cut into 75-token windows, each
+    wrapped in BOS/EOS and encoded on its own, and the windows' embeddings are concatenated;
+    the shorter text gets empty windows, since guidance needs both the same length.
+
+    SDXL, as diffusers' own `encode_prompt`: both encoders' penultimate hidden states side by
+    side, and the pooled projection of `text_encoder_2` (from the first window, which holds
+    what a prompt of up to 75 tokens would have given). An empty negative prompt gives zeros
+    instead where the model's config sets `force_zeros_for_empty_prompt` (SDXL base does).
+    """
+    xl = isinstance(pipeline, StableDiffusionXLPipeline)
+    zero_negative = xl and not negative.strip() and pipeline.config.force_zeros_for_empty_prompt
+    texts = [prompt] if zero_negative else [prompt, negative]
+    encoders = _text_encoders(pipeline)
+    windows = [[_windows(tokenizer, text) for text in texts] for tokenizer, _ in encoders]
+    count = max(len(per_text) for per_encoder in windows for per_text in per_encoder)
+    features = []
     with torch.no_grad():
-        positive = _encode_chunks(pipeline, prompt, None)
-        chunks = positive.shape[1] // pipeline.tokenizer.model_max_length
-        negative_embeds = _encode_chunks(pipeline, negative, chunks)
-        if negative_embeds.shape[1] > positive.shape[1]:
-            extra = negative_embeds.shape[1] // pipeline.tokenizer.model_max_length
-            positive = _encode_chunks(pipeline, prompt, extra)
-    return positive, negative_embeds
+        for (tokenizer, encoder), per_encoder in zip(encoders, windows, strict=True):
+            rows = [_token_rows(tokenizer, w, count, encoder.device) for w in per_encoder]
+            output = encoder(torch.cat(rows), output_hidden_states=xl)
+            states = output.hidden_states[-2] if xl else output[0]
+            features.append(states.reshape(len(texts), -1, states.shape[-1]))
+        if xl:  # the last encoder's, as in diffusers: SDXL's only one with a projection
+            pooled = output.text_embeds.reshape(len(texts), count, -1)[:, 0]
+    embeds = torch.cat(features, dim=-1)
+    if not xl:
+        return PromptEmbeds(embeds[:1], embeds[1:])
+    if zero_negative:
+        return PromptEmbeds(embeds, torch.zeros_like(embeds), pooled, torch.zeros_like(pooled))
+    return PromptEmbeds(embeds[:1], embeds[1:], pooled[:1], pooled[1:])
+
+
+def _img2img(pipeline: Pipeline) -> Any:
+    """The image-to-image pipeline over the same modules (and LoRAs): no second copy."""
+    if isinstance(pipeline, StableDiffusionXLPipeline):
+        img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(pipeline, add_watermarker=False)
+    else:
+        img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipeline)
+    img2img.set_progress_bar_config(disable=True)  # a new pipeline has its bar on again
+    return img2img
 
 
 def generate(
@@ -196,15 +318,14 @@ def generate(
         raise InvalidRequest(f"unknown scheduler {request.scheduler!r}")
     scheduler_class, options = SCHEDULERS[request.scheduler]
     pipeline = model.pipeline
-    pipeline.scheduler = scheduler_class.from_config(pipeline.scheduler.config, **options)
+    pipeline.scheduler = scheduler_class.from_config(model.scheduler_config, **options)
     model.apply_loras(request.loras)
-    positive, negative = encode_prompts(pipeline, request.prompt, request.negative_prompt)
+    embeds = encode_prompts(pipeline, request.prompt, request.negative_prompt)
     generators = [
         torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.num_outputs)
     ]
     common: dict[str, Any] = {
-        "prompt_embeds": positive.repeat(request.num_outputs, 1, 1),
-        "negative_prompt_embeds": negative.repeat(request.num_outputs, 1, 1),
+        **embeds.pipeline_kwargs(request.num_outputs),
         "num_inference_steps": request.steps,
         "guidance_scale": request.guidance,
         "generator": generators,
@@ -220,7 +341,7 @@ def generate(
     if request.init_image is None:
         result = pipeline(width=request.width, height=request.height, **common)
     else:
-        img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipeline)
+        img2img = _img2img(pipeline)
         init = request.init_image.convert("RGB").resize((request.width, request.height))
         total = max(1, int(request.steps * request.strength))
         result = img2img(image=init, strength=request.strength, **common)

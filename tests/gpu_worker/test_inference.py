@@ -1,0 +1,161 @@
+"""Pure inference on the tiny SD 1.5-shaped model: schedulers, seeds, long prompts, LRU."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gpu_worker import inference
+from jobs.models import SCHEDULERS as API_SCHEDULERS
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> inference.LoadedModel:
+    return inference.LoadedModel(inference.load_pipeline(str(tiny_model_dir), CPU))
+
+
+def request(**fields: Any) -> inference.Request:
+    base: dict[str, Any] = {
+        "prompt": "a red fox in the snow",
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": 2,
+        "guidance": 7.5,
+        "scheduler": "euler",
+        "num_outputs": 1,
+        "seed": 1,
+    }
+    return inference.Request(**{**base, **fields})
+
+
+def pixels(image: Image.Image) -> bytes:
+    return image.tobytes()
+
+
+def close(a: Image.Image, b: Image.Image) -> bool:
+    diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+    return bool(diff.max() <= 2 and diff.mean() < 0.05)
+
+
+def test_the_worker_knows_exactly_the_schedulers_the_api_offers() -> None:
+    assert set(inference.SCHEDULERS) == set(API_SCHEDULERS)
+
+
+@pytest.mark.parametrize("scheduler", sorted(inference.SCHEDULERS))
+def test_every_scheduler_generates_an_image_of_the_asked_size(
+    model: inference.LoadedModel, scheduler: str
+) -> None:
+    (image,) = inference.generate(model, request(scheduler=scheduler, width=48, height=64))
+    assert image.size == (48, 64)
+
+
+def test_image_i_of_a_batch_is_the_single_image_of_seed_plus_i(
+    model: inference.LoadedModel,
+) -> None:
+    # given a batch of 3 from seed 10, and single images from seeds 10 and 12
+    batch = inference.generate(model, request(seed=10, num_outputs=3))
+    first = inference.generate(model, request(seed=10))
+    third = inference.generate(model, request(seed=12))
+    # then each image comes from its own seed, whatever the batch (to the last bit of rounding:
+    # batched arithmetic on the CPU may differ there), and the same input gives the same pixels
+    assert close(batch[0], first[0])
+    assert close(batch[2], third[0])
+    assert not close(batch[0], batch[1])
+    again = inference.generate(model, request(seed=10, num_outputs=3))
+    assert [pixels(image) for image in again] == [pixels(image) for image in batch]
+
+
+def test_a_prompt_past_77_tokens_is_encoded_whole_not_truncated(
+    model: inference.LoadedModel,
+) -> None:
+    # given a prompt of about 200 tokens, and the same prompt cut to its first 75 tokens
+    tokenizer = model.pipeline.tokenizer
+    long_prompt = "a lighthouse on a cliff at dusk, " * 6
+    ids = tokenizer(long_prompt, add_special_tokens=False).input_ids
+    assert len(ids) > 150
+    cut = tokenizer.decode(ids[:75])
+    # when both are encoded
+    embeds = inference.encode_prompts(model.pipeline, long_prompt, "")
+    # then the long one has a window of 77 positions per 75 tokens, the negative as many
+    assert embeds.positive.shape[1] == 77 * -(-len(ids) // 75)
+    assert embeds.negative.shape == embeds.positive.shape
+    # and the words past the first window change the image
+    (whole,) = inference.generate(model, request(prompt=long_prompt))
+    (truncated,) = inference.generate(model, request(prompt=cut))
+    assert pixels(whole) != pixels(truncated)
+
+
+def test_a_long_negative_prompt_lengthens_the_positive_to_match(
+    model: inference.LoadedModel,
+) -> None:
+    embeds = inference.encode_prompts(model.pipeline, "a fox", "blurry, " * 60)
+    assert embeds.positive.shape == embeds.negative.shape
+    assert embeds.positive.shape[1] > 77
+
+
+def test_img2img_follows_the_input_and_its_strength(model: inference.LoadedModel) -> None:
+    # given two very different input images
+    red = Image.new("RGB", (64, 64), (250, 10, 10))
+    blue = Image.new("RGB", (64, 64), (10, 10, 250))
+    # when each is used at a low strength
+    (from_red,) = inference.generate(model, request(init_image=red, strength=0.3, steps=4))
+    (from_blue,) = inference.generate(model, request(init_image=blue, strength=0.3, steps=4))
+    # then the outputs differ by their input, at the asked size
+    assert from_red.size == (64, 64)
+    assert pixels(from_red) != pixels(from_blue)
+
+
+def test_the_step_callback_sees_every_step_and_can_stop_the_job(
+    model: inference.LoadedModel,
+) -> None:
+    seen: list[tuple[int, int]] = []
+    inference.generate(model, request(steps=5), lambda step, total: seen.append((step, total)))
+    assert seen == [(step, 5) for step in range(1, 6)]
+
+    def cancel_at_2(step: int, total: int) -> None:
+        if step == 2:
+            raise inference.Canceled
+
+    with pytest.raises(inference.Canceled):
+        inference.generate(model, request(steps=50), cancel_at_2)
+
+
+def test_the_pipeline_cache_evicts_the_least_recently_used_within_its_bytes(
+    tiny_model_dir: Path,
+) -> None:
+    # given a cache with room for two tiny pipelines
+    def load() -> Any:
+        return inference.load_pipeline(str(tiny_model_dir), CPU)
+
+    size = inference.pipeline_bytes(load())
+    cache = inference.PipelineCache(max_bytes=2 * size + size // 2)
+    # when a, b are loaded, a is used again, and c is loaded
+    assert cache.get("a", load)[1] is True
+    assert cache.get("b", load)[1] is True
+    assert cache.get("a", load)[1] is False
+    assert cache.get("c", load)[1] is True
+    # then b, the least recently used, made room; a and c stay
+    assert "b" not in cache
+    assert "a" in cache and "c" in cache
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pil_format"), [("png", "PNG"), ("webp", "WEBP"), ("jpeg", "JPEG")]
+)
+def test_every_output_format_carries_the_reproducibility_record(fmt: str, pil_format: str) -> None:
+    record = {"seed": 42, "model": {"slug": "tiny"}, "loras": [{"slug": "ink", "weight": 0.5}]}
+    data = inference.encode_image(Image.new("RGB", (16, 16), (1, 2, 3)), fmt, record)
+    image = Image.open(io.BytesIO(data))
+    assert image.format == pil_format
+    text = image.text["sdsaas"] if fmt == "png" else image.getexif()[0x010E]
+    assert json.loads(text) == record
