@@ -14,7 +14,7 @@ from django.utils.timezone import localtime
 
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
 from jobs.selectors import job_events
-from jobs.serializers import JobSerializer
+from jobs.serializers import job_metrics, job_output_urls
 from jobs.services import job_cancel
 from sdsaas.errors import ServiceError
 
@@ -159,7 +159,7 @@ class JobAdmin(admin.ModelAdmin):
     def output_images(self, job: Job) -> str:
         # The API's own URLs (presigned, expiring), so staff see exactly what the tenant got.
         try:
-            urls = JobSerializer().get_output(job)
+            urls = job_output_urls(job)
         except BotoCoreError as exc:
             return _no_links(exc)
         if not urls:
@@ -174,7 +174,7 @@ class JobAdmin(admin.ModelAdmin):
     def metrics_table(self, job: Job) -> str:
         # queue_s and total_s come from the timestamps as the API defines them; the rest from
         # the worker's report.
-        values = {**job.metrics, **JobSerializer().get_metrics(job)}
+        values = {**job.metrics, **job_metrics(job)}
         rows = format_html_join(
             "",
             "<tr><th>{}</th><td>{}</td></tr>",

@@ -121,6 +121,23 @@ def _seconds(start: Any, end: Any) -> float | None:
     return round((end - start).total_seconds(), 3) if start and end else None
 
 
+def job_output_urls(job: Job) -> list[str] | None:
+    """Presigned URLs of the job's images (they expire after SDSAAS_OUTPUT_URL_TTL)."""
+    if not job.output_keys:
+        return None
+    return [default_storage.url(key) for key in job.output_keys]
+
+
+def job_metrics(job: Job) -> dict[str, float | None]:
+    """The public metrics, in seconds: queue and total from the job's timestamps."""
+    return {
+        "queue_s": _seconds(job.created_at, job.started_at),
+        "load_s": job.metrics.get("load_s"),
+        "inference_s": job.metrics.get("inference_s"),
+        "total_s": _seconds(job.created_at, job.completed_at),
+    }
+
+
 class JobSerializer(serializers.ModelSerializer):
     """The public job object (DESIGN.md section 4)."""
 
@@ -155,9 +172,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.URLField(), allow_null=True))
     def get_output(self, job: Job) -> list[str] | None:
-        if not job.output_keys:
-            return None
-        return [default_storage.url(key) for key in job.output_keys]
+        return job_output_urls(job)
 
     @extend_schema_field(JobErrorSerializer(allow_null=True))
     def get_error(self, job: Job) -> dict[str, str] | None:
@@ -176,12 +191,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(JobMetricsSerializer)
     def get_metrics(self, job: Job) -> dict[str, float | None]:
-        return {
-            "queue_s": _seconds(job.created_at, job.started_at),
-            "load_s": job.metrics.get("load_s"),
-            "inference_s": job.metrics.get("inference_s"),
-            "total_s": _seconds(job.created_at, job.completed_at),
-        }
+        return job_metrics(job)
 
     @extend_schema_field(JobUrlsSerializer)
     def get_urls(self, job: Job) -> dict[str, str]:
