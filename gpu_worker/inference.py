@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -177,8 +178,8 @@ class LoadedModel:
         try:
             self.pipeline.load_lora_weights(path, adapter_name=slug)
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            if "can't allocate" in str(exc):  # out of memory stays out of memory
-                raise
+            if isinstance(exc, torch.OutOfMemoryError) or "can't allocate" in str(exc):
+                raise  # out of memory stays out of memory
             # A LoRA half loaded (UNet yes, text encoder no) would block its name for good.
             if any(slug in names for names in self.pipeline.get_list_adapters().values()):
                 self.pipeline.delete_adapters([slug])
@@ -334,7 +335,9 @@ def generate(
     total = request.steps
 
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        on_step(step + 1, total)
+        # Second-order schedulers (heun) call back twice per step: report steps, not calls.
+        calls = max(1, int(getattr(pipe, "num_timesteps", total) or total))
+        on_step(min(total, math.ceil((step + 1) * total / calls)), total)
         return kwargs
 
     common["callback_on_step_end"] = callback

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import diffusers
 import torch
 import transformers
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
@@ -54,7 +55,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         return status >= 500 or exc.response.get("Error", {}).get("Code") in THROTTLING_CODES
-    return isinstance(exc, BotoCoreError | OperationalError | ConnectionError | TimeoutError)
+    # Not every BotoCoreError: missing credentials or a bad parameter will not heal by waiting.
+    return isinstance(
+        exc,
+        BotoConnectionError | HTTPClientError | OperationalError | ConnectionError | TimeoutError,
+    )
 
 
 def patiently(what: str, call: Callable[[], T]) -> T:

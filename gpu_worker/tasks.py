@@ -20,10 +20,6 @@ from sdsaas.sqs import sqs_client
 logger = logging.getLogger(__name__)
 
 
-class TransientError(Exception):
-    """S3 or SQS trouble that outlasted the runner's patience: Celery retries the job later."""
-
-
 class SqsRequest(Request):
     """Keeps what Celery drops from SQS's delivery info: the receive count and the receipt."""
 
@@ -65,15 +61,28 @@ def _start_stop_grace(**_: Any) -> None:
     logger.info("stopping: the running job has %ss to finish", settings.GPU_STOP_GRACE_S)
 
 
-def hand_back(delivery_info: Any) -> None:
-    """Make the message visible again now, for another worker, instead of after its timeout."""
+# After S3 or SQS trouble that outlasted the runner's patience, the job is tried again later.
+RETRY_AFTER_S = 60
+
+
+def hand_back(delivery_info: Any, *, after_s: int) -> None:
+    """Let SQS deliver the message again in `after_s` seconds instead of after its timeout.
+
+    The next receive counts: the job runs as the next attempt, and a job handed back on every
+    delivery is dead-lettered like one that kills its worker. Best effort: if SQS is away too,
+    the message comes back after its visibility timeout all the same.
+    """
     delivery_info = delivery_info or {}
-    if delivery_info.get("receipt_handle") and delivery_info.get("queue_url"):
+    if not (delivery_info.get("receipt_handle") and delivery_info.get("queue_url")):
+        return
+    try:
         sqs_client().change_message_visibility(
             QueueUrl=delivery_info["queue_url"],
             ReceiptHandle=delivery_info["receipt_handle"],
-            VisibilityTimeout=0,
+            VisibilityTimeout=after_s,
         )
+    except Exception as exc:
+        logger.warning("could not hand the message back early: %s", exc)
 
 
 @app.task(
@@ -82,9 +91,6 @@ def hand_back(delivery_info: Any) -> None:
     name=TASK_GPU_GENERATE,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(TransientError,),
-    retry_backoff=2,
-    max_retries=3,
     ignore_result=True,
 )
 def generate(self: Task, job: dict[str, Any]) -> str:
@@ -93,11 +99,14 @@ def generate(self: Task, job: dict[str, Any]) -> str:
     try:
         outcome = run_job(job, attempt=attempt, storage=default_storage)
     except Exception as exc:
-        if is_transient(exc):
-            raise TransientError(str(exc)) from exc
-        raise
+        if not is_transient(exc):
+            raise
+        # Not Celery's retry: it publishes a copy whose receive count starts again at 1, so the
+        # copy would run under an attempt older than the one the job row holds, and be fenced.
+        hand_back(self.request.delivery_info, after_s=RETRY_AFTER_S)
+        raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
     if outcome == "preempted":
-        hand_back(self.request.delivery_info)
+        hand_back(self.request.delivery_info, after_s=0)
         # Neither acked nor deleted (the model queues have a redrive policy, so kombu keeps a
         # rejected message): SQS redelivers it, and the next receive is attempt + 1.
         raise Reject("preempted: the worker is stopping", requeue=False)

@@ -12,14 +12,18 @@ Pure Python on urllib3: no Django, so the control worker and any other process c
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import urllib3
+from urllib3.connection import HTTPSConnection
 from urllib3.exceptions import HTTPError, NewConnectionError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
@@ -278,6 +282,7 @@ def _get(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _timeout(target)
+        connections: list[HTTPSConnection] = []
         pool = urllib3.HTTPSConnectionPool(
             host=address,
             port=target.port,
@@ -289,6 +294,12 @@ def _get(
             retries=False,
             maxsize=1,
         )
+        pool.ConnectionCls = _tracked_connection(connections)
+        # urllib3's read timeout bounds each recv, not the whole response: a server sending its
+        # headers a byte at a time would hold us for ever. At the deadline the socket is shut.
+        watchdog = threading.Timer(remaining, _shut, args=(connections,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             try:
                 response = pool.urlopen(
@@ -318,14 +329,42 @@ def _get(
                     retryable=True,
                 ) from exc
             except HTTPError as exc:
+                if time.monotonic() >= deadline:
+                    raise _timeout(target) from exc
                 raise _map_error(target, exc) from exc
             try:
                 return _read_response(target, response, max_bytes=max_bytes, deadline=deadline)
+            except FetchError as exc:
+                if exc.code == "connect_failed" and time.monotonic() >= deadline:
+                    raise _timeout(target) from exc
+                raise
             finally:
                 response.close()
         finally:
+            watchdog.cancel()
             pool.close()
     raise AssertionError("unreachable: _resolve never returns an empty list")
+
+
+def _tracked_connection(connections: list[HTTPSConnection]) -> type[HTTPSConnection]:
+    """An HTTPS connection class that records its instances, for the deadline watchdog."""
+
+    class Tracked(HTTPSConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            connections.append(self)
+
+    return Tracked
+
+
+def _shut(connections: list[HTTPSConnection]) -> None:
+    # The TLS socket once connected (during the handshake each read is bounded by the socket
+    # timeout alone; the watchdog is for a server that answers, but slowly).
+    for connection in connections:
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _read_response(

@@ -79,6 +79,14 @@ class _Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(b"x")
                 self.wfile.flush()
+        elif self.path == "/slow-headers":
+            # Each byte well within the socket timeout; the headers alone take 5 s.
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Pad: " + b"x" * 40:
+                if self.server.release.wait(0.1):
+                    break
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            self.close_connection = True
         elif self.path == "/stall":
             self.server.release.wait(10)
             self._send(200, PNG, "image/png")
@@ -442,6 +450,20 @@ def test_slow_drip_is_cut_off_by_the_overall_timeout(server: LocalServer) -> Non
     with pytest.raises(FetchError) as caught:
         fetch_local(server, "/drip", timeout=1.0)
     # then the whole fetch ends near 1 s as a retryable timeout
+    assert caught.value.code == "timeout"
+    assert caught.value.retryable
+    assert time.monotonic() - started < 2.5
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off_by_the_overall_timeout(
+    server: LocalServer,
+) -> None:
+    # given a server that sends its status line and headers one byte every 0.1 s
+    started = time.monotonic()
+    # when it is fetched with a 1 s timeout
+    with pytest.raises(FetchError) as caught:
+        fetch_local(server, "/slow-headers", timeout=1.0)
+    # then the fetch ends near 1 s as a retryable timeout, not when the headers end
     assert caught.value.code == "timeout"
     assert caught.value.retryable
     assert time.monotonic() - started < 2.5

@@ -159,3 +159,16 @@ def test_every_output_format_carries_the_reproducibility_record(fmt: str, pil_fo
     assert image.format == pil_format
     text = image.text["sdsaas"] if fmt == "png" else image.getexif()[0x010E]
     assert json.loads(text) == record
+
+
+@pytest.mark.parametrize("scheduler", ["heun", "euler"])
+def test_progress_counts_steps_even_for_second_order_schedulers(
+    model: inference.LoadedModel, scheduler: str
+) -> None:
+    seen: list[tuple[int, int]] = []
+    inference.generate(
+        model, request(steps=4, scheduler=scheduler), lambda step, total: seen.append((step, total))
+    )
+    assert {total for _, total in seen} == {4}
+    assert [step for step, _ in seen] == sorted(step for step, _ in seen)
+    assert seen[-1] == (4, 4)
