@@ -428,8 +428,8 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
         for job in jobs.order_by("id"):
             try:
                 if job.init_image_url and not job.init_image_key:
-                    # The control worker fetches the image into S3 first, then publishes the job;
-                    # until then it stays unpublished, so the sweeper asks again if this is lost.
+                    # The control worker fetches the image into S3 first; it then marks the job
+                    # unpublished again and publishes it to its model's queue.
                     celery_app.send_task(
                         TASK_FETCH_INPUT_IMAGE,
                         kwargs={"job_id": job.pk},
@@ -437,15 +437,15 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
                         connection=connection,
                         retry=False,
                     )
-                    continue
-                ensure_model_queue(job.model.slug)
-                celery_app.send_task(
-                    TASK_GPU_GENERATE,
-                    kwargs={"job": job_message(job=job)},
-                    queue=model_queue_name(job.model.slug),
-                    connection=connection,
-                    retry=False,
-                )
+                else:
+                    ensure_model_queue(job.model.slug)
+                    celery_app.send_task(
+                        TASK_GPU_GENERATE,
+                        kwargs={"job": job_message(job=job)},
+                        queue=model_queue_name(job.model.slug),
+                        connection=connection,
+                        retry=False,
+                    )
             except Exception as exc:  # any broker failure: the sweeper publishes it later
                 logger.warning(
                     "publish of %s failed (%s: %s); the sweeper will publish it",
@@ -464,45 +464,56 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
 def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:
     """Fetch an admitted img2img job's https image into S3 under the job, then publish the job.
 
-    Safe to run twice (the key is the job's own; a job already holding it is just published).
-    Raises FetchError when a retry may help and this is not the last try; otherwise a refused or
-    unreadable image fails the job, releasing its credits.
+    Safe to run twice: once the image is stored, a second run finds it and does nothing, and a
+    late failure cannot touch a job that is already on its way to a GPU. Raises when a retry may
+    help and this is not the last try; otherwise a refused or unreadable image fails the job.
     """
     job = Job.objects.select_related("tenant", "model").filter(pk=job_id).first()
-    if job is None or job.status != Job.Status.STARTING or not job.init_image_url:
-        return  # canceled or finished meanwhile
-    if not job.init_image_key:
-        try:
-            fetched = fetch(
-                job.init_image_url,
-                max_bytes=settings.UPLOAD_MAX_BYTES,
-                allow_hosts=settings.IMAGE_FETCH_ALLOW_HOSTS,
-                ca_file=settings.IMAGE_FETCH_CA_FILE,
-                timeout=settings.IMAGE_FETCH_TIMEOUT_S,
-            )
-            _image, ext = _decode_image(fetched.data)
-        except FetchError as exc:
-            if exc.retryable and not last_try:
-                raise
-            _fail_before_dispatch(job, "image_fetch_failed", f"image: {exc.message}")
-            return
-        except InvalidInput as exc:
-            _fail_before_dispatch(job, "invalid_input", exc.message.replace("file:", "image:", 1))
-            return
+    if job is None or job.status != Job.Status.STARTING or job.init_image_key:
+        return  # canceled or finished meanwhile, or another run stored the image
+    try:
+        fetched = fetch(
+            job.init_image_url,
+            max_bytes=settings.UPLOAD_MAX_BYTES,
+            allow_hosts=settings.IMAGE_FETCH_ALLOW_HOSTS,
+            ca_file=settings.IMAGE_FETCH_CA_FILE,
+            timeout=settings.IMAGE_FETCH_TIMEOUT_S,
+        )
+        _image, ext = _decode_image(fetched.data)
         prefix = job_output_prefix(job.tenant_id, job.public_id)
         key = default_storage.save(f"{prefix}input.{ext}", ContentFile(fetched.data))
-        Job.objects.filter(pk=job.pk, init_image_key="").update(init_image_key=key)
-    jobs_publish(job_ids=[job.pk])
+    except FetchError as exc:
+        if exc.retryable and not last_try:
+            raise
+        _fail_before_dispatch(job, "image_fetch_failed", f"image: {exc.message}")
+        return
+    except InvalidInput as exc:
+        _fail_before_dispatch(job, "invalid_input", exc.message.replace("file:", "image:", 1))
+        return
+    except Exception:  # storage trouble, say: retried, and the job must not wait for ever
+        if not last_try:
+            raise
+        _fail_before_dispatch(job, "internal_error", "image: could not be stored; try again")
+        return
+    # The image and "not yet published" in one conditional write: a crash before the publish
+    # below leaves the job to the sweeper, and a concurrent run of this task stops here.
+    stored = Job.objects.filter(pk=job.pk, status=Job.Status.STARTING, init_image_key="").update(
+        init_image_key=key, published_at=None
+    )
+    if stored:
+        jobs_publish(job_ids=[job.pk])
 
 
 @transaction.atomic
 def _fail_before_dispatch(job: Job, code: str, message: str) -> None:
+    """Fail a job whose input could not be fetched, unless another run already dispatched it."""
     _finish(
         job=job,
         status=Job.Status.FAILED,
         attempt=None,
         fields={"error_code": code, "error_message": message[:2000]},
         produced=0,
+        fence=Q(status=Job.Status.STARTING, init_image_key=""),
     )
 
 
@@ -537,10 +548,14 @@ def _finish(
     attempt: int | None,
     fields: dict[str, Any],
     produced: int,
+    fence: Q | None = None,
 ) -> bool:
-    """Move a job to a final state once; meter or release its credits; admit the next job."""
+    """Move a job to a final state once; meter or release its credits; admit the next job.
+
+    `fence` narrows which rows may change (on top of "not final" and the attempt).
+    """
     _lock_tenant(job.tenant)
-    fence = Q(pk=job.pk) & ~Q(status__in=Job.FINAL)
+    fence = Q(pk=job.pk) & ~Q(status__in=Job.FINAL) & (fence or Q())
     if attempt is not None:
         fence &= Q(attempt__lte=attempt)
     now = timezone.now()

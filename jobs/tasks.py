@@ -16,14 +16,13 @@ from sdsaas.queues import (
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
 )
-from sdsaas.safe_http import FetchError
 
 
 @shared_task(
     bind=True,
     name=TASK_FETCH_INPUT_IMAGE,
     ignore_result=True,
-    autoretry_for=(FetchError,),
+    autoretry_for=(Exception,),
     retry_backoff=2,
     max_retries=3,
 )

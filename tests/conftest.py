@@ -19,6 +19,7 @@ from sdsaas.celery import publisher_pool
 from sdsaas.settings import sqs_broker_url
 from tests.support.aws import LocalAws
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
+from tests.support.https import Tls, make_tls
 
 
 def pytest_report_header() -> str:
@@ -57,6 +58,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """The CA and certificate of the tests' HTTPS servers (localhost)."""
+    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(autouse=True)

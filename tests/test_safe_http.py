@@ -20,7 +20,7 @@ import urllib3.util.connection
 from PIL import Image
 
 from sdsaas.safe_http import FetchError, address_is_public, fetch
-from tests.support.https import PINNED_NAME, HttpsServer, Tls, make_tls, serve_https
+from tests.support.https import PINNED_NAME, HttpsServer, Tls, serve_https
 
 CAP = 64 * 1024
 
@@ -32,11 +32,6 @@ def png_bytes() -> bytes:
 
 
 PNG = png_bytes()
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.support.aws import LocalAws
-from tests.support.https import Tls, make_tls
+from tests.support.https import Tls
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_PREFIX = "e2e"
@@ -30,12 +30,6 @@ def _database_url() -> str:
     return (
         f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
     )
-
-
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    """The CA of the tests' HTTPS servers; the control worker trusts it for `localhost` only."""
-    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 class Workers:
