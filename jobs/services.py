@@ -296,6 +296,10 @@ def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
         resolved["image"] = image
         strength = data.get("strength")
         resolved["strength"] = DEFAULT_STRENGTH if strength is None else strength
+        if int(steps * resolved["strength"]) < 1:  # img2img runs steps x strength steps
+            raise InvalidInput(
+                "strength", f"with {steps} steps it must be at least {1 / steps:.4g}"
+            )
     return ResolvedInput(
         model=model,
         kind=Job.Kind.IMG2IMG if image else Job.Kind.TXT2IMG,

@@ -335,19 +335,29 @@ def test_bad_loras_are_400_naming_the_lora(
     assert nothing_created()
 
 
+@pytest.mark.parametrize(("steps", "strength"), [(20, 0), (20, 0.04), (4, 0.2)])
+def test_a_strength_that_leaves_no_denoising_step_is_400(
+    client: APIClient, steps: int, strength: float
+) -> None:
+    # img2img runs int(steps x strength) steps: none at all would be an error on the GPU
+    response = submit(client, image=HTTPS_IMAGE, steps=steps, strength=strength)
+    assert_400_naming(response, "strength")
+    assert nothing_created()
+
+
 def test_image_from_an_own_upload_or_an_https_url_is_img2img(
     client: APIClient, tenant: Tenant
 ) -> None:
     # given an upload of the tenant's
     upload = make_upload(tenant)
-    # when jobs use it, and an https URL, and the URL with an explicit strength of 0
+    # when jobs use it, and an https URL with an explicit strength
     by_upload = submit(client, image=upload.public_id)
-    by_url = submit(client, image=HTTPS_IMAGE, strength=0)
+    by_url = submit(client, image=HTTPS_IMAGE, strength=0.25)
     # then both are img2img; the default strength applies only where none was given
     assert by_upload.status_code == by_url.status_code == 202
     assert (by_upload.json()["kind"], by_url.json()["kind"]) == ("img2img", "img2img")
     assert by_upload.json()["input"]["strength"] == 0.8
-    assert by_url.json()["input"]["strength"] == 0
+    assert by_url.json()["input"]["strength"] == 0.25
     first, second = Job.objects.order_by("id")
     assert (first.init_image_key, first.init_image_url) == (upload.storage_key, "")
     assert (second.init_image_key, second.init_image_url) == ("", HTTPS_IMAGE)
