@@ -696,7 +696,7 @@ def jobs_fail_dead_lettered() -> int:
     leaves it for the next sweep.
     """
     failed = 0
-    for model in DiffusionModel.objects.filter(enabled=True):
+    for model in DiffusionModel.objects.all():  # a model disabled since still has its lost jobs
         for receipt, kwargs in receive_dead_letters(model.slug):
             job_id = kwargs.get("job", {}).get("job_id", "")
             with transaction.atomic():

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import dj_database_url
+from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
 from sdsaas.queues import TASK_SWEEP_DEAD_LETTERS, TASK_SWEEP_UNPUBLISHED
@@ -158,6 +159,10 @@ STORAGES = {
             # Keys are unique per object; a redelivered job rewrites its own output keys.
             "file_overwrite": True,
             "default_acl": None,
+            # Bounded calls: a GPU worker's cancel check must not hang a job on a dead endpoint.
+            "client_config": BotoConfig(
+                connect_timeout=5, read_timeout=30, retries={"mode": "standard", "max_attempts": 3}
+            ),
         },
     },
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -187,6 +192,8 @@ def sqs_broker_url(endpoint_url: str) -> str:
 
 
 CELERY_BROKER_URL = sqs_broker_url(SQS_ENDPOINT_URL)
+# Seconds to reach SQS when publishing from a request: past it the job is left to the sweeper.
+PUBLISH_CONNECT_TIMEOUT = env_int("SDSAAS_PUBLISH_TIMEOUT", 3, minimum=1)
 # kombu's SQS consumer stops polling for good after an endpoint outage; this one keeps polling.
 CELERY_BROKER_TRANSPORT = "sdsaas.sqs_transport:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -197,7 +204,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "polling_interval": 1,
     # Fail fast: a submit must not hang on a broker that is down (the sweeper publishes later).
     "client-config": {
-        "connect_timeout": env_int("SDSAAS_PUBLISH_TIMEOUT", 3, minimum=1),
+        "connect_timeout": PUBLISH_CONNECT_TIMEOUT,
         "read_timeout": 30,
         "retries": {"mode": "standard", "max_attempts": 2},
     },

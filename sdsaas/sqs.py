@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import logging
 from typing import Any
 
 import boto3
@@ -17,13 +18,17 @@ from django.conf import settings
 
 from sdsaas.queues import model_queue_name
 
+logger = logging.getLogger(__name__)
 
-def sqs_client() -> Any:
+
+def sqs_client(*, fail_fast: bool = False) -> Any:
+    """A boto3 SQS client; `fail_fast` for calls on a request's path (one try, short connect)."""
+    attempts, connect = (1, settings.PUBLISH_CONNECT_TIMEOUT) if fail_fast else (2, 3)
     return boto3.client(
         "sqs",
         region_name=settings.AWS_REGION,
         endpoint_url=settings.SQS_ENDPOINT_URL or None,
-        config=Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2}),
+        config=Config(connect_timeout=connect, read_timeout=10, retries={"max_attempts": attempts}),
     )
 
 
@@ -33,7 +38,9 @@ def dead_letter_queue_name(queue_name: str) -> str:
 
 @functools.cache
 def _ensure_queue(name: str, visibility_timeout: int, max_receives: int) -> str:
-    client = sqs_client()
+    # On the publish path, after an API request's commit: while SQS is away this must fail as
+    # fast as the publish itself would (the sweeper publishes later); success is cached.
+    client = sqs_client(fail_fast=True)
     dlq_url = client.create_queue(
         QueueName=dead_letter_queue_name(name),
         Attributes={"MessageRetentionPeriod": str(14 * 24 * 3600)},
@@ -70,7 +77,10 @@ def decode_task(body: str) -> tuple[str, dict[str, Any]]:
 
 
 def receive_dead_letters(model_slug: str, limit: int = 10) -> list[tuple[str, dict[str, Any]]]:
-    """Up to `limit` dead-lettered messages of a model queue: (receipt handle, task kwargs)."""
+    """Up to `limit` dead-lettered messages of a model queue: (receipt handle, task kwargs).
+
+    A message that is no task comes with empty kwargs, so that the caller deletes it.
+    """
     client = sqs_client()
     dlq = dead_letter_queue_name(model_queue_name(model_slug))
     try:
@@ -80,7 +90,15 @@ def receive_dead_letters(model_slug: str, limit: int = 10) -> list[tuple[str, di
     messages = client.receive_message(
         QueueUrl=url, MaxNumberOfMessages=min(limit, 10), VisibilityTimeout=60
     ).get("Messages", [])
-    return [(message["ReceiptHandle"], decode_task(message["Body"])[1]) for message in messages]
+    received = []
+    for message in messages:
+        try:
+            kwargs = decode_task(message["Body"])[1]
+        except (ValueError, KeyError, TypeError):  # not a task of ours: nothing to fail for it
+            logger.warning("dropping an undecodable dead letter from %s", dlq)
+            kwargs = {}
+        received.append((message["ReceiptHandle"], kwargs))
+    return received
 
 
 def delete_dead_letter(model_slug: str, receipt_handle: str) -> None:
