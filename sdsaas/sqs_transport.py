@@ -67,6 +67,24 @@ class Channel(_SqsChannel):
         except Exception as exc:  # raised before the request left, e.g. resolving the queue URL
             self._poll_failed(queue, exc)
 
+    def asynsqs(self, queue: str | None = None) -> Any:
+        connection = _SqsChannel.asynsqs(self, queue=queue)
+        if not getattr(connection, "_sdsaas_guarded", False):
+            # kombu raises for any other status (403, a queue deleted under us: 400) in a callback
+            # whose error handler vine drops; answered as "no answer", it reaches _poll_failed.
+            answer = connection._on_list_ready
+
+            def on_list_ready(*args: Any) -> Any:
+                try:
+                    return answer(*args)
+                except Exception as exc:
+                    logger.warning("SQS answered a receive with an error: %r", exc)
+                    return []
+
+            connection._on_list_ready = on_list_ready
+            connection._sdsaas_guarded = True
+        return connection
+
     def _on_messages_ready(self, queue: str, qname: str, messages: Any) -> int:
         if not isinstance(messages, Mapping):
             # kombu's stand-in for "no answer" (step 1 of the module docstring).

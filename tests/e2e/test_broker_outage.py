@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from jobs.models import Job
+from sdsaas.sqs import _ensure_queue, ensure_model_queue
 from tests.e2e.conftest import Workers, wait_for
 from tests.support.aws import LocalAws, TcpProxy
 from tests.support.factories import (
@@ -146,3 +147,29 @@ def test_a_job_running_through_a_30s_outage_completes_without_a_redelivery(  # t
     wait_for(lambda: statuses([job_id])[job_id] in FINAL, 60, "the job to finish")
     job = Job.objects.get(public_id=job_id)
     assert (job.status, job.attempt) == ("succeeded", 1), partitioned_workers.log(f"{PREFIX}-gpu")
+
+
+def test_a_worker_consumes_again_after_its_queue_was_gone_for_a_while(  # type: ignore[no-untyped-def]
+    partitioned_workers, local_aws, tiny_model_dir, settings
+):
+    settings.SQS_QUEUE_PREFIX = PREFIX
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
+    DiffusionModelFactory(
+        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
+    )
+    client = api_client_for(tenant)
+    body = {"model": "tiny", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
+    # given an idle GPU worker polling its queue
+    first = client.post("/v1/jobs", body, format="json").json()["id"]
+    wait_for(lambda: statuses([first]) == {first: "succeeded"}, 120, "the first job")
+    # when the queue is deleted under it (SQS answers its polls with 400 QueueDoesNotExist)
+    # and comes back a few seconds later
+    sqs = local_aws.client("sqs")
+    sqs.delete_queue(QueueUrl=local_aws.queue_url(f"{PREFIX}-model-tiny"))
+    time.sleep(settings.CELERY_BROKER_TRANSPORT_OPTIONS["wait_time_seconds"] + 3)
+    _ensure_queue.cache_clear()
+    ensure_model_queue("tiny")
+    # then a job sent to it is consumed: the worker kept polling through the errors
+    second = client.post("/v1/jobs", body, format="json").json()["id"]
+    wait_for(lambda: statuses([second])[second] in FINAL, 60, "the second job")
+    assert statuses([second]) == {second: "succeeded"}, partitioned_workers.log(f"{PREFIX}-gpu")
