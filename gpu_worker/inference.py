@@ -9,6 +9,7 @@ input gives the same pixels on the same device and software versions, whatever t
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -124,6 +125,11 @@ def load_pipeline(path: str, device: torch.device) -> Pipeline:
     return pipeline.to(device)
 
 
+def weights_bytes(path: str) -> int:
+    """Bytes of a diffusers folder's weight files: what loading it will take, roughly."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*.safetensors"))
+
+
 def pipeline_bytes(pipeline: DiffusionPipeline) -> int:
     total = 0
     for component in pipeline.components.values():
@@ -197,22 +203,44 @@ class PipelineCache:
         self._items: OrderedDict[str, tuple[LoadedModel, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str, load: Callable[[], Pipeline]) -> tuple[LoadedModel, bool]:
-        """(model, loaded_now): the cached model, or `load()` after evicting what must go."""
+    def get(
+        self, key: str, load: Callable[[], Pipeline], expected_bytes: int = 0
+    ) -> tuple[LoadedModel, bool]:
+        """(model, loaded_now): the cached model, or `load()` after evicting what must go.
+
+        Room for `expected_bytes` is made before loading, so that the old and the new weights are
+        not both on the GPU at once; the real size is settled after.
+        """
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key][0], False
+            self._evict_until(self.max_bytes - expected_bytes)
             pipeline = load()
             size = pipeline_bytes(pipeline)
-            while self._items and sum(s for _, s in self._items.values()) + size > self.max_bytes:
-                evicted, _ = self._items.popitem(last=False)
-                logger.info("evicted pipeline %s from the cache", evicted)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            self._evict_until(self.max_bytes - size)
             model = LoadedModel(pipeline)
             self._items[key] = (model, size)
             return model, True
+
+    def lookup(self, key: str) -> LoadedModel | None:
+        """The cached model, now the most recently used, or None."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def _evict_until(self, room: int) -> None:
+        evicted = False
+        while self._items and sum(size for _, size in self._items.values()) > room:
+            key, _ = self._items.popitem(last=False)
+            logger.info("evicted pipeline %s from the cache", key)
+            evicted = True
+        if evicted:
+            gc.collect()  # the pipeline's tensors go with its last reference
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def __contains__(self, key: str) -> bool:
         return key in self._items

@@ -153,13 +153,18 @@ def local_copy(source_uri: str, sha256: str) -> str:
 
 
 def load_model(model_ref: dict[str, Any], device: torch.device) -> inference.LoadedModel:
-    def load() -> Any:
-        path = local_copy(model_ref["source_uri"], model_ref["sha256"])
-        if not (Path(path) / "model_index.json").is_file():
-            raise inference.InvalidRequest(f"no diffusers pipeline at {model_ref['source_uri']}")
-        return inference.load_pipeline(path, device)
-
-    model, _ = CACHE.get(f"{model_ref['slug']}@{model_ref['revision']}", load)
+    key = f"{model_ref['slug']}@{model_ref['revision']}"
+    cached = CACHE.lookup(key)
+    if cached is not None:
+        return cached
+    path = local_copy(model_ref["source_uri"], model_ref["sha256"])
+    if not (Path(path) / "model_index.json").is_file():
+        raise inference.InvalidRequest(f"no diffusers pipeline at {model_ref['source_uri']}")
+    model, _ = CACHE.get(
+        key,
+        lambda: inference.load_pipeline(path, device),
+        expected_bytes=inference.weights_bytes(path),
+    )
     return model
 
 

@@ -172,3 +172,26 @@ def test_progress_counts_steps_even_for_second_order_schedulers(
     assert {total for _, total in seen} == {4}
     assert [step for step, _ in seen] == sorted(step for step, _ in seen)
     assert seen[-1] == (4, 4)
+
+
+def test_room_is_made_before_a_new_pipeline_is_loaded(tiny_model_dir: Path) -> None:
+    # given a cache holding one pipeline, with room for one
+    def load() -> Any:
+        return inference.load_pipeline(str(tiny_model_dir), CPU)
+
+    size = inference.pipeline_bytes(load())
+    cache = inference.PipelineCache(max_bytes=size + size // 2)
+    cache.get("old", load)
+    # when another is loaded, with its expected size from the files on disk
+    held_while_loading: list[bool] = []
+
+    def load_new() -> Any:
+        held_while_loading.append("old" in cache)
+        return load()
+
+    expected = inference.weights_bytes(str(tiny_model_dir))
+    assert expected >= size // 2
+    cache.get("new", load_new, expected_bytes=expected)
+    # then the old one was out of the cache before the new one was loaded
+    assert held_while_loading == [False]
+    assert cache.lookup("new") is not None and cache.lookup("old") is None
