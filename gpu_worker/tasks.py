@@ -14,7 +14,7 @@ from django.core.files.storage import default_storage
 
 from gpu_worker.runner import STOP, is_transient, run_job, send_event
 from sdsaas.celery import app
-from sdsaas.queues import TASK_GPU_GENERATE, TASK_JOB_FAILED
+from sdsaas.queues import TASK_GPU_GENERATE, TASK_JOB_FAILED, model_queue_name
 from sdsaas.sqs import sqs_client
 
 logger = logging.getLogger(__name__)
@@ -105,9 +105,27 @@ def generate(self: Task, job: dict[str, Any]) -> str:
         # copy would run under an attempt older than the one the job row holds, and be fenced.
         hand_back(self.request.delivery_info, after_s=RETRY_AFTER_S)
         raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
-    if outcome == "preempted":
+    if outcome == "preempted" and not requeue_as_next_attempt(job, attempt):
         hand_back(self.request.delivery_info, after_s=0)
         # Neither acked nor deleted (the model queues have a redrive policy, so kombu keeps a
         # rejected message): SQS redelivers it, and the next receive is attempt + 1.
         raise Reject("preempted: the worker is stopping", requeue=False)
     return outcome
+
+
+def requeue_as_next_attempt(job: dict[str, Any], attempt: int) -> bool:
+    """Send the job again as attempt + 1; then this message is acked as done.
+
+    A fresh message, not a redelivery: a preemption is not the job's fault, so it must not use
+    up the receives after which SQS dead-letters a job. False if SQS cannot take it now.
+    """
+    try:
+        app.send_task(
+            TASK_GPU_GENERATE,
+            kwargs={"job": {**job, "attempt": attempt + 1}},
+            queue=model_queue_name(job["model"]["slug"]),
+        )
+    except Exception as exc:
+        logger.warning("could not requeue preempted job %s: %s", job["job_id"], exc)
+        return False
+    return True
