@@ -122,15 +122,20 @@ def test_every_job_of_a_stream_completes_after_a_30s_outage(  # type: ignore[no-
     assert statuses(ids) == dict.fromkeys(ids, "succeeded"), logs()
 
 
-def test_a_job_running_through_a_30s_outage_completes_without_a_redelivery(  # type: ignore[no-untyped-def]
-    partitioned_workers, proxy, tiny_model_dir, settings
-):
+@pytest.fixture
+def client(partitioned_workers, tiny_model_dir, settings):  # type: ignore[no-untyped-def]
+    """A tenant's API client whose jobs go to the partitioned workers' queues."""
     settings.SQS_QUEUE_PREFIX = PREFIX
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
     DiffusionModelFactory(
         slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
     )
-    client = api_client_for(tenant)
+    return api_client_for(tenant)
+
+
+def test_a_job_running_through_a_30s_outage_completes_without_a_redelivery(  # type: ignore[no-untyped-def]
+    partitioned_workers, proxy, client
+):
     # given a job that runs for many seconds, already processing
     body = {"model": "tiny", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 150}
     job_id = client.post("/v1/jobs", body, format="json").json()["id"]
@@ -150,14 +155,8 @@ def test_a_job_running_through_a_30s_outage_completes_without_a_redelivery(  # t
 
 
 def test_a_worker_consumes_again_after_its_queue_was_gone_for_a_while(  # type: ignore[no-untyped-def]
-    partitioned_workers, local_aws, tiny_model_dir, settings
+    partitioned_workers, local_aws, client, settings
 ):
-    settings.SQS_QUEUE_PREFIX = PREFIX
-    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
-    DiffusionModelFactory(
-        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
-    )
-    client = api_client_for(tenant)
     body = {"model": "tiny", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
     # given an idle GPU worker polling its queue
     first = client.post("/v1/jobs", body, format="json").json()["id"]
