@@ -93,6 +93,13 @@ PIPELINES: dict[str, tuple[Any, dict[str, Any]]] = {
 }
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; torch's CPU allocator raises a plain RuntimeError."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(exc)
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -184,7 +191,7 @@ class LoadedModel:
         try:
             self.pipeline.load_lora_weights(path, adapter_name=slug)
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            if isinstance(exc, torch.OutOfMemoryError) or "can't allocate" in str(exc):
+            if out_of_memory(exc):
                 raise  # out of memory stays out of memory
             # A LoRA half loaded (UNet yes, text encoder no) would block its name for good.
             if any(slug in names for names in self.pipeline.get_list_adapters().values()):

@@ -88,15 +88,21 @@ def send_event(task_name: str, **kwargs: Any) -> None:
     def publish() -> None:
         celery_app.send_task(task_name, kwargs=kwargs, queue=control_queue_name())
 
-    if task_name != TASK_JOB_PROGRESS:
+    if task_name == TASK_JOB_PROGRESS:
+        best_effort("progress event", publish, None)
+    else:
         patiently(f"event {task_name}", publish)
-        return
+
+
+def best_effort(what: str, call: Callable[[], T], default: T) -> T:
+    """`call()`, or `default` when S3 or SQS is away (a later call will do its work)."""
     try:
-        publish()
+        return call()
     except Exception as exc:
         if not is_transient(exc):
             raise
-        logger.warning("progress event dropped: %s", exc)
+        logger.warning("%s failed: %s", what, exc)
+        return default
 
 
 @dataclass
@@ -112,13 +118,8 @@ class CancelWatch:
         if not force and now - self.checked_at < CANCEL_POLL_S:
             return False
         self.checked_at = now
-        try:
-            return bool(self.storage.exists(self.key))
-        except Exception as exc:  # storage away for a while: go on, and ask again at the next poll
-            if not is_transient(exc):
-                raise
-            logger.warning("cancel check failed: %s", exc)
-            return False
+        # Storage away for a while: the job goes on, and asks again at the next poll.
+        return best_effort("cancel check", lambda: bool(self.storage.exists(self.key)), False)
 
 
 class Preempted(Exception):
@@ -201,13 +202,6 @@ def decode_init_image(data: bytes) -> Image.Image:
     return image
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    """CUDA raises OutOfMemoryError; torch's CPU allocator raises a plain RuntimeError."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(exc)
-
-
 def run_job(
     message: dict[str, Any],
     *,
@@ -222,14 +216,13 @@ def run_job(
     if watch.canceled(force=True):
         logger.info("job %s was canceled before it started", job_id)
         return "canceled"
-    if STOP.passed():
-        send(TASK_JOB_PREEMPTED, job_id=job_id, attempt=attempt)
-        return "preempted"
     created = dt.datetime.fromisoformat(message["created_at"])
     queue_s = (dt.datetime.now(dt.UTC) - created).total_seconds()
     device = inference.pick_device()
     params = message["input"]
     try:
+        if STOP.passed():  # delivered while the worker stops: not worth starting
+            raise Preempted
         started = time.monotonic()
         model = load_model(message["model"], device)
         loras = tuple(
@@ -299,7 +292,7 @@ def run_job(
         )
         return "failed"
     except Exception as exc:
-        if not out_of_memory(exc):
+        if not inference.out_of_memory(exc):
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -431,25 +431,19 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
     with publisher_pool().acquire(block=True, timeout=30) as connection:
         for job in jobs.order_by("id"):
             try:
+                kwargs: dict[str, Any]
                 if job.init_image_url and not job.init_image_key:
                     # The control worker fetches the image into S3 first; it then marks the job
                     # unpublished again and publishes it to its model's queue.
-                    celery_app.send_task(
-                        TASK_FETCH_INPUT_IMAGE,
-                        kwargs={"job_id": job.pk},
-                        queue=control_queue_name(),
-                        connection=connection,
-                        retry=False,
-                    )
+                    task, kwargs = TASK_FETCH_INPUT_IMAGE, {"job_id": job.pk}
+                    queue = control_queue_name()
                 else:
                     ensure_model_queue(job.model.slug)
-                    celery_app.send_task(
-                        TASK_GPU_GENERATE,
-                        kwargs={"job": job_message(job=job)},
-                        queue=model_queue_name(job.model.slug),
-                        connection=connection,
-                        retry=False,
-                    )
+                    task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job)}
+                    queue = model_queue_name(job.model.slug)
+                celery_app.send_task(
+                    task, kwargs=kwargs, queue=queue, connection=connection, retry=False
+                )
             except Exception as exc:  # any broker failure: the sweeper publishes it later
                 logger.warning(
                     "publish of %s failed (%s: %s); the sweeper will publish it",
@@ -511,13 +505,15 @@ def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:
 @transaction.atomic
 def _fail_before_dispatch(job: Job, code: str, message: str) -> None:
     """Fail a job whose input could not be fetched, unless another run already dispatched it."""
-    _finish(
-        job=job,
-        status=Job.Status.FAILED,
-        attempt=None,
-        fields={"error_code": code, "error_message": message[:2000]},
-        produced=0,
-        fence=Q(status=Job.Status.STARTING, init_image_key=""),
+    _fail(job, code=code, message=message, fence=Q(status=Job.Status.STARTING, init_image_key=""))
+
+
+def _fail(
+    job: Job, *, code: str, message: str, attempt: int | None = None, fence: Q | None = None
+) -> bool:
+    fields = {"error_code": code, "error_message": message[:2000]}
+    return _finish(
+        job=job, status=Job.Status.FAILED, attempt=attempt, fields=fields, produced=0, fence=fence
     )
 
 
@@ -680,13 +676,7 @@ def job_mark_failed(*, job_public_id: str, attempt: int, code: str, message: str
     job = _job_for_event(job_public_id)
     if job is None:
         return False
-    return _finish(
-        job=job,
-        status=Job.Status.FAILED,
-        attempt=attempt,
-        fields={"error_code": code, "error_message": message[:2000]},
-        produced=0,
-    )
+    return _fail(job, code=code, message=message, attempt=attempt)
 
 
 def jobs_fail_dead_lettered() -> int:
@@ -696,22 +686,12 @@ def jobs_fail_dead_lettered() -> int:
     leaves it for the next sweep.
     """
     failed = 0
+    lost = f"The worker was lost on each of {settings.SQS_MAX_RECEIVES} deliveries of this job."
     for model in DiffusionModel.objects.all():  # a model disabled since still has its lost jobs
-        for receipt, kwargs in receive_dead_letters(model.slug):
-            job_id = kwargs.get("job", {}).get("job_id", "")
+        for letter in receive_dead_letters(model.slug):
             with transaction.atomic():
-                job = _job_for_event(job_id)
-                if job is not None and _finish(
-                    job=job,
-                    status=Job.Status.FAILED,
-                    attempt=None,
-                    fields={
-                        "error_code": "worker_lost",
-                        "error_message": f"The worker was lost on each of "
-                        f"{settings.SQS_MAX_RECEIVES} deliveries of this job.",
-                    },
-                    produced=0,
-                ):
+                job = _job_for_event(letter.kwargs.get("job", {}).get("job_id", ""))
+                if job is not None and _fail(job, code="worker_lost", message=lost):
                     failed += 1
-            delete_dead_letter(model.slug, receipt)
+            delete_dead_letter(letter)
     return failed

@@ -131,20 +131,16 @@ def address_is_public(ip: str | IPv4Address | IPv6Address) -> bool:
         return _ipv4_is_public(embedded)
     if any(address in net for net in _DENIED_V6):
         return False
-    return address.is_global and not (
-        address.is_multicast
-        or address.is_private
-        or address.is_reserved
-        or address.is_link_local
-        or address.is_site_local
-        or address.is_loopback
-        or address.is_unspecified
-    )
+    return _flags_say_public(address) and not address.is_site_local
 
 
 def _ipv4_is_public(address: IPv4Address) -> bool:
     if any(address in net for net in _DENIED_V4):
         return False
+    return _flags_say_public(address)
+
+
+def _flags_say_public(address: IPv4Address | IPv6Address) -> bool:
     return address.is_global and not (
         address.is_multicast
         or address.is_private

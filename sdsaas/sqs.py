@@ -10,6 +10,7 @@ import base64
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -76,11 +77,15 @@ def decode_task(body: str) -> tuple[str, dict[str, Any]]:
     return str(envelope["headers"]["task"]), dict(kwargs)
 
 
-def receive_dead_letters(model_slug: str, limit: int = 10) -> list[tuple[str, dict[str, Any]]]:
-    """Up to `limit` dead-lettered messages of a model queue: (receipt handle, task kwargs).
+@dataclass(frozen=True)
+class DeadLetter:
+    queue_url: str
+    receipt_handle: str
+    kwargs: dict[str, Any]  # empty for a message that is no task of ours: delete it
 
-    A message that is no task comes with empty kwargs, so that the caller deletes it.
-    """
+
+def receive_dead_letters(model_slug: str, limit: int = 10) -> list[DeadLetter]:
+    """Up to `limit` dead-lettered messages of a model queue, with their task kwargs."""
     client = sqs_client()
     dlq = dead_letter_queue_name(model_queue_name(model_slug))
     try:
@@ -90,19 +95,16 @@ def receive_dead_letters(model_slug: str, limit: int = 10) -> list[tuple[str, di
     messages = client.receive_message(
         QueueUrl=url, MaxNumberOfMessages=min(limit, 10), VisibilityTimeout=60
     ).get("Messages", [])
-    received = []
+    letters = []
     for message in messages:
         try:
             kwargs = decode_task(message["Body"])[1]
-        except (ValueError, KeyError, TypeError):  # not a task of ours: nothing to fail for it
+        except (ValueError, KeyError, TypeError):
             logger.warning("dropping an undecodable dead letter from %s", dlq)
             kwargs = {}
-        received.append((message["ReceiptHandle"], kwargs))
-    return received
+        letters.append(DeadLetter(str(url), message["ReceiptHandle"], kwargs))
+    return letters
 
 
-def delete_dead_letter(model_slug: str, receipt_handle: str) -> None:
-    client = sqs_client()
-    dlq = dead_letter_queue_name(model_queue_name(model_slug))
-    url = client.get_queue_url(QueueName=dlq)["QueueUrl"]
-    client.delete_message(QueueUrl=url, ReceiptHandle=receipt_handle)
+def delete_dead_letter(letter: DeadLetter) -> None:
+    sqs_client().delete_message(QueueUrl=letter.queue_url, ReceiptHandle=letter.receipt_handle)

@@ -21,7 +21,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from gpu_worker import runner
+from gpu_worker import inference, runner
 from sdsaas.queues import (
     TASK_JOB_FAILED,
     TASK_JOB_PROGRESS,
@@ -140,9 +140,9 @@ def test_cpu_and_gpu_out_of_memory_are_both_recognised() -> None:
     cpu_oom = RuntimeError(
         "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
     )
-    assert runner.out_of_memory(cpu_oom)
-    assert runner.out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
-    assert not runner.out_of_memory(RuntimeError("size mismatch for weight"))
+    assert inference.out_of_memory(cpu_oom)
+    assert inference.out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert not inference.out_of_memory(RuntimeError("size mismatch for weight"))
 
 
 def test_the_cancel_check_keeps_going_when_storage_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
