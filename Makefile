@@ -1,16 +1,24 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+LOCK := requirements
+STAMP := $(VENV)/.installed-from-lock
+# One platform for every profile: the machines, CI and the Docker images are CPython 3.11 on
+# x86_64 Linux. torch resolves to the CPU wheel these machines carry in /opt/wheels (see README).
+UV_COMPILE := --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
+	--custom-compile-command "make lock"
 
-.PHONY: run test lint
+.PHONY: run test lint lock upgrade
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: it takes the CPU wheel these machines carry (see README)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,gpu]'
+# A changed lock rebuilds the environment from scratch, so nothing outside the lock survives.
+$(STAMP): $(LOCK)/dev.txt pyproject.toml
+	rm -rf $(VENV)
+	$(PY) -m venv $(VENV)
+	# Only what the lock names, at its versions and hashes; nothing is resolved here.
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)/dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -25,3 +33,15 @@ lint: $(STAMP)
 
 run: $(STAMP)
 	SDSAAS_DEBUG=1 $(BIN)/python -m sdsaas.devstack
+
+# Re-resolve after editing pyproject.toml: pins that still satisfy it are kept. `make upgrade`
+# moves every package to the newest release its range allows. Both then rebuild the
+# environment from the new lock and run the suite.
+lock upgrade: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra gpu --extra dev $(UV_COMPILE) \
+		$(if $(filter upgrade,$@),--upgrade) -o $(LOCK)/dev.txt
+	# The other profiles take their versions from dev.txt: one version of each package everywhere.
+	$(BIN)/uv pip compile pyproject.toml -c $(LOCK)/dev.txt $(UV_COMPILE) -o $(LOCK)/web.txt
+	$(BIN)/uv pip compile pyproject.toml --extra gpu -c $(LOCK)/dev.txt $(UV_COMPILE) \
+		-o $(LOCK)/gpu.txt
+	$(MAKE) test

@@ -63,6 +63,32 @@ ALLOWED_HOSTS = env_list("SDSAAS_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver
 # The public base URL used in job objects (`urls.get`, `urls.cancel`).
 PUBLIC_BASE_URL = env_str("SDSAAS_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
+# --- HTTPS: production defaults for gunicorn behind a TLS-terminating load balancer (ALB) ----
+# Off in debug (the local stack is plain http on loopback); each is overridable.
+# The ALB terminates TLS and always sets X-Forwarded-Proto, overwriting what a client sent. Set
+# the variable empty where clients can reach gunicorn directly, or they could claim https.
+_proxy_ssl_header = os.environ.get(
+    "SDSAAS_PROXY_SSL_HEADER", "" if DEBUG else "X-Forwarded-Proto"
+).strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+SECURE_SSL_REDIRECT = env_bool("SDSAAS_SSL_REDIRECT", not DEBUG)
+# The load balancer's health check reaches gunicorn over plain http, with no forwarded header.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# The API host serves nothing but https. The preload directive has no effect until the apex
+# domain is submitted to the browsers' preload list, which is the domain owner's decision.
+SECURE_HSTS_SECONDS = env_int("SDSAAS_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SDSAAS_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SDSAAS_HSTS_PRELOAD", not DEBUG)
+# Session and CSRF cookies (the admin) only over https.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SDSAAS_SECURE_COOKIES", not DEBUG)
+# The admin's forms post from the public origin, which the proxy in front rewrites.
+CSRF_TRUSTED_ORIGINS = env_list(
+    "SDSAAS_CSRF_TRUSTED_ORIGINS",
+    "" if DEBUG else urlsplit(PUBLIC_BASE_URL)._replace(path="").geturl(),
+)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -120,8 +146,15 @@ except ValueError as exc:
 if ROLE == "gpu":
     DATABASES = {"default": {"ENGINE": "django.db.backends.dummy"}}
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Concurrent writers on SQLite wait for the lock instead of failing at once.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # SQLite for concurrent use (the default of `make run`): WAL lets readers run beside the one
+    # writer; IMMEDIATE takes the write lock when a transaction begins, so two transactions never
+    # both read and then ask to write (that deadlock fails at once with "database is locked",
+    # whatever the timeout); the timeout is how long a writer queues for the lock.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
     # A file, not memory, so that worker processes started by end-to-end tests share it.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,82 @@
+"""kombu's private SQS internals that sdsaas/sqs_transport.py overrides or calls keep their shape.
+
+The transport replaces three private methods of kombu's SQS channel and wraps a private callback
+of its async connection (the module docstring says why). pyproject.toml holds kombu to the minor
+version this was written against; this test fails loudly when even a patch release changes any of
+them. When it does: read the new kombu code, check whether the bug is fixed upstream (then drop the
+override) or re-fit the override, and update the digests below in the same commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import kombu
+import pytest
+from kombu.asynchronous.aws.connection import AsyncAWSQueryConnection
+from kombu.transport import SQS
+
+from sdsaas import sqs_transport
+
+# sha256 (first 16 hex digits) of the source of each kombu method we replace or wrap.
+REPLACED_SOURCE_DIGESTS: dict[str, tuple[Callable[..., Any], str]] = {
+    "Channel._schedule_queue": (SQS.Channel._schedule_queue, "953f1ad1314ec406"),
+    "Channel._on_messages_ready": (SQS.Channel._on_messages_ready, "c947764eea946906"),
+    "Channel.asynsqs": (SQS.Channel.asynsqs, "66a72c972d149f1b"),
+    "AsyncAWSQueryConnection._on_list_ready": (
+        AsyncAWSQueryConnection._on_list_ready,
+        "a04054ae42c0cb21",
+    ),
+}
+
+# Signatures of the private methods the override calls.
+CALLED_SIGNATURES: dict[str, tuple[Callable[..., Any], str]] = {
+    "Channel._loop1": (SQS.Channel._loop1, "(self, queue, messages_fetched=None)"),
+    "Channel._get_bulk_async": (SQS.Channel._get_bulk_async, "(self, queue, callback=None)"),
+    "Channel.canonical_queue_name": (SQS.Channel.canonical_queue_name, "(self, queue_name)"),
+    "Channel._on_messages_ready": (
+        SQS.Channel._on_messages_ready,
+        "(self, queue, qname, messages)",
+    ),
+    "AsyncAWSQueryConnection._on_list_ready": (
+        AsyncAWSQueryConnection._on_list_ready,
+        "(self, parent, markers, operation, response)",
+    ),
+}
+
+
+def _digest(func: Callable[..., Any]) -> str:
+    return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16]
+
+
+def test_kombu_is_the_minor_version_the_transport_was_written_against() -> None:
+    assert kombu.__version__.startswith("5.7."), (
+        f"kombu {kombu.__version__}: sdsaas/sqs_transport.py was written against 5.7; "
+        "re-check its overrides before moving the pin in pyproject.toml"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(REPLACED_SOURCE_DIGESTS))
+def test_replaced_kombu_method_is_unchanged(name: str) -> None:
+    func, expected = REPLACED_SOURCE_DIGESTS[name]
+    assert _digest(func) == expected, (
+        f"kombu's {name} changed (kombu {kombu.__version__}); sdsaas/sqs_transport.py replaces "
+        "it: re-read both before updating the digest"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CALLED_SIGNATURES))
+def test_called_kombu_method_keeps_its_signature(name: str) -> None:
+    func, expected = CALLED_SIGNATURES[name]
+    assert str(inspect.signature(func)) == expected, (
+        f"kombu's {name} changed its signature (kombu {kombu.__version__}); "
+        "sdsaas/sqs_transport.py calls it"
+    )
+
+
+def test_transport_still_subclasses_kombus_sqs_channel() -> None:
+    assert issubclass(sqs_transport.Channel, SQS.Channel)
+    assert issubclass(sqs_transport.Transport, SQS.Transport)
