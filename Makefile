@@ -9,7 +9,7 @@ UV_COMPILE := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
 	--custom-compile-command "make lock"
 
-.PHONY: run test lint lock upgrade
+.PHONY: run test lint lock upgrade manage
 
 # A changed lock rebuilds the environment from scratch, so nothing outside the lock survives.
 $(STAMP): $(LOCK)/dev.txt pyproject.toml
@@ -33,6 +33,12 @@ lint: $(STAMP)
 
 run: $(STAMP)
 	SDSAAS_DEBUG=1 $(BIN)/python -m sdsaas.devstack
+
+# Administration against the local stack's database, with its settings (debug on):
+#   make manage ARGS='tenant_create acme --plan pro'
+# Quiet (@), so that the output is the command's alone, e.g. a key to capture.
+manage: $(STAMP)
+	@SDSAAS_DEBUG=1 $(BIN)/python manage.py $(ARGS)
 
 # Re-resolve after editing pyproject.toml: pins that still satisfy it are kept. `make upgrade`
 # moves every package to the newest release its range allows. Both then rebuild the

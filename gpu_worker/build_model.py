@@ -6,10 +6,11 @@
     python -m gpu_worker.build_model --arch sdxl --out /data/models/sdxl-random --fp16
     python -m gpu_worker.build_model --arch tiny --lora var/loras/tiny-style.safetensors
 
-`tiny` and `tiny-xl` are the test models (a few MB, 64x64 images in well under a second on a
-CPU): `tiny` has SD 1.5's structure (`StableDiffusionPipeline`, one CLIP text encoder),
-`tiny-xl` SDXL's (`StableDiffusionXLPipeline`, two text encoders, the second with a projection
-whose pooled output and the image's size condition the UNet through "text_time" embeddings).
+`tiny` and `tiny-xl` are the test models (a few MB; with 4 steps on two CPU cores, `tiny`
+renders 64x64 in about 0.1 s and 512x512 in under a second, `tiny-xl` 512x512 in about 2 s):
+`tiny` has SD 1.5's structure (`StableDiffusionPipeline`, one CLIP text encoder), `tiny-xl`
+SDXL's (`StableDiffusionXLPipeline`, two text encoders, the second with a projection whose
+pooled output and the image's size condition the UNet through "text_time" embeddings).
 `sd15` and `sdxl` have the real architectures (860M- and 2.6B-parameter UNets), for load-time
 and GPU benchmarks. `sdxl --fp16` takes about 7 GB of memory and a minute on two cores to
 build (its weights are drawn in half precision directly, never held in fp32); without `--fp16`,
@@ -106,11 +107,16 @@ _CLIP_BIG_G = {
     "projection_dim": 1280,
     "hidden_act": "gelu",
 }
+# The test models' VAE: four blocks as in SD's, so latents are an eighth of the image per side
+# as the pipelines expect, but slim (few channels, one layer per block). A CPU render of a large
+# image spends its time where there are many pixels: in the decoder's full-resolution blocks.
 _TINY_VAE = {
-    "block_out_channels": (32, 64),
+    "block_out_channels": (8, 16, 32, 32),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
     "sample_size": 64,
-    "down_block_types": ("DownEncoderBlock2D",) * 2,
-    "up_block_types": ("UpDecoderBlock2D",) * 2,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
 }
 _SD_VAE = {
     "block_out_channels": (128, 256, 512, 512),
@@ -171,12 +177,16 @@ ARCHS: dict[str, Arch] = {
     "tiny": Arch(
         pipeline=StableDiffusionPipeline,
         text=(_TINY_TEXT,),
+        # Few channels where the latents are largest, and attention (whose cost grows with the
+        # square of the latent's pixels) only at the smallest resolution: a 512x512 image
+        # has 64x64 latents, attended to at 16x16.
         unet={
-            "block_out_channels": (32, 64),
+            "block_out_channels": (16, 32, 64),
             "layers_per_block": 1,
+            "norm_num_groups": 8,
             "sample_size": 8,
-            "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+            "down_block_types": ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
             "attention_head_dim": 8,
         },
         vae=_TINY_VAE,

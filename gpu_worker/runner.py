@@ -33,6 +33,7 @@ from sdsaas.queues import (
     TASK_JOB_FAILED,
     TASK_JOB_PREEMPTED,
     TASK_JOB_PROGRESS,
+    TASK_JOB_RECEIVED,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
     cancel_marker_key,
@@ -216,6 +217,8 @@ def run_job(
     if watch.canceled(force=True):
         logger.info("job %s was canceled before it started", job_id)
         return "canceled"
+    # Before anything that may kill the worker (loading the model): every delivery is counted.
+    send(TASK_JOB_RECEIVED, job_id=job_id, attempt=attempt)
     created = dt.datetime.fromisoformat(message["created_at"])
     queue_s = (dt.datetime.now(dt.UTC) - created).total_seconds()
     device = inference.pick_device()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from celery.worker.request import Request
 from django.conf import settings
 from django.core.files.storage import default_storage
 
+from gpu_worker.heartbeat import VisibilityHeartbeat
 from gpu_worker.runner import STOP, is_transient, run_job, send_event
 from sdsaas.celery import app
 from sdsaas.queues import TASK_GPU_GENERATE, TASK_JOB_FAILED, model_queue_name
@@ -85,6 +87,22 @@ def hand_back(delivery_info: Any, *, after_s: int) -> None:
         logger.warning("could not hand the message back early: %s", exc)
 
 
+def held(delivery_info: Any) -> contextlib.AbstractContextManager[object]:
+    """Keeps the message invisible while the job runs, by the heartbeat of the settings."""
+    delivery_info = delivery_info or {}
+    if not (delivery_info.get("receipt_handle") and delivery_info.get("queue_url")):
+        return contextlib.nullcontext()
+    return VisibilityHeartbeat(
+        # One try per beat, with short timeouts: a failed beat is tried again at the next one.
+        sqs_client(fail_fast=True),
+        queue_url=delivery_info["queue_url"],
+        receipt_handle=delivery_info["receipt_handle"],
+        visibility_s=settings.SQS_VISIBILITY_TIMEOUT,
+        interval_s=settings.GPU_HEARTBEAT_S,
+        ceiling_s=settings.GPU_JOB_TIME_LIMIT_S,
+    )
+
+
 @app.task(
     bind=True,
     base=GenerateTask,
@@ -97,7 +115,9 @@ def generate(self: Task, job: dict[str, Any]) -> str:
     attempt = attempt_of(job, self.request.delivery_info)
     logger.info("job %s attempt %s", job["job_id"], attempt)
     try:
-        outcome = run_job(job, attempt=attempt, storage=default_storage)
+        # The heartbeat stops when the job ends, before any hand-back, ack or reject below.
+        with held(self.request.delivery_info):
+            outcome = run_job(job, attempt=attempt, storage=default_storage)
     except Exception as exc:
         if not is_transient(exc):
             raise

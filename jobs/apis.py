@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from jobs import selectors, services
 from jobs.serializers import (
@@ -23,33 +24,29 @@ from jobs.serializers import (
     UploadInputSerializer,
     UploadSerializer,
 )
+from sdsaas.api import ApiView, error_responses
 from sdsaas.errors import InvalidInput
 from tenants.authentication import request_tenant
 
 READ = "jobs:read"
 WRITE = "jobs:write"
+IDEMPOTENCY_KEY_MAX_CHARS = 255
+# Visible ASCII with spaces inside only: HTTP drops the spaces around a header value, and any
+# other byte would arrive as whatever Latin-1 makes of it.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
+    type={
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDEMPOTENCY_KEY_MAX_CHARS,
+        "pattern": IDEMPOTENCY_KEY_PATTERN,
+    },
     location=OpenApiParameter.HEADER,
     required=False,
-    description="Same key and same body within 24 h return the original object.",
+    description="Same key and same body within 24 h return the original object; the same key "
+    "with another body is a 422. Up to 255 visible ASCII characters (spaces inside allowed).",
 )
-ERROR = inline_serializer(
-    "Error",
-    {
-        "error": inline_serializer(
-            "ErrorBody",
-            {
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "details": serializers.DictField(),
-            },
-        )
-    },
-)
-ERRORS = {code: ERROR for code in (400, 401, 403, 404, 409, 413, 422, 429)}
-# Reads that take no input can still be refused for the key: none, bad, or lacking the scope.
-AUTH_ERRORS = {code: ERROR for code in (401, 403)}
 JOB_PAGE = inline_serializer(
     "JobPage",
     {
@@ -64,26 +61,45 @@ def idempotency_key(request: Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not key.strip() or len(key) > 255 or not key.isprintable():
-        raise InvalidInput("Idempotency-Key", "must be 1 to 255 printable characters")
+    if len(key) > IDEMPOTENCY_KEY_MAX_CHARS or not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise InvalidInput(
+            "Idempotency-Key",
+            f"must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} visible ASCII characters (spaces inside)",
+        )
     return key
 
 
 class JobPagination(CursorPagination):
+    """Newest first, `page_size` at a time: the validated `limit`, not a second reading of it."""
+
     ordering = "-id"
-    page_size = 20
-    page_size_query_param = "limit"
-    max_page_size = 100
+
+    def __init__(self, *, page_size: int) -> None:
+        self.page_size = page_size
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        # DRF answers a cursor it cannot read with a 404, and hands one it can read but never
+        # wrote (`p=abc`, `p=99…9`) to the query, where it is a 500. Ours hold an id.
+        invalid = InvalidInput("cursor", "is not the `next` or `previous` link of a page")
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise invalid from None
+        position = cursor.position if cursor is not None else None
+        if position is not None and not re.fullmatch(r"[0-9]{1,18}", str(position)):
+            raise invalid
+        return cursor
 
 
-class JobListCreateApi(APIView):
+class JobListCreateApi(ApiView):
     required_scopes = {"GET": READ, "POST": WRITE}
+    query_serializers = {"GET": JobFilterSerializer}
 
     @extend_schema(
         operation_id="jobs_create",
         request=JobInputSerializer,
         parameters=[IDEMPOTENCY_HEADER],
-        responses={202: JobSerializer, 402: ERROR, **ERRORS},
+        responses={202: JobSerializer, **error_responses(402, 409, 413, 415, 422, 429)},
     )
     def post(self, request: Request) -> Response:
         payload = JobInputSerializer(data=request.data)
@@ -95,38 +111,36 @@ class JobListCreateApi(APIView):
         )
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(
-        operation_id="jobs_list",
-        parameters=[JobFilterSerializer],
-        responses={200: JOB_PAGE, **ERRORS},
-    )
+    @extend_schema(operation_id="jobs_list", responses={200: JOB_PAGE, **error_responses()})
     def get(self, request: Request) -> Response:
-        filters = JobFilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
         jobs = selectors.job_list(
             tenant=request_tenant(request),
-            status=filters.validated_data.get("status"),
-            model_slug=filters.validated_data.get("model"),
+            status=self.query.get("status"),
+            model_slug=self.query.get("model"),
         )
-        paginator = JobPagination()
+        paginator = JobPagination(page_size=self.query["limit"])
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(JobSerializer(page, many=True).data)
 
 
-class JobDetailApi(APIView):
+class JobDetailApi(ApiView):
     required_scopes = {"GET": READ}
 
-    @extend_schema(operation_id="jobs_retrieve", responses={200: JobSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="jobs_retrieve", responses={200: JobSerializer, **error_responses(404)}
+    )
     def get(self, request: Request, job_id: str) -> Response:
         job = selectors.job_get(tenant=request_tenant(request), public_id=job_id)
         return Response(JobSerializer(job).data)
 
 
-class JobCancelApi(APIView):
+class JobCancelApi(ApiView):
     required_scopes = {"POST": WRITE}
 
     @extend_schema(
-        operation_id="jobs_cancel", request=None, responses={200: JobSerializer, **ERRORS}
+        operation_id="jobs_cancel",
+        request=None,
+        responses={200: JobSerializer, **error_responses(404, 409)},
     )
     def post(self, request: Request, job_id: str) -> Response:
         job = services.job_cancel(tenant=request_tenant(request), job_public_id=job_id)
@@ -137,14 +151,14 @@ def _listing(data: Any) -> dict[str, Any]:
     return {"results": data}
 
 
-class ModelListApi(APIView):
+class ModelListApi(ApiView):
     required_scopes = {"GET": READ}
 
     @extend_schema(
         operation_id="models_list",
         responses={
             200: inline_serializer("ModelList", {"results": ModelSerializer(many=True)}),
-            **AUTH_ERRORS,
+            **error_responses(),
         },
     )
     def get(self, request: Request) -> Response:
@@ -152,14 +166,14 @@ class ModelListApi(APIView):
         return Response(_listing(ModelSerializer(models, many=True).data))
 
 
-class LoraListApi(APIView):
+class LoraListApi(ApiView):
     required_scopes = {"GET": READ}
 
     @extend_schema(
         operation_id="loras_list",
         responses={
             200: inline_serializer("LoraList", {"results": LoraSerializer(many=True)}),
-            **AUTH_ERRORS,
+            **error_responses(),
         },
     )
     def get(self, request: Request) -> Response:
@@ -167,7 +181,7 @@ class LoraListApi(APIView):
         return Response(_listing(LoraSerializer(loras, many=True).data))
 
 
-class UploadCreateApi(APIView):
+class UploadCreateApi(ApiView):
     required_scopes = {"POST": WRITE}
     parser_classes = [MultiPartParser]
 
@@ -175,7 +189,7 @@ class UploadCreateApi(APIView):
         operation_id="uploads_create",
         request={"multipart/form-data": UploadInputSerializer},
         parameters=[IDEMPOTENCY_HEADER],
-        responses={201: UploadSerializer, **ERRORS},
+        responses={201: UploadSerializer, **error_responses(409, 413, 415, 422, 429)},
     )
     def post(self, request: Request) -> Response:
         payload = UploadInputSerializer(data=request.data)

@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.files.storage import default_storage
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from jobs.models import MAX_STEPS_CEILING, SCHEDULERS, DiffusionModel, Job, LoraAdapter, Upload
 from jobs.selectors import job_queue_position
+from sdsaas.api import (
+    NumberField,
+    QuerySerializer,
+    StrictCharField,
+    StrictChoiceField,
+    StrictIntegerField,
+    StrictSerializer,
+    StrictSlugField,
+)
 
 MAX_PROMPT_CHARS = 2000
 MAX_LORAS = 5
 OUTPUT_FORMATS = ("png", "webp", "jpeg")
-
-
-class StrictSerializer(serializers.Serializer):
-    """Rejects unknown fields: a typo (`step` for `steps`) is a 400, not a silent default."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
-
-
-class NumberField(serializers.FloatField):
-    """A JSON number: unlike DRF's FloatField, `true` is refused, not read as 1.0."""
-
-    def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool):
-            self.fail("invalid")
-        return float(super().to_internal_value(data))
+SIDE_MIN, SIDE_MAX = 8, 8192
 
 
 def multiple_of_8(value: int) -> None:
@@ -43,56 +35,81 @@ def multiple_of_8(value: int) -> None:
         raise serializers.ValidationError("Must be a multiple of 8.")
 
 
+# Written out for the schema, which cannot read multiple_of_8; the model's and the plan's bounds
+# are checked at submit.
+@extend_schema_field({"type": "integer", "minimum": SIDE_MIN, "maximum": SIDE_MAX, "multipleOf": 8})
+class ImageSideField(StrictIntegerField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            min_value=SIDE_MIN, max_value=SIDE_MAX, validators=[multiple_of_8], **kwargs
+        )
+
+
+class ImageRefValidator(RegexValidator):
+    """An upload id, or an https URL: a host name or address literal, then printable ASCII.
+
+    No user info: credentials would go to whatever the name resolves to at fetch time. Address
+    literals are checked at submit (services), names when the image is fetched. The pattern is
+    the schema's (drf-spectacular publishes a RegexValidator's pattern).
+    """
+
+    regex = (
+        r"\A(upl_[0-9a-f]{20}|https://([-a-zA-Z0-9.]+|\[[0-9a-fA-F:.]+\])(:[0-9]{1,5})?"
+        r"([/?#][!-~]*)?)\Z"
+    )
+    message = "Must be an upload id (upl_…) or an https URL."
+    _user_info = re.compile(r"\A[a-zA-Z][-+.a-zA-Z0-9]*://[^/?#]*@")
+
+    def __call__(self, value: Any) -> None:
+        url = str(value)
+        if self._user_info.match(url):
+            raise serializers.ValidationError("Must not carry a user name or password.")
+        super().__call__(url)
+        if url.startswith("https:"):
+            try:
+                port = urlsplit(url).port
+            except ValueError:  # a bracketed literal that is no address, a port over 65535
+                port = 0
+            if port == 0:
+                raise serializers.ValidationError("Must have a valid address and port.")
+
+
 class LoraInputSerializer(StrictSerializer):
-    slug = serializers.SlugField(max_length=40)
+    slug = StrictSlugField(max_length=40)
     weight = NumberField(min_value=-2.0, max_value=2.0, required=False)
 
 
 class JobInputSerializer(StrictSerializer):
-    model = serializers.SlugField(max_length=40)
-    prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, trim_whitespace=False)
-    negative_prompt = serializers.CharField(
-        max_length=MAX_PROMPT_CHARS, required=False, allow_blank=True, trim_whitespace=False
-    )
-    width = serializers.IntegerField(
-        min_value=8, max_value=8192, required=False, validators=[multiple_of_8]
-    )
-    height = serializers.IntegerField(
-        min_value=8, max_value=8192, required=False, validators=[multiple_of_8]
-    )
-    steps = serializers.IntegerField(min_value=1, max_value=MAX_STEPS_CEILING, required=False)
+    model = StrictSlugField(max_length=40)
+    prompt = StrictCharField(max_length=MAX_PROMPT_CHARS)
+    negative_prompt = StrictCharField(max_length=MAX_PROMPT_CHARS, required=False, allow_blank=True)
+    width = ImageSideField(required=False)
+    height = ImageSideField(required=False)
+    steps = StrictIntegerField(min_value=1, max_value=MAX_STEPS_CEILING, required=False)
     guidance = NumberField(min_value=0.0, max_value=30.0, required=False)
-    scheduler = serializers.ChoiceField(choices=SCHEDULERS, required=False)
-    num_outputs = serializers.IntegerField(min_value=1, max_value=4, required=False)
-    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, required=False)
-    image = serializers.CharField(
+    scheduler = StrictChoiceField(choices=SCHEDULERS, required=False)
+    num_outputs = StrictIntegerField(min_value=1, max_value=4, required=False)
+    seed = StrictIntegerField(min_value=0, max_value=2**32 - 1, required=False)
+    image = StrictCharField(
         max_length=2048,
         required=False,
-        help_text="img2img: an upload id (`upl_…`) or an https URL.",
+        validators=[ImageRefValidator()],
+        help_text="img2img: an upload id (`upl_` and 20 hex digits) or an https URL without "
+        "user info; a private, loopback or link-local address is refused.",
     )
     strength = NumberField(min_value=0.0, max_value=1.0, required=False)
-    loras = LoraInputSerializer(many=True, required=False)
-    output_format = serializers.ChoiceField(choices=OUTPUT_FORMATS, required=False)
-
-    def validate_loras(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if len(value) > MAX_LORAS:
-            raise serializers.ValidationError(f"At most {MAX_LORAS} LoRAs.")
-        return value
-
-    def validate_image(self, value: str) -> str:
-        if value.startswith("upl_"):
-            return value
-        parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.hostname:
-            raise serializers.ValidationError("Must be an upload id (upl_…) or an https URL.")
-        return value
+    loras = serializers.ListField(child=LoraInputSerializer(), max_length=MAX_LORAS, required=False)
+    output_format = StrictChoiceField(choices=OUTPUT_FORMATS, required=False)
 
 
-class JobFilterSerializer(StrictSerializer):
-    status = serializers.ChoiceField(choices=Job.Status.values, required=False)
-    model = serializers.SlugField(max_length=40, required=False)
-    cursor = serializers.CharField(required=False)
-    limit = serializers.IntegerField(min_value=1, max_value=100, required=False)
+class JobFilterSerializer(QuerySerializer):
+    # Query values are always strings: the strict fields check their content, not their type.
+    status = StrictChoiceField(choices=Job.Status.values, required=False)
+    model = StrictSlugField(max_length=40, required=False)
+    cursor = StrictCharField(
+        required=False, help_text="From a page's `next` or `previous` link; nothing else."
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=100, default=20)
 
 
 class JobErrorSerializer(serializers.Serializer):

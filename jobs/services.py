@@ -610,6 +610,33 @@ def _job_for_event(job_public_id: str) -> Job | None:
 
 
 @transaction.atomic
+def job_mark_received(*, job_public_id: str, attempt: int) -> bool:
+    """A worker received the job's message as attempt `attempt`: one `received` event per delivery.
+
+    Sent before the model is loaded, so deliveries that kill their worker count too. A newer
+    attempt takes the job back to `starting` (its previous worker is gone). Older attempts, a
+    duplicate of this event and final jobs change nothing.
+    """
+    job = _job_for_event(job_public_id)
+    if job is None:
+        return False
+    # The row lock makes a concurrent duplicate wait, then find the event below.
+    current = (
+        Job.objects.select_for_update()
+        .filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt__lte=attempt)
+        .first()
+    )
+    if current is None or job.events.filter(kind="received", attempt=attempt).exists():
+        return False
+    if attempt > current.attempt:
+        Job.objects.filter(pk=job.pk).update(
+            status=Job.Status.STARTING, attempt=attempt, progress_step=0
+        )
+    _event(job, "received", attempt)
+    return True
+
+
+@transaction.atomic
 def job_mark_started(*, job_public_id: str, attempt: int, load_s: float) -> bool:
     """A worker began attempt `attempt`. Older attempts and final jobs change nothing."""
     job = _job_for_event(job_public_id)

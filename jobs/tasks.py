@@ -11,6 +11,7 @@ from sdsaas.queues import (
     TASK_JOB_FAILED,
     TASK_JOB_PREEMPTED,
     TASK_JOB_PROGRESS,
+    TASK_JOB_RECEIVED,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
     TASK_SWEEP_DEAD_LETTERS,
@@ -45,6 +46,11 @@ def sweep_unpublished() -> int:
 
 
 # Events from GPU workers. Each is safe to run twice: the services fence by attempt and status.
+
+
+@shared_task(name=TASK_JOB_RECEIVED, ignore_result=True)
+def job_received(job_id: str, attempt: int) -> None:
+    services.job_mark_received(job_public_id=job_id, attempt=attempt)
 
 
 @shared_task(name=TASK_JOB_STARTED, ignore_result=True)

@@ -154,6 +154,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+def json_bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    # Django's own 400s: a Host header not in ALLOWED_HOSTS, a request it cannot read.
+    return JsonResponse(error_body("bad_request", "Bad request."), status=400)
+
+
 def json_not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(error_body("not_found", "Not found."), status=404)
 

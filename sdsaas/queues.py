@@ -15,7 +15,8 @@ TASK_SWEEP_UNPUBLISHED = "control.sweep_unpublished"
 TASK_SWEEP_DEAD_LETTERS = "control.sweep_dead_letters"
 TASK_FETCH_INPUT_IMAGE = "control.fetch_input_image"
 # Events from GPU workers to the control worker, fenced by attempt.
-TASK_JOB_STARTED = "control.job_started"
+TASK_JOB_RECEIVED = "control.job_received"  # each delivery, before the model is loaded
+TASK_JOB_STARTED = "control.job_started"  # the model is loaded, the job is processing
 TASK_JOB_PROGRESS = "control.job_progress"
 TASK_JOB_SUCCEEDED = "control.job_succeeded"
 TASK_JOB_FAILED = "control.job_failed"

@@ -54,6 +54,42 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+# SQS keeps a message invisible for at most 12 hours after it was received, extensions included.
+SQS_MAX_INVISIBLE_S = 12 * 3600
+
+
+def check_visibility_timing(
+    *, visibility_s: int, heartbeat_s: int, outage_tolerance_s: int, job_time_limit_s: int
+) -> None:
+    """Refuse timings under which a job's message could reappear while its worker still runs it.
+
+    The one rule for the settings and for the Terraform defaults (tests/deploy). A heartbeat that
+    fails (SQS away) is tried again at the next beat, so through an outage the message stays
+    invisible for at least visibility - heartbeat after it began, and the first beat after it may
+    come a heartbeat after it ended: an outage the worker waits out (the tolerance) must end
+    within visibility - 2 x heartbeat. A job past its time limit is let go on purpose.
+    """
+    if 3 * heartbeat_s > visibility_s:
+        raise ImproperlyConfigured(
+            f"SDSAAS_GPU_HEARTBEAT_S ({heartbeat_s}) must be at most a third of "
+            f"SDSAAS_SQS_VISIBILITY_TIMEOUT ({visibility_s}), so that a missed heartbeat does not "
+            "let a running job's message be delivered again"
+        )
+    if outage_tolerance_s + 2 * heartbeat_s > visibility_s:
+        raise ImproperlyConfigured(
+            f"SDSAAS_GPU_OUTAGE_TOLERANCE_S ({outage_tolerance_s}) must be at most "
+            f"SDSAAS_SQS_VISIBILITY_TIMEOUT ({visibility_s}) - 2 x SDSAAS_GPU_HEARTBEAT_S "
+            f"({heartbeat_s}): a job waiting out a longer outage would be delivered to another "
+            "worker meanwhile"
+        )
+    if job_time_limit_s + visibility_s > SQS_MAX_INVISIBLE_S:
+        raise ImproperlyConfigured(
+            f"SDSAAS_GPU_JOB_TIME_LIMIT_S ({job_time_limit_s}) + SDSAAS_SQS_VISIBILITY_TIMEOUT "
+            f"({visibility_s}) must be at most {SQS_MAX_INVISIBLE_S}: SQS keeps a message "
+            "invisible for at most 12 hours after its receive"
+        )
+
+
 DEBUG = env_bool("SDSAAS_DEBUG", False)
 # A fixed development key is allowed only with DEBUG on; production must set its own.
 SECRET_KEY = os.environ.get("SDSAAS_SECRET_KEY") or (
@@ -172,8 +208,10 @@ AWS_REGION = env_str("SDSAAS_AWS_REGION", "us-east-1")
 # Set to the local SQS/S3-compatible server in development and tests; empty means real AWS.
 SQS_ENDPOINT_URL = os.environ.get("SDSAAS_SQS_ENDPOINT_URL", "")
 SQS_QUEUE_PREFIX = env_str("SDSAAS_SQS_QUEUE_PREFIX", "sdsaas")
-# Must exceed the longest allowed job: a message in flight longer than this is redelivered.
-SQS_VISIBILITY_TIMEOUT = env_int("SDSAAS_SQS_VISIBILITY_TIMEOUT", 1800, minimum=5)
+# The base visibility timeout of the queues: a received message that nobody extends or deletes is
+# delivered again after this long. GPU workers extend theirs by a heartbeat while the job runs, so
+# a lost worker's job is back on the queue within about this long, whatever the job's length.
+SQS_VISIBILITY_TIMEOUT = env_int("SDSAAS_SQS_VISIBILITY_TIMEOUT", 60, minimum=5)
 # Deliveries of one job message before it goes to the dead-letter queue (and the job fails).
 SQS_MAX_RECEIVES = env_int("SDSAAS_SQS_MAX_RECEIVES", 3, minimum=1)
 S3_BUCKET = env_str("SDSAAS_S3_BUCKET", "sdsaas-local")
@@ -208,8 +246,25 @@ GPU_PIPELINE_CACHE_BYTES = env_int("SDSAAS_PIPELINE_CACHE_BYTES", 12 * 1024**3, 
 # On SIGTERM (spot interruption, scale-in) the current job may finish within this many seconds;
 # past it, the job is handed back to the queue for another worker (ECS stopTimeout must exceed it).
 GPU_STOP_GRACE_S = env_int("SDSAAS_GPU_STOP_GRACE_S", 25, minimum=0)
+# Seconds between the heartbeats that keep a running job's message invisible (each one sets it
+# invisible for another SQS_VISIBILITY_TIMEOUT).
+GPU_HEARTBEAT_S = env_int("SDSAAS_GPU_HEARTBEAT_S", max(1, SQS_VISIBILITY_TIMEOUT // 6), minimum=1)
 # A running job waits this long for S3 or SQS to come back (uploads, events) before it gives up.
-GPU_OUTAGE_TOLERANCE_S = env_int("SDSAAS_GPU_OUTAGE_TOLERANCE_S", 300, minimum=0)
+# By default, as long as the heartbeat can hold a message through (check_visibility_timing).
+GPU_OUTAGE_TOLERANCE_S = env_int(
+    "SDSAAS_GPU_OUTAGE_TOLERANCE_S",
+    max(0, SQS_VISIBILITY_TIMEOUT - 2 * GPU_HEARTBEAT_S),
+    minimum=0,
+)
+# The heartbeat stops extending a job's message after this many seconds: a hung job is then
+# delivered again (and dead-lettered after SQS_MAX_RECEIVES) instead of holding its message forever.
+GPU_JOB_TIME_LIMIT_S = env_int("SDSAAS_GPU_JOB_TIME_LIMIT_S", 1800, minimum=1)
+check_visibility_timing(
+    visibility_s=SQS_VISIBILITY_TIMEOUT,
+    heartbeat_s=GPU_HEARTBEAT_S,
+    outage_tolerance_s=GPU_OUTAGE_TOLERANCE_S,
+    job_time_limit_s=GPU_JOB_TIME_LIMIT_S,
+)
 
 # --- Celery over SQS ----------------------------------------------------------------------------
 
@@ -265,6 +320,9 @@ if ROLE == "gpu":
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- API ----------------------------------------------------------------------------------------
+# The API's HTTP server (`gunicorn -c python:sdsaas.gunicorn_conf sdsaas.wsgi`).
+API_BIND = env_str("SDSAAS_API_BIND", "127.0.0.1:8000")
+API_WORKERS = env_int("SDSAAS_API_WORKERS", 2, minimum=1)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.authentication.HasScope"],

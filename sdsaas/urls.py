@@ -3,10 +3,14 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.template import engines
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.renderers import TemplateHTMLRenderer
 
+from sdsaas.errors import json_not_found
+
+handler400 = "sdsaas.errors.json_bad_request"
 handler404 = "sdsaas.errors.json_not_found"
 handler500 = "sdsaas.errors.json_server_error"
 
@@ -52,4 +56,7 @@ urlpatterns = [
         RedocView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
         name="docs",
     ),
+    # Last: any other path is the uniform 404. Without it DEBUG answers an unknown path with an
+    # HTML page listing every URL pattern; csrf_exempt so that a POST is a 404 too, not a 403.
+    re_path(r"^", csrf_exempt(json_not_found)),
 ]

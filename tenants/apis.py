@@ -8,9 +8,8 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from jobs.apis import AUTH_ERRORS
+from sdsaas.api import ApiView, error_responses
 from tenants.authentication import request_tenant
 from tenants.selectors import usage_summary
 
@@ -34,9 +33,11 @@ class UsageSerializer(serializers.Serializer):
     limits = serializers.DictField(child=serializers.IntegerField())
 
 
-class UsageApi(APIView):
+class UsageApi(ApiView):
     required_scopes = {"GET": "jobs:read"}
 
-    @extend_schema(operation_id="usage_retrieve", responses={200: UsageSerializer, **AUTH_ERRORS})
+    @extend_schema(
+        operation_id="usage_retrieve", responses={200: UsageSerializer, **error_responses()}
+    )
     def get(self, request: Request) -> Response:
         return Response(UsageSerializer(usage_summary(tenant=request_tenant(request))).data)

@@ -25,7 +25,7 @@ from django.utils.timezone import localtime
 from PIL import Image
 from rest_framework.test import APIClient
 
-from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload, public_id
+from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload
 from jobs.services import job_mark_succeeded, job_submit
 from tenants.models import ApiKey, CreditPeriod, Plan, Tenant, UsageRecord
 from tenants.services import api_key_issue
@@ -35,6 +35,7 @@ from tests.support.factories import (
     LoraFactory,
     PlanFactory,
     TenantFactory,
+    UploadFactory,
 )
 
 # Collected at import: pytest-django has set Django up, and the admin has autodiscovered.
@@ -63,15 +64,12 @@ def world(admin_user: User) -> World:
     key, _ = api_key_issue(tenant=tenant, name="ci")
     model = DiffusionModelFactory(slug="tiny")
     lora = LoraFactory()
-    upload = Upload.objects.create(
-        public_id=public_id("upl"),
+    upload = UploadFactory(
         tenant=tenant,
         storage_key=f"tenants/{tenant.pk}/uploads/x.png",
-        content_type="image/png",
         width=64,
         height=48,
         size_bytes=139,
-        sha256="0" * 64,
     )
     data = {"model": "tiny", "prompt": "a red fox", "loras": [{"slug": lora.slug}]}
     succeeded, _ = job_submit(tenant=tenant, data=data)

@@ -14,7 +14,8 @@ from openapi_schema_validator import validate as validate_instance
 from openapi_spec_validator import validate as validate_spec
 from rest_framework.test import APIClient
 
-from tests.support.factories import LoraFactory, api_client_for
+from jobs.models import Job
+from tests.support.factories import LoraFactory, UploadFactory, api_client_for
 
 API_PATHS = {
     "/v1/jobs": {"get", "post"},
@@ -178,15 +179,28 @@ def test_docs_page_is_html_served_by_the_app_alone(db):  # type: ignore[no-untyp
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "path", ["/v1/nope", "/v1/", "/v1/jobs/", "/v1/jobs/job_x/nope", "/v1/uploads/upl_x"]
+    "path",
+    ["/v1/nope", "/v1/", "/v1/jobs/", "/v1/jobs/job_x/nope", "/v1/uploads/upl_x", "/", "/x.php"],
 )
+@pytest.mark.parametrize("method", ["get", "post"])
 @pytest.mark.parametrize("with_key", [False, True], ids=["anonymous", "with-key"])
-def test_an_unknown_path_is_a_json_404(tenant, path, with_key):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "debug"])
+def test_an_unknown_path_is_a_json_404(settings, tenant, path, method, with_key, debug):  # type: ignore[no-untyped-def]
+    # given the app in production or debug mode (where Django would list its URL patterns)
+    settings.DEBUG = debug
     client = api_client_for(tenant) if with_key else APIClient()
-    # when an unknown path under /v1/ is requested
-    response = client.get(path)
+    # when an unknown path is requested
+    response = getattr(client, method)(path)
     # then the answer is a 404 in the uniform error shape, not Django's HTML page
     assert_error_shape(response, 404, "not_found")
+
+
+@pytest.mark.django_db
+def test_a_host_not_served_is_a_json_400(tenant):  # type: ignore[no-untyped-def]
+    # when a request names a host that is not in ALLOWED_HOSTS
+    response = api_client_for(tenant).get("/v1/models", HTTP_HOST="evil.example")
+    # then Django's own 400 comes in the uniform error shape too
+    assert_error_shape(response, 400, "bad_request")
 
 
 @pytest.mark.django_db
@@ -195,3 +209,149 @@ def test_a_method_the_endpoint_does_not_have_is_405(tenant):  # type: ignore[no-
     response = api_client_for(tenant).delete("/v1/jobs")
     # then the answer is 405 in the uniform shape, not a 403 about scopes
     assert_error_shape(response, 405, "method_not_allowed")
+
+
+# --- what the schema says the API enforces --------------------------------------------------------
+
+ANY_OPERATION = {400, 401, 403, 406, 414, 431}
+DOCUMENTED_ERRORS = {
+    ("/v1/jobs", "post"): ANY_OPERATION | {402, 409, 413, 415, 422, 429},
+    ("/v1/jobs", "get"): ANY_OPERATION,
+    ("/v1/jobs/{job_id}", "get"): ANY_OPERATION | {404},
+    ("/v1/jobs/{job_id}/cancel", "post"): ANY_OPERATION | {404, 409},
+    ("/v1/models", "get"): ANY_OPERATION,
+    ("/v1/loras", "get"): ANY_OPERATION,
+    ("/v1/usage", "get"): ANY_OPERATION,
+    ("/v1/uploads", "post"): ANY_OPERATION | {409, 413, 415, 422, 429},
+}
+
+
+def test_every_operation_documents_each_error_it_can_answer(db):  # type: ignore[no-untyped-def]
+    # when the schema is read
+    document = fetch_schema()
+    assert {(p, m) for p, methods in API_PATHS.items() for m in methods} == set(DOCUMENTED_ERRORS)
+    for (path, method), expected in DOCUMENTED_ERRORS.items():
+        responses = document["paths"][path][method]["responses"]
+        # then each operation lists exactly the errors it can answer, with the server's own
+        # (414, 431) and the query's (400), each in the error shape and with a description
+        assert {int(code) for code in responses if int(code) >= 400} == expected, (path, method)
+        for code in expected:
+            content = responses[str(code)]["content"]["application/json"]["schema"]
+            assert content == {"$ref": "#/components/schemas/Error"}, (path, method, code)
+            assert responses[str(code)]["description"], (path, method, code)
+        # and says that query parameters it does not list are refused
+        description = document["paths"][path][method]["description"]
+        assert "Query parameters this operation does not list are refused" in description
+
+
+def test_the_schema_states_the_input_rules(db):  # type: ignore[no-untyped-def]
+    document = fetch_schema()
+    job_input = document["components"]["schemas"]["JobInputRequest"]
+    lora_input = document["components"]["schemas"]["LoraInputRequest"]
+    # unknown body fields are refused
+    assert job_input["additionalProperties"] is False
+    assert lora_input["additionalProperties"] is False
+    # sizes are multiples of 8, at most 5 LoRAs
+    for side in ("width", "height"):
+        assert job_input["properties"][side]["multipleOf"] == 8
+    assert job_input["properties"]["loras"]["maxItems"] == 5
+    # the image is an upload id or an https URL, and says so
+    image = job_input["properties"]["image"]
+    assert image["maxLength"] == 2048
+    assert image["pattern"].startswith("^(upl_[0-9a-f]{20}|https://")
+    assert "upload id" in image["description"] and "https URL" in image["description"]
+    # the Idempotency-Key's length and characters, on both operations that take it
+    for path in ("/v1/jobs", "/v1/uploads"):
+        (header,) = document["paths"][path]["post"]["parameters"]
+        assert header["name"] == "Idempotency-Key" and header["in"] == "header"
+        assert header["schema"]["minLength"] == 1
+        assert header["schema"]["maxLength"] == 255
+        assert header["schema"]["pattern"]
+
+
+def _matches(schema: dict[str, Any], value: str) -> bool:
+    """Whether `value` is valid against a string schema of ours (its patterns read the same in
+    Python and ECMAScript; `fullmatch` keeps `$` from matching before a final newline)."""
+    return (
+        schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+        and re.fullmatch(schema["pattern"], value) is not None
+    )
+
+
+IMAGES = [
+    "https://images.example.com/cat.png",
+    "https://images.example.com:8443/a/b.png?x=1#y",
+    "https://[2606:4700:4700::1111]/cat.png",
+    "https://user:pw@images.example.com/cat.png",
+    "https://images.example.com/a cat.png",
+    "https://images.example.com/cat.png\n",
+    " https://images.example.com/cat.png",
+    "http://images.example.com/cat.png",
+    "upl_0123456789abcdef0123",
+    "upl_0123456789ABCDEF0123",
+    "upl_xyz",
+]
+KEYS = ["order-1", "a b", "~", "k" * 255, "k" * 256, "", " a", "a ", "a\tb", "é", "a\x7fb"]
+
+
+@pytest.mark.django_db
+def test_the_documented_formats_are_the_ones_enforced(tenant, model, client):  # type: ignore[no-untyped-def]
+    # given the schema's rules for the image and the Idempotency-Key, and an upload of that id
+    document = fetch_schema()
+    image_schema = document["components"]["schemas"]["JobInputRequest"]["properties"]["image"]
+    (header,) = document["paths"]["/v1/jobs"]["post"]["parameters"]
+    UploadFactory(public_id="upl_0123456789abcdef0123", tenant=tenant)
+    body = {"model": "tiny", "prompt": "a fox"}
+    # when jobs are submitted with each value, then the API accepts exactly what the schema allows
+    for image in IMAGES:
+        response = client.post("/v1/jobs", {**body, "image": image}, format="json")
+        assert (response.status_code == 202) == _matches(image_schema, image), (
+            image,
+            response.content,
+        )
+    for n, key in enumerate(KEYS):
+        response = client.post(
+            "/v1/jobs", {**body, "seed": n}, format="json", HTTP_IDEMPOTENCY_KEY=key
+        )
+        assert (response.status_code == 202) == _matches(header["schema"], key), (
+            key,
+            response.content,
+        )
+
+
+def _call(client: APIClient, path: str, method: str, query: str = "", **extra: Any) -> Any:
+    url = f"{path}?{query}" if query else path
+    if (path, method) == ("/v1/jobs", "post"):
+        return client.post(url, {"model": "tiny", "prompt": "a fox"}, format="json", **extra)
+    return getattr(client, method)(url, **extra)
+
+
+@pytest.mark.django_db
+def test_every_operation_refuses_a_query_parameter_it_does_not_take(tenant, model, client):  # type: ignore[no-untyped-def]
+    # given the schema and a job
+    document = fetch_schema()
+    job_id = client.post("/v1/jobs", {"model": "tiny", "prompt": "a fox"}, format="json").json()[
+        "id"
+    ]
+    # when each operation is called with a parameter it does not take
+    for path, method in DOCUMENTED_ERRORS:
+        response = _call(client, path.replace("{job_id}", job_id), method, "verbose=1")
+        # then it is the documented 400 naming the parameter
+        assert response.status_code == 400, (path, method, response.content)
+        assert response.json()["error"]["message"] == "verbose: Unknown query parameter."
+        assert_documented(document, path, method, response)
+    # and the refused writes changed nothing: one job, still queued or starting
+    (job,) = Job.objects.all()
+    assert job.public_id == job_id and job.status != Job.Status.CANCELED
+
+
+@pytest.mark.django_db
+def test_every_operation_answers_an_accept_without_json_with_a_documented_406(
+    tenant, model, client
+):  # type: ignore[no-untyped-def]
+    document = fetch_schema()
+    for path, method in DOCUMENTED_ERRORS:
+        response = _call(client, path.replace("{job_id}", "job_x"), method, HTTP_ACCEPT="text/html")
+        assert response.status_code == 406, (path, method, response.content)
+        assert_documented(document, path, method, response)
+    assert not Job.objects.exists()

@@ -19,8 +19,28 @@ variable "model_slugs" {
   type        = set(string)
 }
 
+# The four timings below must satisfy the rule of sdsaas.settings.check_visibility_timing, which
+# the services apply at start-up; tests/deploy/test_terraform.py checks these defaults with it.
 variable "visibility_timeout_seconds" {
-  description = "Longer than the longest allowed job (SDSAAS_SQS_VISIBILITY_TIMEOUT)."
+  description = "Base visibility timeout of the model queues (SDSAAS_SQS_VISIBILITY_TIMEOUT): a lost worker's job is delivered again within about this long; running jobs are extended by the heartbeat."
+  type        = number
+  default     = 60
+}
+
+variable "gpu_heartbeat_seconds" {
+  description = "SDSAAS_GPU_HEARTBEAT_S of the GPU workers: seconds between extensions of a running job's message."
+  type        = number
+  default     = 10
+}
+
+variable "gpu_outage_tolerance_seconds" {
+  description = "SDSAAS_GPU_OUTAGE_TOLERANCE_S of the GPU workers: at most visibility_timeout_seconds - 2 x gpu_heartbeat_seconds."
+  type        = number
+  default     = 40
+}
+
+variable "gpu_job_time_limit_seconds" {
+  description = "SDSAAS_GPU_JOB_TIME_LIMIT_S of the GPU workers: the heartbeat lets a job's message go after this long."
   type        = number
   default     = 1800
 }
@@ -73,4 +93,17 @@ resource "aws_s3_bucket_public_access_block" "data" {
 
 output "model_queue_urls" {
   value = { for slug, queue in aws_sqs_queue.model : slug => queue.url }
+}
+
+# The timing part of the GPU workers' environment (for their task definitions, added with the
+# pools): the workers must extend messages by the timeout the queues were created with.
+output "gpu_worker_environment" {
+  value = {
+    SDSAAS_SQS_QUEUE_PREFIX       = var.prefix
+    SDSAAS_SQS_VISIBILITY_TIMEOUT = tostring(var.visibility_timeout_seconds)
+    SDSAAS_SQS_MAX_RECEIVES       = tostring(var.max_receives)
+    SDSAAS_GPU_HEARTBEAT_S        = tostring(var.gpu_heartbeat_seconds)
+    SDSAAS_GPU_OUTAGE_TOLERANCE_S = tostring(var.gpu_outage_tolerance_seconds)
+    SDSAAS_GPU_JOB_TIME_LIMIT_S   = tostring(var.gpu_job_time_limit_seconds)
+  }
 }

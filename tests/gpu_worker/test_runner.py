@@ -25,6 +25,7 @@ from gpu_worker import inference, runner
 from sdsaas.queues import (
     TASK_JOB_FAILED,
     TASK_JOB_PROGRESS,
+    TASK_JOB_RECEIVED,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
     cancel_marker_key,
@@ -79,11 +80,11 @@ def test_a_job_reports_started_then_succeeded_with_its_images_in_s3(tiny_model_d
     events = Events()
     job = message(tiny_model_dir, "job_runner_ok", num_outputs=2)
     outcome = runner.run_job(job, attempt=3, storage=default_storage, send=events)
-    # then it reports started (with load time) and succeeded (with keys and every metric)
+    # then it reports received, started (with load time) and succeeded (with keys and metrics)
     assert outcome == "succeeded"
-    assert events.kinds() == [TASK_JOB_STARTED, TASK_JOB_SUCCEEDED]
-    started, succeeded = (kw for _, name, kw in events if name != TASK_JOB_PROGRESS)
-    assert started["attempt"] == succeeded["attempt"] == 3
+    assert events.kinds() == [TASK_JOB_RECEIVED, TASK_JOB_STARTED, TASK_JOB_SUCCEEDED]
+    received, started, succeeded = (kw for _, name, kw in events if name != TASK_JOB_PROGRESS)
+    assert received["attempt"] == started["attempt"] == succeeded["attempt"] == 3
     assert started["load_s"] >= 0
     assert succeeded["output_keys"] == [
         f"{job['output_prefix']}0.png",
@@ -127,13 +128,20 @@ def test_a_job_canceled_before_it_starts_never_loads_the_model(tiny_model_dir: P
     assert events == []
 
 
-def test_a_missing_model_fails_as_invalid_input(tiny_model_dir: Path) -> None:
+def test_a_missing_model_fails_as_invalid_input_after_the_delivery_was_reported(
+    tiny_model_dir: Path,
+) -> None:
     job = message(tiny_model_dir, "job_runner_missing")
     job["model"] = {**job["model"], "source_uri": "/nonexistent/model", "revision": "gone"}
     events = Events()
-    assert runner.run_job(job, attempt=1, storage=default_storage, send=events) == "failed"
-    ((_, name, kwargs),) = events
-    assert (name, kwargs["code"]) == (TASK_JOB_FAILED, "invalid_input")
+    assert runner.run_job(job, attempt=2, storage=default_storage, send=events) == "failed"
+    # the delivery is reported before the model is loaded, so it counts even if loading fails
+    (_, received, received_kwargs), (_, failed, failed_kwargs) = events
+    assert (received, received_kwargs) == (
+        TASK_JOB_RECEIVED,
+        {"job_id": job["job_id"], "attempt": 2},
+    )
+    assert (failed, failed_kwargs["code"]) == (TASK_JOB_FAILED, "invalid_input")
 
 
 def test_cpu_and_gpu_out_of_memory_are_both_recognised() -> None:

@@ -21,7 +21,6 @@ from jobs.models import (
     JobEvent,
     LoraAdapter,
     Upload,
-    public_id,
 )
 from jobs.services import job_submit
 from tenants.models import CreditPeriod, Tenant, UsageRecord
@@ -30,6 +29,7 @@ from tests.support.factories import (
     LoraFactory,
     PlanFactory,
     TenantFactory,
+    UploadFactory,
     api_client_for,
 )
 
@@ -45,20 +45,6 @@ class Side:
     upload: Upload
 
 
-def make_upload(tenant: Tenant) -> Upload:
-    upload_id = public_id("upl")
-    return Upload.objects.create(
-        public_id=upload_id,
-        tenant=tenant,
-        storage_key=f"tenants/{tenant.pk}/uploads/{upload_id}.png",
-        content_type="image/png",
-        width=512,
-        height=512,
-        size_bytes=1234,
-        sha256="0" * 64,
-    )
-
-
 def make_side(name: str) -> Side:
     tenant = TenantFactory(name=name, plan=PlanFactory(max_concurrent_jobs=1))
     return Side(
@@ -66,7 +52,7 @@ def make_side(name: str) -> Side:
         client=api_client_for(tenant),
         model=DiffusionModelFactory(slug=f"{name}-private", owner=tenant),
         lora=LoraFactory(slug=f"{name}-lora", owner=tenant, family=Family.SD15),
-        upload=make_upload(tenant),
+        upload=UploadFactory(tenant=tenant),
     )
 
 

@@ -8,6 +8,7 @@ from jobs.services import (
     job_cancel,
     job_mark_failed,
     job_mark_progress,
+    job_mark_received,
     job_mark_started,
     job_mark_succeeded,
     jobs_fail_dead_lettered,
@@ -161,3 +162,57 @@ def test_the_dead_letter_sweep_fails_lost_jobs_and_drops_what_is_no_task(setup, 
     assert (job.status, job.error_code) == ("failed", "worker_lost")
     assert credits(tenant) == (0, 0)
     assert local_aws.drain_tasks(f"{model_queue_name('tiny')}-dlq") == []
+
+
+def history(job_id: str) -> list[tuple[str, int]]:
+    return list(
+        JobEvent.objects.filter(job__public_id=job_id).values_list("kind", "attempt").order_by("id")
+    )
+
+
+def test_each_delivery_is_an_event_even_one_that_died_before_loading_the_model(setup):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    job_id = submit(client)
+    # given attempt 1 received and started, whose worker then died
+    assert job_mark_received(job_public_id=job_id, attempt=1)
+    assert job_mark_started(job_public_id=job_id, attempt=1, load_s=0.1)
+    job_mark_progress(job_public_id=job_id, attempt=1, step=3, total=20)
+    # when the message is delivered again (attempt 2), and that worker dies while loading the model
+    assert job_mark_received(job_public_id=job_id, attempt=2)
+    # then the job is starting again as attempt 2, its progress reset
+    job = Job.objects.get(public_id=job_id)
+    assert (job.status, job.attempt, job.progress_step) == ("starting", 2, 0)
+    # and when attempt 3 is received and started, every delivery is in its history
+    assert job_mark_received(job_public_id=job_id, attempt=3)
+    assert job_mark_started(job_public_id=job_id, attempt=3, load_s=0.1)
+    assert history(job_id) == [
+        ("created", 0),
+        ("admitted", 1),
+        ("received", 1),
+        ("started", 1),
+        ("received", 2),
+        ("received", 3),
+        ("started", 3),
+    ]
+    assert Job.objects.get(public_id=job_id).attempt == 3
+
+
+def test_duplicate_and_old_received_events_change_nothing(setup):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    job_id = submit(client)
+    assert job_mark_received(job_public_id=job_id, attempt=1)
+    assert job_mark_received(job_public_id=job_id, attempt=2)
+    assert job_mark_started(job_public_id=job_id, attempt=2, load_s=0.1)
+    before = history(job_id)
+    # when attempt 2's event arrives again, and attempt 1's arrives late
+    assert not job_mark_received(job_public_id=job_id, attempt=2)
+    assert not job_mark_received(job_public_id=job_id, attempt=1)
+    # then the job is still processing attempt 2, with the same history
+    job = Job.objects.get(public_id=job_id)
+    assert (job.status, job.attempt) == ("processing", 2)
+    assert history(job_id) == before
+    # and a delivery of a finished job changes nothing either
+    job_mark_succeeded(job_public_id=job_id, attempt=2, output_keys=["a.png"], metrics={})
+    assert not job_mark_received(job_public_id=job_id, attempt=3)
+    job = Job.objects.get(public_id=job_id)
+    assert (job.status, job.attempt) == ("succeeded", 2)

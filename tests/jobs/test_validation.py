@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from rest_framework.response import Response
@@ -17,8 +19,6 @@ from jobs.models import (
     IdempotencyRecord,
     Job,
     JobEvent,
-    Upload,
-    public_id,
 )
 from jobs.serializers import OUTPUT_FORMATS
 from jobs.services import job_submit
@@ -28,6 +28,7 @@ from tests.support.factories import (
     LoraFactory,
     PlanFactory,
     TenantFactory,
+    UploadFactory,
     api_client_for,
 )
 
@@ -72,20 +73,6 @@ def submit(client: APIClient, **fields: Any) -> Response:
 
 def post_raw(client: APIClient, body: str | bytes, content_type: str) -> Response:
     return client.generic("POST", "/v1/jobs", body, content_type=content_type)  # type: ignore[no-any-return]
-
-
-def make_upload(tenant: Tenant) -> Upload:
-    upload_id = public_id("upl")
-    return Upload.objects.create(
-        public_id=upload_id,
-        tenant=tenant,
-        storage_key=f"tenants/{tenant.pk}/uploads/{upload_id}.png",
-        content_type="image/png",
-        width=512,
-        height=512,
-        size_bytes=2048,
-        sha256="0" * 64,
-    )
 
 
 def assert_400_naming(response: Response, field: str) -> None:
@@ -349,7 +336,7 @@ def test_image_from_an_own_upload_or_an_https_url_is_img2img(
     client: APIClient, tenant: Tenant
 ) -> None:
     # given an upload of the tenant's
-    upload = make_upload(tenant)
+    upload = UploadFactory(tenant=tenant)
     # when jobs use it, and an https URL with an explicit strength
     by_upload = submit(client, image=upload.public_id)
     by_url = submit(client, image=HTTPS_IMAGE, strength=0.25)
@@ -381,8 +368,22 @@ def test_image_from_an_own_upload_or_an_https_url_is_img2img(
         "data:image/png;base64,iVBORw0KGgo=",
         "upl_00000000000000000000",
         "upl_",
+        "upl_0123456789abcdef012",
+        "upl_0123456789ABCDEF0123",
         "",
         "h" * 2049,
+        "https://user:secret@images.example.com/cat.png",
+        "https://user@images.example.com/cat.png",
+        "https://:secret@images.example.com/cat.png",
+        "https://images.example.com@169.254.169.254/cat.png",
+        "https://images.example.com:99999/cat.png",
+        "https://images.example.com:0/cat.png",
+        "https://images.example.com:/cat.png",
+        "https://[1:2]/cat.png",
+        "https://images.example.com/a cat.png",
+        "https://images.example.com/cat.png\n",
+        "https://bücher.example/cat.png",
+        " https://images.example.com/cat.png",
     ],
     ids=lambda v: v[:24] or "empty",
 )
@@ -390,6 +391,40 @@ def test_image_that_is_no_upload_id_nor_https_url_is_400(client: APIClient, imag
     response = submit(client, image=image)
     assert_400_naming(response, "image")
     assert nothing_created()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "https://user:secret@images.example.com/cat.png",
+        "https://token@images.example.com/cat.png",
+        "https://images.example.com:443@evil.example/cat.png",
+    ],
+)
+def test_image_url_with_user_info_is_400_at_submit(client: APIClient, image: str) -> None:
+    # when an img2img URL carries a user name or password (a fetch would send them along)
+    response = submit(client, image=image)
+    # then it is refused at submit, naming image and why, rather than failing the job later
+    assert_400_naming(response, "image")
+    assert "user name or password" in response.json()["error"]["message"]
+    assert nothing_created()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "https://images.example.com",
+        "https://images.example.com:8443/cats/1.png?size=large&v=2#top",
+        "https://IMAGES.example.com/a%20cat.png",
+        "https://93.184.215.14/cat.png",
+        "https://[2606:4700:4700::1111]/cat.png",
+        "https://images.example.com/@cat.png",
+    ],
+)
+def test_https_urls_of_every_allowed_form_are_accepted(client: APIClient, image: str) -> None:
+    response = submit(client, image=image)
+    assert response.status_code == 202, response.content
+    assert Job.objects.get().init_image_url == image
 
 
 @pytest.mark.parametrize(
@@ -514,6 +549,68 @@ def test_wrong_types_are_400_naming_the_field(
     assert nothing_created()
 
 
+# What DRF's fields would have read as another type: a JSON API takes each field's own type only.
+COERCIBLE = [
+    ("width", "64", "an integer", "a string"),
+    ("height", "512", "an integer", "a string"),
+    ("steps", "20", "an integer", "a string"),
+    ("num_outputs", "1", "an integer", "a string"),
+    ("seed", "7", "an integer", "a string"),
+    ("width", 512.0, "an integer", "a number"),
+    ("seed", 7.0, "an integer", "a number"),
+    ("steps", False, "an integer", "a boolean"),
+    ("guidance", "7.5", "a number", "a string"),
+    ("guidance", False, "a number", "a boolean"),
+    ("prompt", 5, "a string", "an integer"),
+    ("prompt", 5.5, "a string", "a number"),
+    ("negative_prompt", 0, "a string", "an integer"),
+    ("model", 7, "a string", "an integer"),
+    ("scheduler", 1, "a string", "an integer"),
+    ("output_format", True, "a string", "a boolean"),
+    ("image", 1, "a string", "an integer"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "expected", "given"), COERCIBLE, ids=repr)
+def test_a_value_of_another_json_type_is_400_naming_the_field(
+    client: APIClient, field: str, value: Any, expected: str, given: str
+) -> None:
+    # when a field holds a value that DRF would coerce (`"64"` to 64, `5` to "5")
+    body = json.dumps({"model": "tiny", "prompt": "a paper boat", field: value})
+    response = post_raw(client, body, "application/json")
+    # then it is refused, naming the field and both types, and nothing was created
+    assert_400_naming(response, field)
+    assert response.json()["error"]["message"] == f"{field}: Must be {expected}, not {given}."
+    assert nothing_created()
+
+
+@pytest.mark.parametrize(
+    ("field", "fields"),
+    [
+        ("strength", {"image": HTTPS_IMAGE, "strength": "0.5"}),
+        ("loras[0].weight", {"loras": [{"slug": "style-0", "weight": "0.5"}]}),
+        ("loras[0].slug", {"loras": [{"slug": 5}]}),
+    ],
+    ids=["strength", "lora-weight", "lora-slug"],
+)
+def test_nested_and_img2img_fields_take_their_own_type_only(
+    client: APIClient, loras: list[str], field: str, fields: dict[str, Any]
+) -> None:
+    response = submit(client, **fields)
+    assert_400_naming(response, field)
+    assert "Must be" in response.json()["error"]["message"]
+    assert nothing_created()
+
+
+def test_a_number_beyond_any_float_is_400_not_500(client: APIClient) -> None:
+    # given an integer literal too large to convert to a float, where a number is expected
+    body = '{"model": "tiny", "prompt": "a paper boat", "guidance": 1' + "0" * 400 + "}"
+    client.raise_request_exception = False
+    # when it is posted, then it is a 400 naming the field
+    assert_400_naming(post_raw(client, body, "application/json"), "guidance")
+    assert nothing_created()
+
+
 @pytest.mark.parametrize("name", ["\ud800", "step\udfff"], ids=["surrogate", "with-surrogate"])
 def test_unknown_field_named_with_a_lone_surrogate_is_400(client: APIClient, name: str) -> None:
     # when an unknown field's name holds a lone surrogate (valid JSON, not encodable as UTF-8)
@@ -581,6 +678,30 @@ def test_deeply_nested_json_is_400_not_500(client: APIClient) -> None:
     # then it is refused as malformed, like any other unparsable body
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] == "malformed_request"
+
+
+def test_a_json_body_over_256_kib_is_413_before_it_is_parsed(client: APIClient) -> None:
+    # given a body of valid JSON over the cap (the largest valid job input is far smaller)
+    body = json.dumps({"model": "tiny", "prompt": "a paper boat", "negative_prompt": "x" * 2**18})
+    # when it is posted, then it is refused as too large, not read and checked field by field
+    response = post_raw(client, body, "application/json")
+    assert response.status_code == 413, response.content
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert nothing_created()
+
+
+def test_the_largest_job_input_fits_under_the_body_cap(client: APIClient, loras: list[str]) -> None:
+    # given every string field at its longest, each character written as a surrogate-pair escape
+    longest = {
+        "prompt": "\U0001f98a" * 2000,
+        "negative_prompt": "\U0001f98a" * 2000,
+        "loras": [{"slug": slug, "weight": -1.234567890123} for slug in loras[:5]],
+        "image": "https://images.example.com/" + "a" * (2048 - 27),
+        "strength": 0.123456789012345,
+    }
+    body = json.dumps({"model": "tiny", **longest}, indent=2)
+    # when it is posted, then it is accepted
+    assert post_raw(client, body, "application/json").status_code == 202
 
 
 def test_job_body_as_multipart_form_is_415(client: APIClient, loras: list[str]) -> None:
@@ -725,20 +846,62 @@ def test_a_refused_request_creates_nothing_and_does_not_burn_its_idempotency_key
         ("model=not%20a%20slug", "model"),
         ("state=queued", "state"),
         ("page=2", "page"),
+        ("status=", "status"),
+        ("model=", "model"),
+        ("limit=", "limit"),
+        ("cursor=", "cursor"),
+        ("status=queued&status=failed", "status"),
+        ("limit=10&limit=20", "limit"),
+        ("model=tiny%0A", "model"),
+        ("status=queued&Status=failed", "Status"),
     ],
 )
 def test_bad_job_list_filters_are_400_naming_the_parameter(
-    client: APIClient, query: str, field: str
+    client: APIClient, tenant: Tenant, query: str, field: str
 ) -> None:
+    # given a job, so that a filter read as "no filter" would show
+    make_jobs(tenant, 1)
+    # when the list is asked for with an unknown, empty, repeated or malformed parameter
     response = client.get(f"/v1/jobs?{query}")
+    # then it is a 400 naming the parameter, not a list read with the filter dropped
     assert_400_naming(response, field)
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "bz1hYmM=", "%00", "x" * 500])
-def test_a_bad_cursor_is_refused_in_the_error_shape(client: APIClient, cursor: str) -> None:
+def _cursor(token: str) -> str:
+    return quote(base64.b64encode(token.encode()).decode())
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "garbage",
+        "%00",
+        "x" * 500,
+        _cursor("o=abc"),
+        _cursor("p=abc"),
+        _cursor("p=-5"),
+        _cursor("p=" + "9" * 30),
+        _cursor("p=1.5&r=1"),
+    ],
+    ids=["garbage", "nul", "long", "offset", "position", "negative", "huge", "fraction"],
+)
+def test_a_cursor_the_api_did_not_write_is_400_naming_cursor(
+    client: APIClient, tenant: Tenant, cursor: str
+) -> None:
+    # given a few jobs, so that a cursor is applied to a real query
+    make_jobs(tenant, 3)
+    # when the list is asked for with a cursor that is no `next` or `previous` link of a page
+    client.raise_request_exception = False
     response = client.get(f"/v1/jobs?cursor={cursor}")
-    assert response.status_code in (400, 404), response.content
-    assert response.json()["error"]["code"] in ("invalid_input", "not_found")
+    # then it is a 400 naming the parameter (not the 404 of a missing page, nor a 500)
+    assert_400_naming(response, "cursor")
+
+
+def test_the_validated_limit_is_the_page_size(client: APIClient, tenant: Tenant) -> None:
+    # given 6 jobs
+    make_jobs(tenant, 6)
+    # when a page of "4.0" is asked for (an integer once validated), then it holds 4 jobs
+    assert len(client.get("/v1/jobs?limit=4.0").json()["results"]) == 4
 
 
 def make_jobs(tenant: Tenant, count: int) -> list[str]:

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 import factory
 from rest_framework.test import APIClient
 
-from jobs.models import DiffusionModel, Family, LoraAdapter
+from jobs.models import DiffusionModel, Family, LoraAdapter, Upload, public_id
 from tenants.models import Plan, Tenant
 from tenants.services import api_key_issue
 
@@ -55,6 +55,23 @@ class LoraFactory(factory.django.DjangoModelFactory):
     name = factory.LazyAttribute(lambda o: o.slug)
     family = Family.SD15
     source_uri = factory.LazyAttribute(lambda o: f"s3://sdsaas-models/loras/{o.slug}/")
+
+
+class UploadFactory(factory.django.DjangoModelFactory):
+    """An upload row; the object in S3 is the test's to write when it needs the bytes."""
+
+    class Meta:
+        model = Upload
+
+    public_id = factory.LazyFunction(lambda: public_id("upl"))
+    storage_key = factory.LazyAttribute(
+        lambda o: f"tenants/{o.tenant.pk}/uploads/{o.public_id}.png"
+    )
+    content_type = "image/png"
+    width = 512
+    height = 512
+    size_bytes = 2048
+    sha256 = "0" * 64
 
 
 def api_client_for(tenant: Tenant, scopes: Iterable[str] | None = None) -> APIClient:
