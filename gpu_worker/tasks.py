@@ -67,6 +67,13 @@ def _start_stop_grace(**_: Any) -> None:
 RETRY_AFTER_S = 60
 
 
+def sqs_message_of(delivery_info: Any) -> tuple[str, str] | None:
+    """The queue URL and receipt handle of the message being run (None outside an SQS delivery)."""
+    delivery_info = delivery_info or {}
+    queue_url, receipt_handle = delivery_info.get("queue_url"), delivery_info.get("receipt_handle")
+    return (queue_url, receipt_handle) if queue_url and receipt_handle else None
+
+
 def hand_back(delivery_info: Any, *, after_s: int) -> None:
     """Let SQS deliver the message again in `after_s` seconds instead of after its timeout.
 
@@ -74,14 +81,13 @@ def hand_back(delivery_info: Any, *, after_s: int) -> None:
     delivery is dead-lettered like one that kills its worker. Best effort: if SQS is away too,
     the message comes back after its visibility timeout all the same.
     """
-    delivery_info = delivery_info or {}
-    if not (delivery_info.get("receipt_handle") and delivery_info.get("queue_url")):
+    message = sqs_message_of(delivery_info)
+    if message is None:
         return
+    queue_url, receipt_handle = message
     try:
         sqs_client().change_message_visibility(
-            QueueUrl=delivery_info["queue_url"],
-            ReceiptHandle=delivery_info["receipt_handle"],
-            VisibilityTimeout=after_s,
+            QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=after_s
         )
     except Exception as exc:
         logger.warning("could not hand the message back early: %s", exc)
@@ -89,14 +95,15 @@ def hand_back(delivery_info: Any, *, after_s: int) -> None:
 
 def held(delivery_info: Any) -> contextlib.AbstractContextManager[object]:
     """Keeps the message invisible while the job runs, by the heartbeat of the settings."""
-    delivery_info = delivery_info or {}
-    if not (delivery_info.get("receipt_handle") and delivery_info.get("queue_url")):
+    message = sqs_message_of(delivery_info)
+    if message is None:
         return contextlib.nullcontext()
+    queue_url, receipt_handle = message
     return VisibilityHeartbeat(
         # One try per beat, with short timeouts: a failed beat is tried again at the next one.
         sqs_client(fail_fast=True),
-        queue_url=delivery_info["queue_url"],
-        receipt_handle=delivery_info["receipt_handle"],
+        queue_url=queue_url,
+        receipt_handle=receipt_handle,
         visibility_s=settings.SQS_VISIBILITY_TIMEOUT,
         interval_s=settings.GPU_HEARTBEAT_S,
         ceiling_s=settings.GPU_JOB_TIME_LIMIT_S,

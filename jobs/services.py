@@ -617,18 +617,15 @@ def job_mark_received(*, job_public_id: str, attempt: int) -> bool:
     attempt takes the job back to `starting` (its previous worker is gone). Older attempts, a
     duplicate of this event and final jobs change nothing.
     """
-    job = _job_for_event(job_public_id)
-    if job is None:
-        return False
     # The row lock makes a concurrent duplicate wait, then find the event below.
-    current = (
+    job = (
         Job.objects.select_for_update()
-        .filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt__lte=attempt)
+        .filter(public_id=job_public_id, status__in=Job.IN_FLIGHT, attempt__lte=attempt)
         .first()
     )
-    if current is None or job.events.filter(kind="received", attempt=attempt).exists():
+    if job is None or job.events.filter(kind="received", attempt=attempt).exists():
         return False
-    if attempt > current.attempt:
+    if attempt > job.attempt:
         Job.objects.filter(pk=job.pk).update(
             status=Job.Status.STARTING, attempt=attempt, progress_step=0
         )

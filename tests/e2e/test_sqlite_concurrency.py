@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.aws import LocalAws, free_port, wait_for_port
+from tests.support.api_server import api_server
+from tests.support.aws import LocalAws
 from tests.support.concurrency import run_parallel
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 # A plan whose limits the load cannot reach: this is about the database, not about quotas.
 SETUP = """
@@ -43,10 +43,9 @@ print(api_key_issue(tenant=tenant, name="load")[1])
 
 @pytest.fixture
 def sqlite_api(tmp_path: Path, local_aws: LocalAws) -> Iterator[tuple[str, str]]:
-    """A migrated SQLite file, a tenant key, and gunicorn (4 workers x 4 threads) serving it."""
+    """A migrated SQLite file, a tenant key, and the API (8 worker processes) serving it."""
     db = tmp_path / "db.sqlite3"
     env = {
-        **os.environ,
         "SDSAAS_DEBUG": "1",
         "DATABASE_URL": f"sqlite:///{db}",
         "SDSAAS_SQS_ENDPOINT_URL": local_aws.endpoint_url,
@@ -56,26 +55,16 @@ def sqlite_api(tmp_path: Path, local_aws: LocalAws) -> Iterator[tuple[str, str]]
         "AWS_SECRET_ACCESS_KEY": "local",
     }
     manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env, check=True)
+    environ = {**os.environ, **env}
+    subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=environ, check=True)
     setup = [*manage, "shell", "-c", SETUP]
-    done = subprocess.run(setup, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    done = subprocess.run(setup, cwd=ROOT, env=environ, check=True, capture_output=True, text=True)
     key = done.stdout.split()[-1]
     # WAL is a property of the file, set by the settings' connection init command.
     with sqlite3.connect(db) as check:
         assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    port = free_port()
-    log = (tmp_path / "gunicorn.log").open("wb")
-    argv = [str(BIN / "gunicorn"), "sdsaas.wsgi", "-b", f"127.0.0.1:{port}", "-w", "4"]
-    server = subprocess.Popen(
-        [*argv, "--threads", "4"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}", key
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    with api_server(tmp_path / "gunicorn.log", **env, SDSAAS_API_WORKERS="8") as base:
+        yield base, key
 
 
 def _call(base: str, key: str, method: str, path: str, body: Any = None, **headers: str) -> Any:
@@ -93,7 +82,7 @@ def _call(base: str, key: str, method: str, path: str, body: Any = None, **heade
 
 
 def test_concurrent_submits_on_sqlite_never_500(sqlite_api: tuple[str, str]) -> None:
-    # given gunicorn with 16 concurrent request slots over one SQLite file
+    # given the API's gunicorn, 8 worker processes over one SQLite file
     base, key = sqlite_api
     body = {"model": "tiny", "prompt": "a fox", "width": 64, "height": 64, "steps": 2}
 

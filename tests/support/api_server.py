@@ -17,14 +17,17 @@ GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 @contextmanager
 def api_server(log: Path, **env: str) -> Iterator[str]:
-    """Serve the API on a free port, with `env` over this environment; yields the base URL."""
+    """Serve the API on a free port, with `env` over this environment; yields the base URL.
+
+    One worker process unless `env` sets SDSAAS_API_WORKERS.
+    """
     port = free_port()
     environ = {
         **os.environ,
         "SDSAAS_DEBUG": "1",
+        "SDSAAS_API_WORKERS": "1",
         **env,
         "SDSAAS_API_BIND": f"127.0.0.1:{port}",
-        "SDSAAS_API_WORKERS": "1",
     }
     argv = [str(GUNICORN), "-c", "python:sdsaas.gunicorn_conf", "sdsaas.wsgi"]
     with log.open("ab") as out:
