@@ -28,6 +28,7 @@ from kombu.exceptions import OperationalError
 from PIL import Image, UnidentifiedImageError
 
 from gpu_worker import inference, model_store
+from gpu_worker.watchdog import JobWatchdog, Reason
 from sdsaas.celery import app as celery_app
 from sdsaas.queues import (
     TASK_JOB_FAILED,
@@ -43,7 +44,6 @@ from sdsaas.queues import (
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
-CANCEL_POLL_S = 0.2
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 
 
@@ -106,25 +106,36 @@ def best_effort(what: str, call: Callable[[], T], default: T) -> T:
         return default
 
 
-@dataclass
-class CancelWatch:
-    """Asks storage whether the job was canceled, at most every CANCEL_POLL_S seconds."""
-
-    storage: Storage
-    key: str
-    checked_at: float = 0.0
-
-    def canceled(self, *, force: bool = False) -> bool:
-        now = time.monotonic()
-        if not force and now - self.checked_at < CANCEL_POLL_S:
-            return False
-        self.checked_at = now
-        # Storage away for a while: the job goes on, and asks again at the next poll.
-        return best_effort("cancel check", lambda: bool(self.storage.exists(self.key)), False)
+def canceled(storage: Storage, key: str) -> bool:
+    """Whether the control plane wrote the job's cancel marker."""
+    # Storage away for a while: the job goes on, and is asked about again at the next check.
+    return best_effort("cancel check", lambda: bool(storage.exists(key)), False)
 
 
 class Preempted(Exception):
     """The worker is stopping and its grace period ran out: the job goes back to the queue."""
+
+
+class TimedOut(Exception):
+    """The job ran past its time limit: it fails as `timeout`."""
+
+
+def time_limit_s(message: dict[str, Any]) -> float:
+    """The job's own limit (set by the control plane), held to this worker's ceiling."""
+    ceiling = float(settings.GPU_JOB_TIME_LIMIT_S)
+    return min(float(message.get("time_limit_s", ceiling)), ceiling)
+
+
+# How the runner ends a job the watchdog decided must end.
+ENDED_BY: dict[Reason, type[Exception]] = {
+    "timeout": TimedOut,
+    "preempted": Preempted,
+    "canceled": inference.Canceled,
+}
+
+
+def timeout_message(limit_s: float) -> str:
+    return f"The job ran past its time limit of {limit_s:g}s and was stopped."
 
 
 @dataclass
@@ -208,13 +219,17 @@ def run_job(
     *,
     attempt: int,
     storage: Storage,
+    abandon: Callable[[Reason], None],
     send: Callable[..., None] = send_event,
 ) -> str:
-    """Run one job message; return how it ended: succeeded, failed, canceled or preempted."""
+    """Run one job message; return how it ended: succeeded, failed, canceled or preempted.
+
+    A watchdog bounds the work (time limit, stop grace, cancel): see gpu_worker/watchdog.py.
+    `abandon` is what it does when the work does not stop in time.
+    """
     job_id = message["job_id"]
-    prefix = message["output_prefix"]
-    watch = CancelWatch(storage, cancel_marker_key(prefix))
-    if watch.canceled(force=True):
+    cancel_check = partial(canceled, storage, cancel_marker_key(message["output_prefix"]))
+    if cancel_check():
         logger.info("job %s was canceled before it started", job_id)
         return "canceled"
     # Before anything that may kill the worker (loading the model): every delivery is counted.
@@ -222,66 +237,13 @@ def run_job(
     created = dt.datetime.fromisoformat(message["created_at"])
     queue_s = (dt.datetime.now(dt.UTC) - created).total_seconds()
     device = inference.pick_device()
-    params = message["input"]
+    limit_s = time_limit_s(message)
+    watchdog = JobWatchdog(
+        time_limit_s=limit_s, stop_passed=STOP.passed, canceled=cancel_check, abandon=abandon
+    )
     try:
-        if STOP.passed():  # delivered while the worker stops: not worth starting
-            raise Preempted
-        started = time.monotonic()
-        model = load_model(message["model"], device)
-        loras = tuple(
-            (lora["slug"], local_copy(lora["source_uri"], lora["sha256"]), float(lora["weight"]))
-            for lora in message["loras"]
-        )
-        load_s = time.monotonic() - started
-        send(TASK_JOB_STARTED, job_id=job_id, attempt=attempt, load_s=round(load_s, 3))
-        init_image = None
-        if message.get("init_image_key"):
-            init_image = decode_init_image(
-                patiently("input image download", lambda: read_bytes(storage, message))
-            )
-        request = inference.Request(
-            prompt=params["prompt"],
-            negative_prompt=params.get("negative_prompt", ""),
-            width=params["width"],
-            height=params["height"],
-            steps=params["steps"],
-            guidance=params["guidance"],
-            scheduler=params["scheduler"],
-            num_outputs=params["num_outputs"],
-            seed=params["seed"],
-            init_image=init_image,
-            strength=params.get("strength", 0.8),
-            loras=loras,
-        )
-        last_progress = 0.0
-
-        def on_step(step: int, total: int) -> None:
-            nonlocal last_progress
-            if watch.canceled():
-                raise inference.Canceled
-            if STOP.passed():
-                raise Preempted
-            now = time.monotonic()
-            if now - last_progress >= PROGRESS_INTERVAL_S:
-                last_progress = now
-                send(TASK_JOB_PROGRESS, job_id=job_id, attempt=attempt, step=step, total=total)
-
-        inference_started = time.monotonic()
-        images = inference.generate(model, request, on_step)
-        inference_s = time.monotonic() - inference_started
-        encode_started = time.monotonic()
-        fmt = params.get("output_format", "png")
-        encoded = [
-            inference.encode_image(image, fmt, reproducibility_record(message, i, device))
-            for i, image in enumerate(images)
-        ]
-        encode_s = time.monotonic() - encode_started
-        upload_started = time.monotonic()
-        keys = []
-        for i, data in enumerate(encoded):
-            key = f"{prefix}{i}.{EXTENSIONS[fmt]}"
-            keys.append(patiently("image upload", partial(storage.save, key, ContentFile(data))))
-        upload_s = time.monotonic() - upload_started
+        with watchdog:
+            outputs = _work(message, attempt, storage, device, watchdog, send)
     except inference.Canceled:
         logger.info("job %s canceled during inference", job_id)
         return "canceled"
@@ -289,6 +251,16 @@ def run_job(
         logger.info("job %s preempted: the worker is stopping", job_id)
         send(TASK_JOB_PREEMPTED, job_id=job_id, attempt=attempt)
         return "preempted"
+    except TimedOut:
+        logger.info("job %s ran past its time limit of %ss", job_id, limit_s)
+        send(
+            TASK_JOB_FAILED,
+            job_id=job_id,
+            attempt=attempt,
+            code="timeout",
+            message=timeout_message(limit_s),
+        )
+        return "failed"
     except inference.InvalidRequest as exc:
         send(
             TASK_JOB_FAILED, job_id=job_id, attempt=attempt, code="invalid_input", message=str(exc)
@@ -308,12 +280,85 @@ def run_job(
             "use a smaller size or fewer images.",
         )
         return "failed"
+    keys, metrics = outputs
+    metrics = {"queue_s": round(queue_s, 3), **metrics}
+    send(TASK_JOB_SUCCEEDED, job_id=job_id, attempt=attempt, output_keys=keys, metrics=metrics)
+    return "succeeded"
+
+
+def _work(
+    message: dict[str, Any],
+    attempt: int,
+    storage: Storage,
+    device: torch.device,
+    watchdog: JobWatchdog,
+    send: Callable[..., None],
+) -> tuple[list[str], dict[str, float]]:
+    """Load, generate, encode and upload; the output keys and the timings."""
+    job_id = message["job_id"]
+    prefix = message["output_prefix"]
+    params = message["input"]
+    if STOP.passed():  # delivered while the worker stops: not worth starting
+        raise Preempted
+    started = time.monotonic()
+    model = load_model(message["model"], device)
+    loras = tuple(
+        (lora["slug"], local_copy(lora["source_uri"], lora["sha256"]), float(lora["weight"]))
+        for lora in message["loras"]
+    )
+    load_s = time.monotonic() - started
+    send(TASK_JOB_STARTED, job_id=job_id, attempt=attempt, load_s=round(load_s, 3))
+    init_image = None
+    if message.get("init_image_key"):
+        init_image = decode_init_image(
+            patiently("input image download", lambda: read_bytes(storage, message))
+        )
+    request = inference.Request(
+        prompt=params["prompt"],
+        negative_prompt=params.get("negative_prompt", ""),
+        width=params["width"],
+        height=params["height"],
+        steps=params["steps"],
+        guidance=params["guidance"],
+        scheduler=params["scheduler"],
+        num_outputs=params["num_outputs"],
+        seed=params["seed"],
+        init_image=init_image,
+        strength=params.get("strength", 0.8),
+        loras=loras,
+    )
+    last_progress = 0.0
+
+    def on_step(step: int, total: int) -> None:
+        nonlocal last_progress
+        # The watchdog decides; at a step boundary the job ends in-process.
+        if watchdog.reason is not None:
+            raise ENDED_BY[watchdog.reason]
+        now = time.monotonic()
+        if now - last_progress >= PROGRESS_INTERVAL_S:
+            last_progress = now
+            send(TASK_JOB_PROGRESS, job_id=job_id, attempt=attempt, step=step, total=total)
+
+    inference_started = time.monotonic()
+    images = inference.generate(model, request, on_step)
+    inference_s = time.monotonic() - inference_started
+    encode_started = time.monotonic()
+    fmt = params.get("output_format", "png")
+    encoded = [
+        inference.encode_image(image, fmt, reproducibility_record(message, i, device))
+        for i, image in enumerate(images)
+    ]
+    encode_s = time.monotonic() - encode_started
+    upload_started = time.monotonic()
+    keys = []
+    for i, data in enumerate(encoded):
+        key = f"{prefix}{i}.{EXTENSIONS[fmt]}"
+        keys.append(patiently("image upload", partial(storage.save, key, ContentFile(data))))
+    upload_s = time.monotonic() - upload_started
     metrics = {
-        "queue_s": round(queue_s, 3),
         "load_s": round(load_s, 3),
         "inference_s": round(inference_s, 3),
         "encode_s": round(encode_s, 3),
         "upload_s": round(upload_s, 3),
     }
-    send(TASK_JOB_SUCCEEDED, job_id=job_id, attempt=attempt, output_keys=keys, metrics=metrics)
-    return "succeeded"
+    return keys, metrics

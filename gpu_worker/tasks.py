@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+import os
+import sys
+from functools import partial
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Reject
@@ -14,9 +17,22 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 
 from gpu_worker.heartbeat import VisibilityHeartbeat
-from gpu_worker.runner import STOP, is_transient, run_job, send_event
+from gpu_worker.runner import (
+    STOP,
+    is_transient,
+    run_job,
+    send_event,
+    time_limit_s,
+    timeout_message,
+)
+from gpu_worker.watchdog import Reason
 from sdsaas.celery import app
-from sdsaas.queues import TASK_GPU_GENERATE, TASK_JOB_FAILED, model_queue_name
+from sdsaas.queues import (
+    TASK_GPU_GENERATE,
+    TASK_JOB_FAILED,
+    TASK_JOB_PREEMPTED,
+    model_queue_name,
+)
 from sdsaas.sqs import sqs_client
 
 logger = logging.getLogger(__name__)
@@ -93,7 +109,7 @@ def hand_back(delivery_info: Any, *, after_s: int) -> None:
         logger.warning("could not hand the message back early: %s", exc)
 
 
-def held(delivery_info: Any) -> contextlib.AbstractContextManager[object]:
+def held(delivery_info: Any) -> contextlib.AbstractContextManager[VisibilityHeartbeat | None]:
     """Keeps the message invisible while the job runs, by the heartbeat of the settings."""
     message = sqs_message_of(delivery_info)
     if message is None:
@@ -121,10 +137,12 @@ def held(delivery_info: Any) -> contextlib.AbstractContextManager[object]:
 def generate(self: Task, job: dict[str, Any]) -> str:
     attempt = attempt_of(job, self.request.delivery_info)
     logger.info("job %s attempt %s", job["job_id"], attempt)
+    delivery_info = self.request.delivery_info
     try:
         # The heartbeat stops when the job ends, before any hand-back, ack or reject below.
-        with held(self.request.delivery_info):
-            outcome = run_job(job, attempt=attempt, storage=default_storage)
+        with held(delivery_info) as heartbeat:
+            abandon = partial(abandon_job, job, attempt, delivery_info, heartbeat)
+            outcome = run_job(job, attempt=attempt, storage=default_storage, abandon=abandon)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -138,6 +156,73 @@ def generate(self: Task, job: dict[str, Any]) -> str:
         # rejected message): SQS redelivers it, and the next receive is attempt + 1.
         raise Reject("preempted: the worker is stopping", requeue=False)
     return outcome
+
+
+def abandon_job(
+    job: dict[str, Any],
+    attempt: int,
+    delivery_info: Any,
+    heartbeat: VisibilityHeartbeat | None,
+    reason: Reason,
+) -> NoReturn:
+    """Settle a job that did not end in-process when it had to, then end this process.
+
+    Runs on the job's watchdog thread (gpu_worker/watchdog.py) while the job's work may still
+    be running: what the job would have reported, it reports here, and its message is settled
+    as the task would have, so that nothing waits for a visibility timeout. Then the process
+    ends: a stopping worker exits; any other starts again in place (same PID, fresh memory).
+    """
+    if heartbeat is not None:
+        heartbeat.stop()  # before the message is settled: a late beat must not hide it again
+    job_id = job["job_id"]
+    if reason == "timeout":
+        limit_s = time_limit_s(job)
+        send_event(
+            TASK_JOB_FAILED,
+            job_id=job_id,
+            attempt=attempt,
+            code="timeout",
+            message=timeout_message(limit_s),
+        )
+        delete_message(delivery_info)
+    elif reason == "preempted":
+        send_event(TASK_JOB_PREEMPTED, job_id=job_id, attempt=attempt)
+        if requeue_as_next_attempt(job, attempt):
+            delete_message(delivery_info)
+        else:
+            hand_back(delivery_info, after_s=0)
+    else:  # canceled: the control plane already made the job final
+        delete_message(delivery_info)
+    logger.warning("job %s abandoned (%s)", job_id, reason)
+    end_process(restart=STOP.at is None)
+
+
+def delete_message(delivery_info: Any) -> None:
+    """Ack the message of the job being run, outside Celery (best effort, as `hand_back`)."""
+    message = sqs_message_of(delivery_info)
+    if message is None:
+        return
+    queue_url, receipt_handle = message
+    try:
+        sqs_client().delete_message(QueueUrl=queue_url, ReceiptHandle=receipt_handle)
+    except Exception as exc:
+        logger.warning("could not delete the message of an abandoned job: %s", exc)
+
+
+def end_process(*, restart: bool) -> NoReturn:
+    """Exit, or start this worker again in the same process (exec: same PID, same arguments).
+
+    Nothing of the old process survives an exec: its threads, its model and GPU memory go. The
+    new worker loads its model again at its first job.
+    """
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not restart:
+        os._exit(0)
+    logger.warning("restarting the worker process")
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def requeue_as_next_attempt(job: dict[str, Any], attempt: int) -> bool:

@@ -68,6 +68,19 @@ class DiffusionModel(models.Model):
         default=MAX_STEPS_CEILING,
         validators=[MinValueValidator(1), MaxValueValidator(MAX_STEPS_CEILING)],
     )
+    # A job's wall-clock limit on a GPU worker, from receive to upload (see job_time_limit_s):
+    # past it the job fails as `timeout` and the worker takes the next one.
+    time_limit_base_s = models.FloatField(
+        default=120.0,
+        validators=[MinValueValidator(0)],
+        help_text="Seconds a job may take besides denoising: loading the model, encoding, upload.",
+    )
+    time_limit_step_s = models.FloatField(
+        default=2.0,
+        validators=[MinValueValidator(0)],
+        help_text="Seconds one denoising step of one 512x512 image may take, generously; "
+        "scaled by the job's steps, size and number of images.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -382,6 +382,17 @@ def jobs_admit(*, tenant: Tenant) -> list[int]:
     return ids
 
 
+def job_time_limit_s(*, model: DiffusionModel, params: dict[str, Any]) -> float:
+    """How long the job may run on a GPU worker, from its model's budget and the request.
+
+    Denoising costs about steps x images x pixels; the model's base covers the rest. The worker
+    holds it to its own ceiling too (SDSAAS_GPU_JOB_TIME_LIMIT_S).
+    """
+    pixels = params["width"] * params["height"] / (512 * 512)
+    denoising = model.time_limit_step_s * params["steps"] * params["num_outputs"] * pixels
+    return round(model.time_limit_base_s + denoising, 3)
+
+
 def job_message(*, job: Job) -> dict[str, Any]:
     """Everything a GPU worker needs, and nothing secret: it has no database access."""
     model = job.model
@@ -415,6 +426,7 @@ def job_message(*, job: Job) -> dict[str, Any]:
         "init_image_key": job.init_image_key,
         "output_prefix": job_output_prefix(job.tenant_id, job.public_id),
         "created_at": job.created_at.isoformat(),
+        "time_limit_s": job_time_limit_s(model=model, params=job.input),
     }
 
 

@@ -23,9 +23,9 @@ from django.core.files.storage import default_storage
 from PIL import Image
 
 from jobs import services
-from jobs.models import Job, Upload
+from jobs.models import DiffusionModel, Job, Upload
 from sdsaas.queues import model_queue_name
-from sdsaas.sqs import ensure_model_queue
+from sdsaas.sqs import decode_task, ensure_model_queue, sqs_client
 from tenants.models import CreditPeriod, UsageRecord
 from tests.e2e.conftest import Workers, finished, wait_for
 from tests.support.factories import (
@@ -38,11 +38,16 @@ from tests.support.factories import (
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
 
 VISIBILITY_S = 6
+# A job that must end (stop grace, time limit, cancel) ends within this of its bound, whatever
+# its step time: a check (0.2 s), the runner's chance to end it (1 s), then the hand-back.
+STOP_MARGIN_S = 3.0
 # On the tiny model a step takes tens of milliseconds: these jobs run for seconds.
 LONG_JOB = {"width": 64, "height": 64, "steps": 150, "scheduler": "euler"}
 # Several times VISIBILITY_S (about 25 s on two idle CPU cores, longer on busy ones).
 LONGER_JOB = {"width": 320, "height": 320, "steps": 150, "scheduler": "euler", "num_outputs": 4}
 SHORT_JOB = {"width": 64, "height": 64, "steps": 2}
+# Steps of several seconds each (four 2048x2048 images): a step outlasts every bound below.
+LONG_STEP_JOB = {"width": 2048, "height": 2048, "steps": 3, "num_outputs": 4, "scheduler": "euler"}
 
 
 @dataclass
@@ -107,9 +112,9 @@ class Pool:
 def pool(workers: Workers, tiny_model_dir: Any, settings: Any) -> Any:
     settings.SQS_VISIBILITY_TIMEOUT = VISIBILITY_S
     slug = f"tiny{uuid.uuid4().hex[:6]}"
-    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2, max_pixels=2048**2))
     DiffusionModelFactory(
-        slug=slug, source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=1024
+        slug=slug, source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=2048
     )
     # The queue exists with its redrive policy and timeout before a worker would create it bare.
     ensure_model_queue(slug)
@@ -192,6 +197,61 @@ def test_sigterm_past_the_grace_hands_the_job_back_as_attempt_2(pool: Pool) -> N
     assert job["status"] == "succeeded", pool.log()
     assert job["attempt"] == 2
     assert UsageRecord.objects.filter(job__public_id=job_id).count() == 1
+
+
+def test_sigterm_during_a_step_longer_than_the_grace_hands_the_job_back_within_the_grace(
+    pool: Pool,
+) -> None:
+    # given a worker with a 1 s stop grace, in the first of its job's steps of several seconds
+    grace_s = 1
+    pool.start_worker(SDSAAS_GPU_STOP_GRACE_S=str(grace_s))
+    job_id = pool.submit(**LONG_STEP_JOB)
+    pool.wait_processing(job_id)
+    # when it gets SIGTERM
+    signaled = time.monotonic()
+    pool.workers.processes[pool.worker].send_signal(signal.SIGTERM)
+    # then it has handed the job back and exited within the grace and the stated margin
+    assert pool.workers.wait_exit(pool.worker, timeout=30) == 0
+    stopped_s = time.monotonic() - signaled
+    print(f"stopped {stopped_s:.1f}s after SIGTERM with a {grace_s}s grace")
+    assert stopped_s <= grace_s + STOP_MARGIN_S, pool.log()
+    assert f"job {job_id} abandoned (preempted)" in pool.log()
+    # and the job waits in its queue, as attempt 2, for the next worker (not invisible)
+    history = list(pool.job(job_id).events.values_list("kind", "attempt"))
+    assert ("preempted", 1) in history, history
+    assert pool.job(job_id).status == Job.Status.STARTING
+    queue_url = ensure_model_queue(pool.slug)
+    [message] = sqs_client().receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+    assert decode_task(message["Body"])[1]["job"]["attempt"] == 2
+
+
+def test_a_job_past_its_time_limit_fails_as_timeout_and_the_worker_starts_again_for_the_next(
+    pool: Pool,
+) -> None:
+    # given a model whose jobs may run 3 s in all, and a worker on it
+    model = DiffusionModel.objects.get(slug=pool.slug)
+    DiffusionModel.objects.filter(pk=model.pk).update(time_limit_base_s=3, time_limit_step_s=0)
+    pool.start_worker()
+    pid = pool.workers.pid(pool.worker)
+    # when a job of steps of several seconds runs past the limit in its first step
+    job_id = pool.submit(**LONG_STEP_JOB)
+    job = finished(pool.client, job_id, timeout=90)
+    # then it fails as timeout, within the limit and the stated margin of its receive
+    assert (job["status"], job["error"]["code"]) == ("failed", "timeout"), pool.log()
+    ran_s = _log_time(pool.log(), f"job {job_id} abandoned") - _log_time(
+        pool.log(), f"job {job_id} attempt 1"
+    )
+    assert ran_s <= 3 + STOP_MARGIN_S
+    # and its credits are released
+    assert credits(pool.tenant) == (0, 0)
+    # and the worker started again in the same process, and runs the next job
+    DiffusionModel.objects.filter(pk=model.pk).update(
+        time_limit_base_s=model.time_limit_base_s, time_limit_step_s=model.time_limit_step_s
+    )
+    assert finished(pool.client, pool.submit(**SHORT_JOB))["status"] == "succeeded"
+    assert "restarting the worker process" in pool.log()
+    assert pool.workers.processes[pool.worker].poll() is None
+    assert pool.workers.pid(pool.worker) == pid
 
 
 def test_sigterm_within_the_grace_finishes_the_job_and_takes_no_new_one(pool: Pool) -> None:
@@ -280,6 +340,23 @@ def test_cancel_while_queued_never_runs_and_cancel_while_running_stops_within_2s
         "created",
         "canceled",
     ]
+
+
+def test_cancel_during_a_step_of_seconds_takes_effect_within_a_bound(pool: Pool) -> None:
+    # given a worker in the first of its job's steps of several seconds
+    pool.start_worker()
+    job_id = pool.submit(**LONG_STEP_JOB)
+    pool.wait_processing(job_id)
+    # when the job is canceled
+    canceled_at = time.time()
+    assert pool.client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
+    # then the worker lets go of it within the stated margin, not at the end of the step
+    wait_for(lambda: f"job {job_id} abandoned" in pool.log(), 30, "the job to be abandoned")
+    assert _log_time(pool.log(), rf"job {job_id} abandoned \(canceled\)") - canceled_at < (
+        STOP_MARGIN_S
+    )
+    # and it starts again for the next job
+    assert finished(pool.client, pool.submit(**SHORT_JOB))["status"] == "succeeded"
 
 
 def test_out_of_memory_and_an_undecodable_input_fail_final_and_the_worker_goes_on(

@@ -21,7 +21,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from gpu_worker import inference, runner
+from gpu_worker import inference, runner, watchdog
 from sdsaas.queues import (
     TASK_JOB_FAILED,
     TASK_JOB_PROGRESS,
@@ -40,6 +40,10 @@ class Events(list[tuple[float, str, dict[str, Any]]]):
 
     def kinds(self) -> list[str]:
         return [name for _, name, _ in self if name != TASK_JOB_PROGRESS]
+
+
+def abandon(reason: str) -> None:
+    """A worker's abandon ends its process; this one returns, and the runner raises Abandoned."""
 
 
 def message(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> dict[str, Any]:
@@ -79,7 +83,7 @@ def test_a_job_reports_started_then_succeeded_with_its_images_in_s3(tiny_model_d
     # when a job of two images runs
     events = Events()
     job = message(tiny_model_dir, "job_runner_ok", num_outputs=2)
-    outcome = runner.run_job(job, attempt=3, storage=default_storage, send=events)
+    outcome = runner.run_job(job, attempt=3, storage=default_storage, abandon=abandon, send=events)
     # then it reports received, started (with load time) and succeeded (with keys and metrics)
     assert outcome == "succeeded"
     assert events.kinds() == [TASK_JOB_RECEIVED, TASK_JOB_STARTED, TASK_JOB_SUCCEEDED]
@@ -106,7 +110,10 @@ def test_progress_is_reported_at_most_once_a_second(tiny_model_dir: Path) -> Non
     events = Events()
     job = message(tiny_model_dir, "job_runner_progress", steps=40)
     began = time.monotonic()
-    assert runner.run_job(job, attempt=1, storage=default_storage, send=events) == "succeeded"
+    assert (
+        runner.run_job(job, attempt=1, storage=default_storage, abandon=abandon, send=events)
+        == "succeeded"
+    )
     elapsed = time.monotonic() - began
     # then it reported progress, not more than once a second, with growing steps
     progress = [(at, kw["step"]) for at, name, kw in events if name == TASK_JOB_PROGRESS]
@@ -117,6 +124,37 @@ def test_progress_is_reported_at_most_once_a_second(tiny_model_dir: Path) -> Non
     assert steps == sorted(steps) and steps[-1] <= 40
 
 
+def test_a_job_past_its_time_limit_fails_as_timeout_at_a_step_boundary(
+    tiny_model_dir: Path,
+) -> None:
+    # given a job whose time limit is far shorter than its many short steps
+    fields = {"steps": 150, "width": 512, "height": 512}  # 5 s or more, in steps of 0.1 s
+    job = {**message(tiny_model_dir, "job_runner_timeout", **fields), "time_limit_s": 2}
+    events = Events()
+    began = time.monotonic()
+    # when it runs, then it ends in-process at a step boundary soon after its limit
+    assert runner.run_job(
+        job, attempt=1, storage=default_storage, abandon=abandon, send=events
+    ) == ("failed")
+    assert time.monotonic() - began < 2 + watchdog.INTERRUPT_WAIT_S
+    # and it reports the timeout, with the limit in the message
+    assert events.kinds() == [TASK_JOB_RECEIVED, TASK_JOB_STARTED, TASK_JOB_FAILED]
+    failed = events[-1][2]
+    assert failed["code"] == "timeout"
+    assert "2s" in failed["message"]
+
+
+def test_the_worker_ceiling_caps_the_time_limit_of_the_message(
+    tiny_model_dir: Path, settings: Any
+) -> None:
+    settings.GPU_JOB_TIME_LIMIT_S = 7
+    job = message(tiny_model_dir, "job_runner_ceiling")
+    assert runner.time_limit_s({**job, "time_limit_s": 3.5}) == 3.5
+    assert runner.time_limit_s({**job, "time_limit_s": 60}) == 7
+    # a message of an older control plane, without a limit, runs under the ceiling
+    assert runner.time_limit_s(job) == 7
+
+
 def test_a_job_canceled_before_it_starts_never_loads_the_model(tiny_model_dir: Path) -> None:
     # given the cancel marker of a job in S3, and a model path that does not exist
     job = message(tiny_model_dir, "job_runner_canceled")
@@ -124,7 +162,10 @@ def test_a_job_canceled_before_it_starts_never_loads_the_model(tiny_model_dir: P
     default_storage.save(cancel_marker_key(job["output_prefix"]), ContentFile(b"canceled"))
     events = Events()
     # when it is delivered, then it ends at once, reporting nothing
-    assert runner.run_job(job, attempt=1, storage=default_storage, send=events) == "canceled"
+    assert (
+        runner.run_job(job, attempt=1, storage=default_storage, abandon=abandon, send=events)
+        == "canceled"
+    )
     assert events == []
 
 
@@ -134,7 +175,10 @@ def test_a_missing_model_fails_as_invalid_input_after_the_delivery_was_reported(
     job = message(tiny_model_dir, "job_runner_missing")
     job["model"] = {**job["model"], "source_uri": "/nonexistent/model", "revision": "gone"}
     events = Events()
-    assert runner.run_job(job, attempt=2, storage=default_storage, send=events) == "failed"
+    assert (
+        runner.run_job(job, attempt=2, storage=default_storage, abandon=abandon, send=events)
+        == "failed"
+    )
     # the delivery is reported before the model is loaded, so it counts even if loading fails
     (_, received, received_kwargs), (_, failed, failed_kwargs) = events
     assert (received, received_kwargs) == (
@@ -154,13 +198,12 @@ def test_cpu_and_gpu_out_of_memory_are_both_recognised() -> None:
 
 
 def test_the_cancel_check_keeps_going_when_storage_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    # given a cancel watch on a storage whose endpoint cannot be reached
+    # given a storage whose endpoint cannot be reached
     monkeypatch.setitem(
         settings.STORAGES["default"]["OPTIONS"], "endpoint_url", "http://127.0.0.1:9"
     )
     from storages.backends.s3 import S3Storage
 
     unreachable = S3Storage(**settings.STORAGES["default"]["OPTIONS"])
-    watch = runner.CancelWatch(unreachable, "tenants/1/jobs/x/cancel")
-    # when it is asked, then the job goes on (it asks again at the next poll)
-    assert watch.canceled(force=True) is False
+    # when the cancel check asks it, then the job goes on (it asks again at the next check)
+    assert runner.canceled(unreachable, "tenants/1/jobs/x/cancel") is False

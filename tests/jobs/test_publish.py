@@ -52,6 +52,20 @@ def test_each_model_has_its_own_queue(local_aws):  # type: ignore[no-untyped-def
     assert "sk_live_" not in flat and "key_hash" not in flat
 
 
+def test_the_message_carries_a_time_limit_from_the_model_and_the_request(local_aws):  # type: ignore[no-untyped-def]
+    # given a model allowing 100 s plus 0.5 s per step of one 512x512 image
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10, max_pixels=1024 * 1024))
+    DiffusionModelFactory(slug="timed", time_limit_base_s=100, time_limit_step_s=0.5, max_side=1024)
+    client = api_client_for(tenant)
+    # when a job of 20 steps, two 1024x512 images is submitted
+    body = {"model": "timed", "prompt": "a tram", "steps": 20, "num_outputs": 2}
+    response = client.post("/v1/jobs", {**body, "width": 1024, "height": 512}, format="json")
+    assert response.status_code == 202, response.content
+    # then its limit is the base plus 0.5 s x 20 steps x 2 images x 2 (twice the pixels)
+    [task] = local_aws.drain_tasks(model_queue_name("timed"))
+    assert task["kwargs"]["job"]["time_limit_s"] == 100 + 0.5 * 20 * 2 * 2
+
+
 def test_publish_failure_is_repaired_by_the_sweeper_exactly_once(local_aws, settings):  # type: ignore[no-untyped-def]
     settings.SWEEP_UNPUBLISHED_AFTER = 0
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
