@@ -40,6 +40,7 @@ from sdsaas.queues import (
     cancel_marker_key,
     control_queue_name,
 )
+from sdsaas.sqs import is_missing_queue
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,14 @@ T = TypeVar("T")
 
 
 def is_transient(exc: BaseException) -> bool:
-    """S3 or SQS trouble that a later try may not meet: unreachable, timeouts, 5xx, throttling."""
+    """S3 or SQS trouble that a later try may not meet: unreachable, timeouts, 5xx, throttling,
+    a missing queue."""
     if isinstance(exc, ClientError):
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        return status >= 500 or exc.response.get("Error", {}).get("Code") in THROTTLING_CODES
+        code = exc.response.get("Error", {}).get("Code")
+        # A missing queue (deleted, recreated, a local server started anew) is the platform's
+        # trouble, never the job's: it is created again.
+        return status >= 500 or code in THROTTLING_CODES or is_missing_queue(exc)
     # Not every BotoCoreError: missing credentials or a bad parameter will not heal by waiting.
     return isinstance(
         exc,

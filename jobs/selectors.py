@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+import datetime as dt
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload
 from sdsaas.errors import NotFound
@@ -44,6 +46,23 @@ def job_list(
 
 def jobs_in_flight_count(*, tenant: Tenant) -> int:
     return Job.objects.filter(tenant=tenant, status__in=Job.IN_FLIGHT).count()
+
+
+def jobs_silent_in_flight(*, since: dt.datetime) -> QuerySet[Job]:
+    """Admitted, published jobs with no sign of life after `since`: neither admitted, published,
+    nor any event (received, started, republished...) since, the reconciler's own `unseen` marks
+    aside. Progress writes no event: see `jobs_reconcile_lost` for why that is safe.
+    Not tenant-scoped: for the reconciler.
+    """
+    recent_event = JobEvent.objects.filter(job=OuterRef("pk"), created_at__gt=since).exclude(
+        kind="unseen"
+    )
+    return Job.objects.filter(
+        ~Exists(recent_event),
+        status__in=Job.IN_FLIGHT,
+        admitted_at__lte=since,
+        published_at__lte=since,
+    )
 
 
 def job_queue_position(*, job: Job) -> int | None:

@@ -7,6 +7,7 @@ locks the tenant row first (`_lock_tenant`), then touches credit and job rows.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import ipaddress
@@ -49,7 +50,15 @@ from sdsaas.queues import (
     model_queue_name,
 )
 from sdsaas.safe_http import FetchError, address_is_public, fetch
-from sdsaas.sqs import delete_dead_letter, ensure_model_queue, receive_dead_letters
+from sdsaas.sqs import (
+    dead_letter_queue_name,
+    delete_dead_letter,
+    ensure_model_queue,
+    forget_queues,
+    is_missing_queue,
+    queue_depth,
+    receive_dead_letters,
+)
 from tenants.models import Tenant
 from tenants.services import credits_release, credits_reserve, rate_limit_hit, usage_record_images
 
@@ -448,13 +457,12 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
                     # The control worker fetches the image into S3 first; it then marks the job
                     # unpublished again and publishes it to its model's queue.
                     task, kwargs = TASK_FETCH_INPUT_IMAGE, {"job_id": job.pk}
-                    queue = control_queue_name()
+                    queue, model_slug = control_queue_name(), None
                 else:
-                    ensure_model_queue(job.model.slug)
                     task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job)}
-                    queue = model_queue_name(job.model.slug)
-                celery_app.send_task(
-                    task, kwargs=kwargs, queue=queue, connection=connection, retry=False
+                    queue, model_slug = model_queue_name(job.model.slug), job.model.slug
+                _send(
+                    task, kwargs=kwargs, queue=queue, model_slug=model_slug, connection=connection
                 )
             except Exception as exc:  # any broker failure: the sweeper publishes it later
                 logger.warning(
@@ -469,6 +477,27 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
             )
             sent += 1
     return sent
+
+
+def _send(
+    task: str, *, kwargs: dict[str, Any], queue: str, model_slug: str | None, connection: Any
+) -> None:
+    """Send one task; a queue that does not exist (deleted, purged by recreation, or a local SQS
+    server started anew while this process cached its URL) is created again and the send retried
+    once: a missing queue is the platform's trouble, never the job's."""
+    for last_try in (False, True):
+        if model_slug is not None:
+            ensure_model_queue(model_slug)  # with its dead-letter queue, redrive and timeout
+        try:
+            celery_app.send_task(
+                task, kwargs=kwargs, queue=queue, connection=connection, retry=False
+            )
+            return
+        except Exception as exc:
+            if last_try or not is_missing_queue(exc):
+                raise
+            logger.warning("queue %s does not exist: creating it again", queue)
+            forget_queues(connection)
 
 
 def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:
@@ -726,8 +755,150 @@ def jobs_fail_dead_lettered() -> int:
     for model in DiffusionModel.objects.all():  # a model disabled since still has its lost jobs
         for letter in receive_dead_letters(model.slug):
             with transaction.atomic():
-                job = _job_for_event(letter.kwargs.get("job", {}).get("job_id", ""))
-                if job is not None and _fail(job, code="worker_lost", message=lost):
+                message = letter.kwargs.get("job", {})
+                job = _job_for_event(message.get("job_id", ""))
+                # Fenced by the last attempt this message ran as: a job published again since
+                # (by the reconciler, at a higher attempt) is not this message's to fail.
+                last = int(message.get("attempt", 1)) + settings.SQS_MAX_RECEIVES - 1
+                if job is not None and _fail(job, code="worker_lost", message=lost, attempt=last):
                     failed += 1
             delete_dead_letter(letter)
     return failed
+
+
+# --- reconciler: admitted jobs whose message is gone ----------------------------------------------
+
+# A job that looks lost is acted on only at a second look, at least this long after the first,
+# that finds it unchanged (same attempt, status and progress step; still silent, no message).
+# Progress writes no event, so a denoising job can look silent: it reports progress every second.
+# And an event already sent (a success whose message its worker just deleted) is applied by then.
+RECONCILE_CONFIRM_S = 10
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """Public ids of the jobs of one run: first looks, published again, failed."""
+
+    unseen: list[str]
+    republished: list[str]
+    failed: list[str]
+
+
+def _queue_of(job: Job) -> str:
+    """The queue an admitted job's message is on: its model's, or the control queue while its
+    img2img image is still to be fetched."""
+    if job.init_image_url and not job.init_image_key:
+        return control_queue_name()
+    return model_queue_name(job.model.slug)
+
+
+def _holds_no_message(queue: str) -> bool:
+    """Whether `queue` holds no message that could still be any admitted job's.
+
+    A model queue: no message visible, in flight or delayed, and none in its dead-letter queue
+    (the dead-letter sweep fails those jobs). The control queue always has messages in flight
+    (this very task, events being applied), so there only a waiting message counts; running the
+    image fetch twice is harmless (`job_fetch_input_image`). A missing queue holds nothing.
+    Raises when SQS cannot answer: an outage is never taken for an empty queue.
+    """
+    depth = queue_depth(queue)
+    if depth is None:
+        forget_queues()  # publishing creates it again, with its dead-letter queue and redrive
+        return True
+    if queue == control_queue_name():
+        return depth.visible + depth.delayed == 0
+    dead = queue_depth(dead_letter_queue_name(queue))
+    return depth.total == 0 and (dead is None or dead.visible + dead.in_flight == 0)
+
+
+def jobs_reconcile_lost(*, silent_for: dt.timedelta) -> Reconciled:
+    """Publish again, or fail, the admitted jobs whose queue message is gone; then admit.
+
+    The database is the truth; SQS cannot be asked for one message. A job looks lost when it is
+    published and in flight, has shown no sign of life for `silent_for` (no admission, publish or
+    event; longer than SQS's approximate counts lag), and its queue holds no message at all
+    (`_holds_no_message`): a real backlog, or a job a live worker holds (its message is in flight
+    while the heartbeat extends it), is never touched. The first look records an `unseen` event;
+    a later run acts only if the job still looks lost and unchanged (RECONCILE_CONFIRM_S).
+
+    A lost job is published again at attempt + SQS_MAX_RECEIVES, with a `republished` event. The
+    original message ran at most as its attempt + SQS_MAX_RECEIVES - 1 (SQS dead-letters it after
+    that many receives), and the row's attempt is at least the original's, so every event of a
+    late original (received, started, progress, succeeded, failed, dead-lettered) is fenced out.
+    After RECONCILE_MAX_REPUBLISHES it fails `message_lost` instead, credits released.
+
+    Rows are taken under the tenant lock, then SKIP LOCKED, and checked again after the queues
+    were read: an event that arrived meanwhile keeps its job, and two reconcilers never act on
+    the same job (the `republished` event is itself a sign of life).
+    """
+    now = timezone.now()
+    since = now - silent_for
+    silent = selectors.jobs_silent_in_flight(since=since).select_related("model")
+    empty: dict[str, bool] = {}
+    lost: dict[int, list[int]] = {}
+    for job in silent.order_by("id")[:500]:
+        queue = _queue_of(job)
+        if queue not in empty:
+            try:
+                empty[queue] = _holds_no_message(queue)
+            except Exception as exc:  # SQS away: nothing can be told, the next run tries again
+                logger.warning("reconciler: cannot read %s (%s)", queue, exc)
+                empty[queue] = False
+        if empty[queue]:
+            lost.setdefault(job.tenant_id, []).append(job.pk)
+    done = Reconciled(unseen=[], republished=[], failed=[])
+    looked_before = now - dt.timedelta(seconds=RECONCILE_CONFIRM_S)
+    silent_s = int(silent_for.total_seconds())
+    reason = f"no message on its queue and no sign of life for over {silent_s} s"
+    for tenant in Tenant.objects.filter(pk__in=lost).order_by("pk"):
+        with transaction.atomic():
+            _lock_tenant(tenant)
+            ids = list(
+                selectors.jobs_silent_in_flight(since=since)
+                .select_for_update(skip_locked=True)
+                .filter(tenant=tenant, id__in=lost[tenant.pk])
+                .values_list("id", flat=True)
+            )
+            jobs = Job.objects.select_related("tenant__plan", "model").filter(id__in=ids)
+            again = [
+                job.pk
+                for job in jobs.order_by("id")
+                if _reconcile_one(job, reason=reason, looked_before=looked_before, done=done)
+            ]
+            if again:
+                transaction.on_commit(functools.partial(jobs_publish, job_ids=again))
+            jobs_admit(tenant=tenant)  # the slots of failed jobs, or any left free
+    return done
+
+
+def _reconcile_one(job: Job, *, reason: str, looked_before: dt.datetime, done: Reconciled) -> bool:
+    """Record the first look at a lost-looking job; at a second look that finds it unchanged,
+    make it unpublished at its new attempt (True: publish it after commit), or fail it after
+    RECONCILE_MAX_REPUBLISHES. Call under the tenant lock."""
+    looks = {"status": job.status, "progress_step": job.progress_step}
+    first = job.events.filter(kind="unseen", attempt=job.attempt).order_by("-id").first()
+    if first is None or {key: first.detail.get(key) for key in looks} != looks:
+        _event(job, "unseen", job.attempt, reason=reason, **looks)
+        done.unseen.append(job.public_id)
+        return False
+    if first.created_at > looked_before:
+        return False  # too soon for the second look
+    times = job.events.filter(kind="republished").count()
+    if times >= settings.RECONCILE_MAX_REPUBLISHES:
+        message = (
+            f"The job's queue message was lost {times + 1} times (its queue was purged, deleted "
+            "or recreated) and nothing would run it; its credits were released. Submit it again."
+        )
+        if _fail(job, code="message_lost", message=message, fence=Q(attempt=job.attempt)):
+            done.failed.append(job.public_id)
+        return False
+    attempt = job.attempt + settings.SQS_MAX_RECEIVES
+    changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt=job.attempt).update(
+        status=Job.Status.STARTING, attempt=attempt, published_at=None, progress_step=0
+    )
+    if not changed:
+        return False
+    _event(job, "republished", attempt, reason=reason, previous_attempt=job.attempt)
+    logger.warning("job %s lost its message (%s): publishing it again", job.public_id, reason)
+    done.republished.append(job.public_id)
+    return True

@@ -14,6 +14,7 @@ from sdsaas.queues import (
     TASK_JOB_RECEIVED,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
+    TASK_RECONCILE_LOST,
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
 )
@@ -43,6 +44,12 @@ def sweep_unpublished() -> int:
     return services.jobs_sweep_unpublished(
         older_than=dt.timedelta(seconds=settings.SWEEP_UNPUBLISHED_AFTER)
     )
+
+
+@shared_task(name=TASK_RECONCILE_LOST, ignore_result=True)
+def reconcile_lost() -> dict[str, list[str]]:
+    done = services.jobs_reconcile_lost(silent_for=dt.timedelta(seconds=settings.RECONCILE_AFTER_S))
+    return {"unseen": done.unseen, "republished": done.republished, "failed": done.failed}
 
 
 # Events from GPU workers. Each is safe to run twice: the services fence by attempt and status.

@@ -13,6 +13,8 @@ TASK_GPU_GENERATE = "gpu.generate"
 # Executed by the control worker (CPU, has the database).
 TASK_SWEEP_UNPUBLISHED = "control.sweep_unpublished"
 TASK_SWEEP_DEAD_LETTERS = "control.sweep_dead_letters"
+# Admitted jobs whose queue message is gone: sent again (fenced by attempt) or failed.
+TASK_RECONCILE_LOST = "control.reconcile_lost_jobs"
 TASK_FETCH_INPUT_IMAGE = "control.fetch_input_image"
 # Events from GPU workers to the control worker, fenced by attempt.
 TASK_JOB_RECEIVED = "control.job_received"  # each delivery, before the model is loaded

@@ -13,7 +13,7 @@ import dj_database_url
 from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
-from sdsaas.queues import TASK_SWEEP_DEAD_LETTERS, TASK_SWEEP_UNPUBLISHED
+from sdsaas.queues import TASK_RECONCILE_LOST, TASK_SWEEP_DEAD_LETTERS, TASK_SWEEP_UNPUBLISHED
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -300,9 +300,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = f"{SQS_QUEUE_PREFIX}-control"
 # Admitted jobs still unpublished after this many seconds are published again by the sweeper.
 SWEEP_UNPUBLISHED_AFTER = env_int("SDSAAS_SWEEP_UNPUBLISHED_AFTER", 30, minimum=0)
+# The reconciler: an admitted, published job with no sign of life (admission, publish, event) for
+# this many seconds, whose queue holds no message at all (nor its dead-letter queue), lost its
+# message: it is published again. More than SQS's approximate counts lag (about a minute).
+RECONCILE_AFTER_S = env_int("SDSAAS_RECONCILE_AFTER_S", 120, minimum=1)
+# Times one job is published again by the reconciler; lost once more, it fails `message_lost`.
+RECONCILE_MAX_REPUBLISHES = env_int("SDSAAS_RECONCILE_MAX_REPUBLISHES", 3, minimum=0)
 CELERY_BEAT_SCHEDULE = {
     "sweep-unpublished-jobs": {"task": TASK_SWEEP_UNPUBLISHED, "schedule": 15.0},
     "sweep-dead-letters": {"task": TASK_SWEEP_DEAD_LETTERS, "schedule": 15.0},
+    "reconcile-lost-jobs": {"task": TASK_RECONCILE_LOST, "schedule": 15.0},
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from django.conf import settings
 
 from sdsaas.queues import model_queue_name
@@ -64,9 +65,76 @@ def _ensure_queue(name: str, visibility_timeout: int, max_receives: int) -> str:
 
 
 def ensure_model_queue(model_slug: str) -> str:
-    """The model's queue URL, after making sure it exists with its DLQ, redrive and timeout."""
+    """The model's queue URL, after making sure it exists with its DLQ, redrive and timeout.
+
+    Cached per process: after SQS said a queue does not exist, call `forget_queues` first.
+    """
     return _ensure_queue(
         model_queue_name(model_slug), settings.SQS_VISIBILITY_TIMEOUT, settings.SQS_MAX_RECEIVES
+    )
+
+
+# The JSON protocol's code and the query protocol's (kept by botocore as QueryErrorCode).
+MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+
+
+def is_missing_queue(exc: BaseException) -> bool:
+    """SQS answered that the queue does not exist: deleted, or a local server started anew.
+
+    The platform's trouble, never a job's: recreate the queue and send again.
+    """
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    return bool({error.get("Code"), error.get("QueryErrorCode")} & MISSING_QUEUE_CODES)
+
+
+def forget_queues(connection: Any = None) -> None:
+    """Forget the queues this process believes exist, so that the next use creates them again.
+
+    Clears `ensure_model_queue`'s cache and, given a kombu connection, the queue URLs its SQS
+    transport cached (kombu would otherwise send to the deleted queue's URL for ever).
+    """
+    _ensure_queue.cache_clear()
+    cache = getattr(getattr(connection, "transport", None), "_queue_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """SQS's approximate counts of a queue (they may lag the truth by about a minute)."""
+
+    visible: int
+    in_flight: int  # received and not yet deleted: a worker holds it, or it awaits redelivery
+    delayed: int
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.in_flight + self.delayed
+
+
+def queue_depth(queue_name: str) -> QueueDepth | None:
+    """The queue's message counts; None when the queue does not exist. Other errors raise."""
+    client = sqs_client()
+    try:
+        url = client.get_queue_url(QueueName=queue_name)["QueueUrl"]
+        attributes = client.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+    except ClientError as exc:
+        if is_missing_queue(exc):
+            return None
+        raise
+    return QueueDepth(
+        visible=int(attributes.get("ApproximateNumberOfMessages", 0)),
+        in_flight=int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        delayed=int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
     )
 
 

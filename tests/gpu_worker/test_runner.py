@@ -29,6 +29,7 @@ from sdsaas.queues import (
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
     cancel_marker_key,
+    control_queue_name,
 )
 
 pytestmark = pytest.mark.usefixtures("local_aws")
@@ -207,3 +208,20 @@ def test_the_cancel_check_keeps_going_when_storage_is_away(monkeypatch: pytest.M
     unreachable = S3Storage(**settings.STORAGES["default"]["OPTIONS"])
     # when the cancel check asks it, then the job goes on (it asks again at the next check)
     assert runner.canceled(unreachable, "tenants/1/jobs/x/cancel") is False
+
+
+def test_an_event_to_a_control_queue_deleted_meanwhile_creates_it_and_arrives(
+    local_aws: Any,
+) -> None:
+    # given a worker that sent an event (kombu now caches the control queue's URL)
+    runner.send_event(TASK_JOB_RECEIVED, job_id="job_queue_gone", attempt=1)
+    url = local_aws.queue_url(control_queue_name())
+    assert url is not None
+    # when the queue is deleted (a purge by re-creation, a local SQS server started anew)
+    local_aws.client("sqs").delete_queue(QueueUrl=url)
+    # then the next event is not lost: the queue is created again and holds it
+    runner.send_event(TASK_JOB_FAILED, job_id="job_queue_gone", attempt=1, code="x", message="y")
+    tasks = local_aws.drain_tasks(control_queue_name())
+    assert [(t["task"], t["kwargs"]["job_id"]) for t in tasks] == [
+        (TASK_JOB_FAILED, "job_queue_gone")
+    ]

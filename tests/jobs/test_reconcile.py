@@ -1,0 +1,343 @@
+"""The reconciler: admitted jobs whose queue message is gone are published again, or failed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from jobs.models import Job, JobEvent
+from jobs.services import (
+    RECONCILE_CONFIRM_S,
+    Reconciled,
+    job_mark_failed,
+    job_mark_preempted,
+    job_mark_progress,
+    job_mark_received,
+    job_mark_started,
+    job_mark_succeeded,
+    jobs_fail_dead_lettered,
+    jobs_reconcile_lost,
+)
+from jobs.tasks import reconcile_lost
+from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST, model_queue_name
+from sdsaas.sqs import dead_letter_queue_name
+from tenants.models import CreditPeriod, UsageRecord, month_of
+from tests.support.aws import LocalAws
+from tests.support.concurrency import run_parallel
+from tests.support.factories import (
+    DiffusionModelFactory,
+    PlanFactory,
+    TenantFactory,
+    api_client_for,
+)
+
+pytestmark = [pytest.mark.usefixtures("local_aws"), pytest.mark.django_db(transaction=True)]
+
+SILENT_FOR = dt.timedelta(seconds=120)
+
+
+@pytest.fixture
+def setup():  # type: ignore[no-untyped-def]
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2, monthly_credits=10))
+    DiffusionModelFactory(slug="tiny")
+    return tenant, api_client_for(tenant)
+
+
+def submit(client, **fields: Any) -> str:  # type: ignore[no-untyped-def]
+    body = {"model": "tiny", "prompt": "a kettle", **fields}
+    response = client.post("/v1/jobs", body, format="json")
+    assert response.status_code == 202, response.json()
+    return str(response.json()["id"])
+
+
+def queue() -> str:
+    return model_queue_name("tiny")
+
+
+def lose_messages(aws: LocalAws, name: str) -> list[str]:
+    """Delete every message of a queue, as a purge or a fresh SQS server does; their bodies."""
+    sqs, url = aws.client("sqs"), aws.queue_url(name)
+    bodies: list[str] = []
+    while url is not None:
+        batch = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not batch:
+            break
+        for message in batch:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            bodies.append(message["Body"])
+    return bodies
+
+
+def age(seconds: int = 300) -> None:
+    """Every admission, publish and event so far happened `seconds` ago."""
+    past = timezone.now() - dt.timedelta(seconds=seconds)
+    Job.objects.filter(admitted_at__isnull=False).update(admitted_at=past)
+    Job.objects.filter(published_at__isnull=False).update(published_at=past)
+    JobEvent.objects.update(created_at=past)
+
+
+def look() -> Reconciled:
+    return jobs_reconcile_lost(silent_for=SILENT_FOR)
+
+
+def look_twice() -> Reconciled:
+    """Two runs of the reconciler, the second one long enough after the first look to act."""
+    look()
+    age_first_looks()
+    return look()
+
+
+def age_first_looks() -> None:
+    past = timezone.now() - dt.timedelta(seconds=RECONCILE_CONFIRM_S + 1)
+    JobEvent.objects.filter(kind="unseen").update(created_at=past)
+
+
+def published(aws: LocalAws, name: str) -> dict[str, int]:
+    """Job id -> attempt of each job message in the queue (received for 300 s)."""
+    return {
+        t["kwargs"]["job"]["job_id"]: t["kwargs"]["job"]["attempt"] for t in aws.drain_tasks(name)
+    }
+
+
+def credits(tenant) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    period = CreditPeriod.objects.get(tenant=tenant, month=month_of(timezone.now()))
+    return period.used, period.reserved
+
+
+def state(job_id: str) -> tuple[str, int]:
+    job = Job.objects.get(public_id=job_id)
+    return job.status, job.attempt
+
+
+def kinds(job_id: str) -> list[tuple[str, int]]:
+    return list(
+        JobEvent.objects.filter(job__public_id=job_id).values_list("kind", "attempt").order_by("id")
+    )
+
+
+def test_a_lost_message_is_published_again_and_a_late_original_changes_nothing(setup, local_aws):  # type: ignore[no-untyped-def]
+    tenant, client = setup
+    first, second = submit(client), submit(client)
+    # given two admitted jobs whose messages are gone (one had started), silent for 5 minutes
+    assert job_mark_started(job_public_id=second, attempt=1, load_s=0.1)
+    originals = lose_messages(local_aws, queue())
+    assert len(originals) == 2
+    age()
+    # when the reconciler looks: it notes them, and a look again at once changes nothing
+    assert sorted(look().unseen) == sorted([first, second])
+    assert look() == Reconciled(unseen=[], republished=[], failed=[])
+    # when it looks again later, then once more
+    age_first_looks()
+    done = look()
+    assert look() == Reconciled(unseen=[], republished=[], failed=[])
+    # then both are published again once, at attempt 1 + SQS_MAX_RECEIVES, with events saying so
+    fenced = 1 + settings.SQS_MAX_RECEIVES
+    assert sorted(done.republished) == sorted([first, second]) and done.failed == []
+    assert published(local_aws, queue()) == {first: fenced, second: fenced}
+    assert state(first) == state(second) == ("starting", fenced)
+    assert kinds(second)[-2:] == [("unseen", 1), ("republished", fenced)]
+    event = JobEvent.objects.get(job__public_id=second, kind="republished")
+    assert event.detail["previous_attempt"] == 1
+    assert "no message on its queue" in event.detail["reason"]
+    # when the original's worker reports late, for each attempt its message could run as
+    for attempt in range(1, fenced):
+        assert not job_mark_received(job_public_id=first, attempt=attempt)
+    last = fenced - 1
+    assert not job_mark_started(job_public_id=first, attempt=last, load_s=0.1)
+    assert not job_mark_progress(job_public_id=first, attempt=last, step=1, total=4)
+    assert not job_mark_preempted(job_public_id=first, attempt=last)
+    assert not job_mark_succeeded(
+        job_public_id=first, attempt=last, output_keys=["late.png"], metrics={}
+    )
+    assert not job_mark_failed(
+        job_public_id=second, attempt=last, code="internal_error", message="late"
+    )
+    # and the original messages turn up dead-lettered
+    sqs = local_aws.client("sqs")
+    dlq = local_aws.queue_url(dead_letter_queue_name(queue()))
+    for body in originals:
+        sqs.send_message(QueueUrl=dlq, MessageBody=body)
+    assert jobs_fail_dead_lettered() == 0
+    # then nothing changed: both wait for their new attempt, nothing metered, credits reserved
+    assert state(first) == state(second) == ("starting", fenced)
+    assert Job.objects.get(public_id=first).output_keys == []
+    assert not UsageRecord.objects.exists()
+    assert credits(tenant) == (0, 2)
+    # and the new attempt runs as usual, metered once
+    assert job_mark_received(job_public_id=first, attempt=fenced)
+    assert job_mark_started(job_public_id=first, attempt=fenced, load_s=0.1)
+    assert job_mark_succeeded(
+        job_public_id=first, attempt=fenced, output_keys=["a.png"], metrics={}
+    )
+    assert state(first) == ("succeeded", fenced)
+    assert credits(tenant) == (1, 1)
+
+
+def test_a_backlog_a_held_message_or_a_dead_letter_is_never_touched(setup, local_aws):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    jobs = [submit(client), submit(client)]
+    age()
+    nothing = Reconciled(unseen=[], republished=[], failed=[])
+    # given old jobs whose messages wait in the queue (no worker for the model): untouched
+    assert look_twice() == nothing
+    # given their messages held by workers (in flight): untouched
+    assert sorted(published(local_aws, queue())) == sorted(jobs)
+    assert look_twice() == nothing
+    # given their messages gone but another message in the queue: neither is touched (SQS cannot
+    # tell whose message it is)
+    sqs = local_aws.client("sqs")
+    url = local_aws.queue_url(queue())
+    sqs.purge_queue(QueueUrl=url)
+    sqs.send_message(QueueUrl=url, MessageBody="a message of someone's")
+    assert look_twice() == nothing
+    # given the queue empty but a message in its dead-letter queue (the dead-letter sweep's)
+    lose_messages(local_aws, queue())
+    dlq = local_aws.queue_url(dead_letter_queue_name(queue()))
+    sqs.send_message(QueueUrl=dlq, MessageBody="not yet swept")
+    assert look_twice() == nothing
+    # given SQS unreachable: an outage is not an empty queue
+    lose_messages(local_aws, dead_letter_queue_name(queue()))
+    local_aws.proxy.stop()
+    try:
+        assert look_twice() == nothing
+    finally:
+        local_aws.proxy.start()
+    assert [state(job) for job in jobs] == [("starting", 1)] * 2
+    assert not JobEvent.objects.filter(kind="unseen").exists()
+    # and once the queue and its dead-letter queue hold nothing, both are published again
+    assert sorted(look_twice().republished) == sorted(jobs)
+
+
+def test_a_recent_job_or_one_with_a_recent_event_is_not_taken_for_lost(setup, local_aws):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    quiet, busy = submit(client), submit(client)
+    lose_messages(local_aws, queue())
+    # given jobs admitted and published a moment ago: untouched
+    assert look_twice() == Reconciled(unseen=[], republished=[], failed=[])
+    # given both admitted long ago, but one received by a worker a moment ago: only the other
+    age()
+    assert job_mark_received(job_public_id=busy, attempt=1)
+    assert look_twice().republished == [quiet]
+    assert state(busy) == ("starting", 1)
+
+
+def test_a_job_that_progresses_or_finishes_between_two_looks_is_left_alone(setup, local_aws):  # type: ignore[no-untyped-def]
+    tenant, client = setup
+    job_id = submit(client)
+    # given a job denoising for minutes (progress writes no event) whose worker has just deleted
+    # its message after sending its success, which is not applied yet
+    assert job_mark_started(job_public_id=job_id, attempt=1, load_s=0.1)
+    assert job_mark_progress(job_public_id=job_id, attempt=1, step=1, total=4)
+    lose_messages(local_aws, queue())
+    age()
+    assert look().unseen == [job_id]
+    # when it reports progress before the second look: it is only looked at afresh
+    assert job_mark_progress(job_public_id=job_id, attempt=1, step=2, total=4)
+    age_first_looks()
+    assert look() == Reconciled(unseen=[job_id], republished=[], failed=[])
+    # when its success is applied before the next look: it is left alone
+    assert job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
+    age_first_looks()
+    assert look() == Reconciled(unseen=[], republished=[], failed=[])
+    assert state(job_id) == ("succeeded", 1)
+    assert credits(tenant) == (1, 0)
+
+
+def test_lost_again_after_the_last_republish_fails_and_frees_the_slot(setup, local_aws, settings):  # type: ignore[no-untyped-def]
+    settings.RECONCILE_MAX_REPUBLISHES = 1
+    tenant, client = setup
+    # given two admitted jobs (the tenant's cap) and a third waiting for a slot
+    first, second, waiting = submit(client), submit(client), submit(client)
+    assert state(waiting) == ("queued", 0)
+    # when their messages are lost, the reconciler publishes them again; lost once more
+    lose_messages(local_aws, queue())
+    age()
+    assert len(look_twice().republished) == 2
+    lose_messages(local_aws, queue())
+    age()
+    done = look_twice()
+    # then they fail with a clear reason, their credits released
+    assert sorted(done.failed) == sorted([first, second]) and done.republished == []
+    job = Job.objects.get(public_id=first)
+    assert (job.status, job.error_code) == ("failed", "message_lost")
+    assert "lost 2 times" in job.error_message and "credits were released" in job.error_message
+    # and the waiting job is admitted and published at once
+    assert state(waiting) == ("starting", 1)
+    assert published(local_aws, queue()) == {waiting: 1}
+    assert credits(tenant) == (0, 1)
+
+
+def test_a_deleted_queue_is_created_again_and_its_jobs_published(setup, local_aws):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    sqs = local_aws.client("sqs")
+    first = submit(client)
+    # given the model's queue and dead-letter queue deleted (this process cached both as existing)
+    for name in (queue(), dead_letter_queue_name(queue())):
+        sqs.delete_queue(QueueUrl=local_aws.queue_url(name))
+    # when a job is submitted: it is published all the same, to the queue created again
+    second = submit(client)
+    assert Job.objects.get(public_id=second).published_at is not None
+    assert published(local_aws, queue()) == {second: 1}
+    # when the queues are deleted again, with both jobs' messages, and the reconciler runs
+    for name in (queue(), dead_letter_queue_name(queue())):
+        sqs.delete_queue(QueueUrl=local_aws.queue_url(name))
+    age()
+    done = look_twice()
+    # then both are published again to the queue created anew with its redrive and timeout
+    assert sorted(done.republished) == sorted([first, second])
+    url = local_aws.queue_url(queue())
+    assert url is not None
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["VisibilityTimeout"] == str(settings.SQS_VISIBILITY_TIMEOUT)
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"].endswith(dead_letter_queue_name(queue()))
+    assert int(redrive["maxReceiveCount"]) == settings.SQS_MAX_RECEIVES
+    assert sorted(published(local_aws, queue())) == sorted([first, second])
+
+
+def test_an_image_fetch_whose_message_is_gone_is_sent_again(setup, local_aws):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    # given an img2img job by URL, admitted, its fetch task lost from the control queue
+    job_id = submit(client, image="https://images.example.com/cat.png")
+    control = f"{settings.SQS_QUEUE_PREFIX}-control"
+    assert len(lose_messages(local_aws, control)) == 1
+    age()
+    # when the reconciler runs
+    assert look_twice().republished == [job_id]
+    # then the fetch is sent again
+    (task,) = local_aws.drain_tasks(control)
+    assert task["task"] == TASK_FETCH_INPUT_IMAGE
+    assert task["kwargs"] == {"job_id": Job.objects.get(public_id=job_id).pk}
+
+
+def test_two_reconcilers_at_once_publish_each_lost_job_once(setup, local_aws):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    jobs = [submit(client), submit(client)]
+    lose_messages(local_aws, queue())
+    age()
+    for _ in range(2):  # the first look, then the second
+        results = run_parallel(2, lambda _: look())
+        age_first_looks()
+    assert JobEvent.objects.filter(kind="unseen").count() == 2
+    assert sorted(job for result in results for job in result.republished) == sorted(jobs)
+    assert JobEvent.objects.filter(kind="republished").count() == 2
+    assert sorted(published(local_aws, queue())) == sorted(jobs)
+
+
+def test_the_scheduler_runs_the_reconciler_with_its_setting(setup, local_aws, settings):  # type: ignore[no-untyped-def]
+    assert {"task": TASK_RECONCILE_LOST, "schedule": 15.0} in settings.CELERY_BEAT_SCHEDULE.values()
+    _tenant, client = setup
+    job_id = submit(client)
+    lose_messages(local_aws, queue())
+    age(100)
+    settings.RECONCILE_AFTER_S = 120
+    assert reconcile_lost() == {"unseen": [], "republished": [], "failed": []}
+    settings.RECONCILE_AFTER_S = 60
+    assert reconcile_lost() == {"unseen": [job_id], "republished": [], "failed": []}
+    age_first_looks()
+    assert reconcile_lost() == {"unseen": [], "republished": [job_id], "failed": []}
