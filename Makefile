@@ -9,7 +9,7 @@ UV_COMPILE := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
 	--custom-compile-command "make lock"
 
-.PHONY: run test lint lock upgrade manage
+.PHONY: run test lint lock upgrade manage soak
 
 # A changed lock rebuilds the environment from scratch, so nothing outside the lock survives.
 $(STAMP): $(LOCK)/dev.txt pyproject.toml
@@ -33,6 +33,12 @@ lint: $(STAMP)
 
 run: $(STAMP)
 	SDSAAS_DEBUG=1 $(BIN)/python -m sdsaas.devstack
+
+# The chaos soak (bench/soak.py): a fresh local stack, 200 jobs through the API, a busy GPU worker
+# SIGKILLed every few seconds. Exits non-zero on any loss or double metering; the last line is
+# JSON. Flags go through ARGS, e.g. make soak ARGS='--jobs 40 --keep'.
+soak: $(STAMP)
+	SDSAAS_DEBUG=1 $(BIN)/python -m bench.soak $(ARGS)
 
 # Administration against the local stack's database, with its settings (debug on):
 #   make manage ARGS='tenant_create acme --plan pro'

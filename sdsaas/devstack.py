@@ -29,6 +29,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+CELERY = [str(BIN / "celery"), "-A", "sdsaas"]
 
 
 class Stack:
@@ -61,6 +62,13 @@ class Stack:
         if done.returncode:
             raise SystemExit(f"manage.py {' '.join(args)} failed:\n{done.stderr}")
         return done.stdout
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process it started, as a lost node dies (the soak's chaos), and forget it."""
+        for entry in [entry for entry in self.processes if entry[0] == name]:
+            os.killpg(entry[1].pid, signal.SIGKILL)
+            entry[1].wait()
+            self.processes.remove(entry)
 
     def check_alive(self) -> None:
         for name, process in self.processes:
@@ -157,6 +165,102 @@ def build_tiny_model(tiny: Path, env: dict[str, str]) -> None:
     partial.rename(tiny)
 
 
+def local_env(*, aws: str, base: str) -> dict[str, str]:
+    """The environment of the local stack's processes: SQS and S3 at `aws`, the API at `base`."""
+    return {
+        **os.environ,
+        "SDSAAS_DEBUG": "1",
+        "SDSAAS_SQS_ENDPOINT_URL": aws,
+        "SDSAAS_S3_ENDPOINT_URL": aws,
+        "SDSAAS_PUBLIC_BASE_URL": base,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": os.environ.get("SDSAAS_AWS_REGION", "us-east-1"),
+        "SDSAAS_SWEEP_UNPUBLISHED_AFTER": "5",
+        # Jobs whose messages died with the last run's SQS server are sent again within about half
+        # a minute of this start (moto's queue counts are exact: no lag to wait out).
+        "SDSAAS_RECONCILE_AFTER_S": os.environ.get("SDSAAS_RECONCILE_AFTER_S", "15"),
+    }
+
+
+def start_aws(stack: Stack, *, port: int) -> None:
+    """moto_server on loopback (SQS and S3, empty at each start) with the bucket created."""
+    aws = f"http://127.0.0.1:{port}"
+    moto = shutil.which("moto_server") or str(BIN / "moto_server")
+    stack.start("moto_server", [moto, "-H", "127.0.0.1", "-p", str(port)])
+    wait_http(f"{aws}/moto-api/", 30, stack)
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=aws,
+        region_name=stack.env["AWS_DEFAULT_REGION"],
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    ).create_bucket(Bucket=stack.env.get("SDSAAS_S3_BUCKET", "sdsaas-local"))
+
+
+def prepare_database(stack: Stack, *, tiny: Path) -> dict[str, str]:
+    """Migrate, build the tiny model if needed, seed the catalog and the demo tenants.
+
+    Returns seed_demo's new API keys: {"demo": ..., "devstack": ...}.
+    """
+    stack.manage("migrate", "--no-input")
+    build_tiny_model(tiny, stack.env)
+    keys: dict[str, str] = json.loads(stack.manage("seed_demo", "--model-uri", str(tiny)))
+    return keys
+
+
+def queue_prefix(stack: Stack) -> str:
+    return stack.env.get("SDSAAS_SQS_QUEUE_PREFIX", "sdsaas")
+
+
+def start_api(stack: Stack, *, port: int) -> None:
+    argv = [str(BIN / "gunicorn"), "-c", "python:sdsaas.gunicorn_conf", "sdsaas.wsgi"]
+    stack.start("api", argv, {**stack.env, "SDSAAS_API_BIND": f"127.0.0.1:{port}"})
+
+
+def start_control_worker(stack: Stack) -> None:
+    stack.start(
+        "control-worker",
+        [*CELERY, "worker", "-Q", f"{queue_prefix(stack)}-control", "-c", "2", "-n", "control@%h"],
+        {**stack.env, "SDSAAS_ROLE": "control"},
+    )
+
+
+def start_gpu_worker(
+    stack: Stack,
+    name: str = "gpu-worker",
+    node: str = "gpu",
+    env: dict[str, str] | None = None,
+    loglevel: str | None = None,
+) -> None:
+    """A GPU worker (solo pool) on the tiny model's queue; `env` adds to the stack's."""
+    # GPU workers hold no database credentials.
+    gpu_env = {k: v for k, v in {**stack.env, **(env or {})}.items() if k != "DATABASE_URL"}
+    stack.start(
+        name,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "gpu_worker.worker",
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            f"{queue_prefix(stack)}-model-tiny",
+            "-n",
+            f"{node}@%h",
+            *(["--loglevel", loglevel] if loglevel else []),
+        ],
+        {**gpu_env, "SDSAAS_ROLE": "gpu"},
+    )
+
+
+def start_scheduler(stack: Stack, *, schedule: Path) -> None:
+    stack.start("scheduler", [*CELERY, "beat", "-s", str(schedule)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -176,74 +280,17 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     aws = f"http://127.0.0.1:{args.aws_port}"
     base = f"http://127.0.0.1:{args.api_port}"
-    env = {
-        **os.environ,
-        "SDSAAS_DEBUG": "1",
-        "SDSAAS_SQS_ENDPOINT_URL": aws,
-        "SDSAAS_S3_ENDPOINT_URL": aws,
-        "SDSAAS_PUBLIC_BASE_URL": base,
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-        "AWS_DEFAULT_REGION": os.environ.get("SDSAAS_AWS_REGION", "us-east-1"),
-        "SDSAAS_SWEEP_UNPUBLISHED_AFTER": "5",
-    }
-    stack = Stack(env, logs)
+    stack = Stack(local_env(aws=aws, base=base), logs)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("sdsaas local stack")
     try:
-        moto = shutil.which("moto_server") or str(BIN / "moto_server")
-        stack.start("moto_server", [moto, "-H", "127.0.0.1", "-p", str(args.aws_port)])
-        wait_http(f"{aws}/moto-api/", 30, stack)
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=aws,
-            region_name=env["AWS_DEFAULT_REGION"],
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-        ).create_bucket(Bucket=os.environ.get("SDSAAS_S3_BUCKET", "sdsaas-local"))
-        stack.manage("migrate", "--no-input")
-        tiny = var / "models" / "tiny"
-        build_tiny_model(tiny, env)
-        keys = json.loads(stack.manage("seed_demo", "--model-uri", str(tiny)))
+        start_aws(stack, port=args.aws_port)
+        keys = prepare_database(stack, tiny=var / "models" / "tiny")
         key, own_key = keys["demo"], keys["devstack"]
-        prefix = os.environ.get("SDSAAS_SQS_QUEUE_PREFIX", "sdsaas")
-        celery = [str(BIN / "celery"), "-A", "sdsaas"]
-        stack.start(
-            "api",
-            [
-                str(BIN / "gunicorn"),
-                "-c",
-                "python:sdsaas.gunicorn_conf",
-                "sdsaas.wsgi",
-            ],
-            {**env, "SDSAAS_API_BIND": f"127.0.0.1:{args.api_port}"},
-        )
-        stack.start(
-            "control-worker",
-            [*celery, "worker", "-Q", f"{prefix}-control", "-c", "2", "-n", "control@%h"],
-            {**env, "SDSAAS_ROLE": "control"},
-        )
-        # GPU workers hold no database credentials.
-        gpu_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
-        stack.start(
-            "gpu-worker",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "gpu_worker.worker",
-                "worker",
-                "-P",
-                "solo",
-                "-Q",
-                f"{prefix}-model-tiny",
-                "-n",
-                "gpu@%h",
-            ],
-            {**gpu_env, "SDSAAS_ROLE": "gpu"},
-        )
-        stack.start("scheduler", [*celery, "beat", "-s", str(var / "celerybeat-schedule")])
+        start_api(stack, port=args.api_port)
+        start_control_worker(stack)
+        start_gpu_worker(stack)
+        start_scheduler(stack, schedule=var / "celerybeat-schedule")
         wait_http(f"{base}/healthz", 60, stack)
 
         job = api("POST", f"{base}/v1/jobs", own_key, {"model": "tiny", "prompt": "a red fox"})

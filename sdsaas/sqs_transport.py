@@ -22,14 +22,42 @@ on the event loop: ``_schedule_queue`` -> async ReceiveMessage -> ``_on_messages
 The fix keeps the loop going: a failed or unanswered receive is logged and the queue is polled
 again after the polling interval, so consumption resumes as soon as the endpoint answers. No
 reconnect is needed: every SQS call is a fresh HTTP request.
+
+A stopping worker swallowed messages (issue 9): a ReceiveMessage long poll (WaitTimeSeconds 10)
+was still open on the server when Celery stopped the worker. On SIGTERM Celery only sets a flag
+(celery/apps/worker.py:360); the event loop ends at its next turn (celery/worker/loops.py:117),
+the task consumer is cancelled (celery/worker/consumer/tasks.py:85-89, kombu's basic_cancel),
+then the hub is closed (celery/worker/components.py:83-84), which closes kombu's curl client and
+with it the open request (kombu/asynchronous/http/base.py:253, curl.py:70-78). Nothing reads the
+poll's answer after the loop ended; kombu would release the messages of a cancelled consumer
+(kombu/transport/SQS/__init__.py:878-884), but only for an answer that is read. A poll
+answered while the loop still turned, after SIGTERM, was delivered to Celery as a new task.
+SQS cannot withdraw a waiting ReceiveMessage: what reaches the queue meanwhile is received
+(counted in ApproximateReceiveCount) and hidden for the visibility timeout, whether or not the
+connection is still there to read it (AWS documents no release on disconnect; its
+ReceiveRequestAttemptId recovery of such receives exists for FIFO queues only). So:
+
+1. once Celery's stop flag is up no new poll is opened, and the messages a poll returns are
+   handed back (visibility 0, kombu's own release) instead of delivered;
+2. cancelling a queue's consumer waits for that queue's open poll to answer, driving the HTTP
+   client itself since the event loop has ended, and hands back what it returns. The wait ends
+   at the latest `answer_margin_s` after the poll's WaitTimeSeconds ran out (13 s after the poll
+   opened with the settings' 10 s): a worker that stops while idle exits within that; a busy one
+   has no poll open (prefetch 1: the next poll opens only after its job is settled).
+
+Each handed-back message has used one receive of the queue's redrive count: SQS counts every
+receive, and a poll that is already waiting cannot be withdrawn.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from celery.exceptions import WorkerShutdown, WorkerTerminate
+from celery.worker import state as worker_state
 from kombu.transport import SQS
 from vine import promise
 
@@ -44,28 +72,99 @@ class ReceiveFailed(Exception):
     """ReceiveMessage got no usable answer: endpoint unreachable, timeout or a 5xx."""
 
 
+def worker_stopping() -> bool:
+    """Whether this process is a Celery worker told to stop (warm or cold): it takes no work."""
+    try:
+        worker_state.maybe_shutdown()  # raises once Celery's signal handler set its flag
+    except (WorkerShutdown, WorkerTerminate):
+        return True
+    return False
+
+
 class Channel(_SqsChannel):
     # Floor for the retry delay: with polling_interval 0 a refused connection fails at once
     # and would spin the event loop.
     min_retry_interval_s = 1.0
+    # How long past its WaitTimeSeconds a stop waits for an open poll's answer (network, a busy
+    # server); kombu's curl client gives up on the request at 20 s in any case.
+    answer_margin_s = 3.0
+    # Between two turns of the HTTP client while a stop waits for an answer.
+    answer_tick_s = 0.02
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._failed_polls: dict[str, int] = {}
+        # queue -> monotonic times by which its open ReceiveMessage calls must have answered
+        # (one at a time, unless a queue is consumed again before its old poll answered).
+        self._open_polls: dict[str, list[float]] = {}
+        self._awaiting_answer = False
 
     def _schedule_queue(self, queue: str) -> None:
-        if queue not in self._active_queues:
+        if queue not in self._active_queues or worker_stopping():
             return
         if not self.qos.can_consume():
             self._loop1(queue)
             return
         # on_error (called with queue, exc) ends every failure of this poll here, wherever in
         # the chain it was raised, instead of vine re-raising it into the hub (module docstring).
-        done = promise(self._loop1, (queue,), on_error=self._poll_failed)
+        done = promise(self._poll_answered, (queue,), on_error=self._poll_failed)
+        deadline = time.monotonic() + self.wait_time_seconds + self.answer_margin_s
+        self._open_polls.setdefault(queue, []).append(deadline)
         try:
             self._get_bulk_async(queue, callback=done)
         except Exception as exc:  # raised before the request left, e.g. resolving the queue URL
             self._poll_failed(queue, exc)
+
+    def _poll_answered(self, queue: str, messages_fetched: int | None = None) -> None:
+        self._poll_settled(queue)
+        self._loop1(queue, messages_fetched)
+
+    def _poll_settled(self, queue: str) -> None:
+        deadlines = self._open_polls.get(queue)
+        if deadlines:
+            deadlines.pop(0)
+        if not deadlines:
+            self._open_polls.pop(queue, None)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        cancelled = _SqsChannel.basic_cancel(self, consumer_tag)
+        if queue in self._open_polls:
+            self._await_answer(queue)
+        return cancelled
+
+    def _await_answer(self, queue: str) -> None:
+        """Read the answer of `queue`'s open poll, so that what it returns is handed back.
+
+        Called once the queue's consumer is gone, when a stopping worker's event loop no longer
+        runs: the HTTP client is turned here until the answer is in, or past the poll's deadline
+        (WaitTimeSeconds + answer_margin_s after it opened). Every answer read meanwhile, of any
+        queue, is handed back (`_on_messages_ready`): nothing is delivered from inside a cancel.
+        """
+        deadline = max(self._open_polls[queue])
+        http = getattr(self.asynsqs(queue=self.canonical_queue_name(queue)), "_httpclient", None)
+        if http is None or getattr(http, "_closed", True):
+            self._open_polls.pop(queue, None)  # its request went with the client: unanswerable
+            return
+        self._awaiting_answer = True
+        try:
+            while queue in self._open_polls:
+                if time.monotonic() >= deadline:
+                    self._open_polls.pop(queue, None)
+                    logger.warning(
+                        "SQS receive on %s unanswered at stop: a message it returns stays "
+                        "invisible until its visibility timeout",
+                        self.canonical_queue_name(queue),
+                    )
+                    return
+                http._timeout_check()  # reads what arrived, completes finished requests
+                if queue in self._open_polls:
+                    time.sleep(self.answer_tick_s)
+        except Exception:
+            self._open_polls.pop(queue, None)
+            logger.exception("waiting for the SQS receive on %s failed", queue)
+        finally:
+            self._awaiting_answer = False
 
     def asynsqs(self, queue: str | None = None) -> Any:
         connection = _SqsChannel.asynsqs(self, queue=queue)
@@ -92,9 +191,16 @@ class Channel(_SqsChannel):
         failed = self._failed_polls.pop(qname, 0)
         if failed:
             logger.warning("SQS receive on %s works again after %d failed polls", qname, failed)
+        received = messages.get("Messages")
+        if received and (self._awaiting_answer or worker_stopping()):
+            # Received after the worker stopped taking work: visible again at once. (A cancelled
+            # queue's answer takes the same path inside kombu: it has no callback any more.)
+            self._release_messages(queue, qname, received)
+            return 0
         return int(_SqsChannel._on_messages_ready(self, queue, qname, messages))
 
     def _poll_failed(self, queue: str, exc: BaseException) -> None:
+        self._poll_settled(queue)
         qname = self.canonical_queue_name(queue)
         failed = self._failed_polls[qname] = self._failed_polls.get(qname, 0) + 1
         delay = max(float(self.connection.polling_interval or 0), self.min_retry_interval_s)

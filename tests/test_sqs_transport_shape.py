@@ -1,10 +1,11 @@
 """kombu's private SQS internals that sdsaas/sqs_transport.py overrides or calls keep their shape.
 
-The transport replaces three private methods of kombu's SQS channel and wraps a private callback
-of its async connection (the module docstring says why). pyproject.toml holds kombu to the minor
-version this was written against; this test fails loudly when even a patch release changes any of
-them. When it does: read the new kombu code, check whether the bug is fixed upstream (then drop the
-override) or re-fit the override, and update the digests below in the same commit.
+The transport replaces three private methods of kombu's SQS channel, wraps its basic_cancel and a
+private callback of its async connection, and turns kombu's curl client itself while a stopping
+worker waits for an open poll (the module docstring says why). pyproject.toml holds kombu to the
+minor version this was written against; this test fails loudly when even a patch release changes
+any of them. When it does: read the new kombu code, check whether the bug is fixed upstream (then
+drop the override) or re-fit the override, and update the digests below in the same commit.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 
 import kombu
 import pytest
-from kombu.asynchronous.aws.connection import AsyncAWSQueryConnection
+from celery.worker import state as worker_state
+from kombu.asynchronous.aws.connection import AsyncAWSQueryConnection, AsyncConnection
+from kombu.asynchronous.http.curl import CurlClient
 from kombu.transport import SQS
+from kombu.transport.virtual import base as virtual
 
 from sdsaas import sqs_transport
 
@@ -26,10 +30,25 @@ REPLACED_SOURCE_DIGESTS: dict[str, tuple[Callable[..., Any], str]] = {
     "Channel._schedule_queue": (SQS.Channel._schedule_queue, "953f1ad1314ec406"),
     "Channel._on_messages_ready": (SQS.Channel._on_messages_ready, "c947764eea946906"),
     "Channel.asynsqs": (SQS.Channel.asynsqs, "66a72c972d149f1b"),
+    "Channel.basic_cancel": (SQS.Channel.basic_cancel, "9bdcc2fe60e3b029"),
     "AsyncAWSQueryConnection._on_list_ready": (
         AsyncAWSQueryConnection._on_list_ready,
         "a04054ae42c0cb21",
     ),
+}
+
+# sha256 (first 16 hex digits) of the source of private code whose behaviour, not only its
+# signature, the stop path relies on: the cancel drops the queue's callback; the release makes
+# messages visible at once (VisibilityTimeout 0); _timeout_check reads the sockets and completes
+# finished requests without the event loop; close() sets _closed; the connection keeps its HTTP
+# client in _httpclient; Celery's maybe_shutdown raises once a stop was asked for.
+RELIED_ON_SOURCE_DIGESTS: dict[str, tuple[Callable[..., Any], str]] = {
+    "virtual.Channel.basic_cancel": (virtual.Channel.basic_cancel, "1beb5cf96c9a2cb4"),
+    "Channel._release_messages": (SQS.Channel._release_messages, "93f733a8bd26e7fe"),
+    "CurlClient._timeout_check": (CurlClient._timeout_check, "fdc710d430540736"),
+    "CurlClient.close": (CurlClient.close, "c2d0e89c9ba5092d"),
+    "AsyncConnection.__init__": (AsyncConnection.__init__, "43272305a6e21e53"),
+    "celery.worker.state.maybe_shutdown": (worker_state.maybe_shutdown, "e15d0ed41e2cd309"),
 }
 
 # Signatures of the private methods the override calls.
@@ -37,6 +56,10 @@ CALLED_SIGNATURES: dict[str, tuple[Callable[..., Any], str]] = {
     "Channel._loop1": (SQS.Channel._loop1, "(self, queue, messages_fetched=None)"),
     "Channel._get_bulk_async": (SQS.Channel._get_bulk_async, "(self, queue, callback=None)"),
     "Channel.canonical_queue_name": (SQS.Channel.canonical_queue_name, "(self, queue_name)"),
+    "Channel._release_messages": (
+        SQS.Channel._release_messages,
+        "(self, queue, qname, messages)",
+    ),
     "Channel._on_messages_ready": (
         SQS.Channel._on_messages_ready,
         "(self, queue, qname, messages)",
@@ -65,6 +88,15 @@ def test_replaced_kombu_method_is_unchanged(name: str) -> None:
     assert _digest(func) == expected, (
         f"kombu's {name} changed (kombu {kombu.__version__}); sdsaas/sqs_transport.py replaces "
         "it: re-read both before updating the digest"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(RELIED_ON_SOURCE_DIGESTS))
+def test_relied_on_private_code_is_unchanged(name: str) -> None:
+    func, expected = RELIED_ON_SOURCE_DIGESTS[name]
+    assert _digest(func) == expected, (
+        f"{name} changed (kombu {kombu.__version__}); the stop path of "
+        "sdsaas/sqs_transport.py relies on what it does: re-read both before updating the digest"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ import pytest
 from django.utils import timezone
 from PIL import Image
 
+from jobs.models import Job, JobEvent
 from tenants.models import RateWindow, Tenant
+from tenants.services import api_key_issue
 from tests.e2e.conftest import _database_url
 from tests.support.aws import free_port
 
@@ -71,6 +75,32 @@ def call(method: str, url: str, key: str, body: dict[str, Any] | None = None) ->
         return json.loads(response.read())
 
 
+def devstack_command() -> tuple[list[str], dict[str, str], str]:
+    """`make run` serving (no --exit-after-demo) on a fresh database and free ports, with Python's
+    default buffering for its output (as in a user's shell: no PYTHONUNBUFFERED); and the base
+    URL of its API."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["DATABASE_URL"] = _database_url()
+    api_port = free_port()
+    argv = [sys.executable, "-m", "sdsaas.devstack"]
+    argv += ["--api-port", str(api_port), "--aws-port", str(free_port())]
+    return argv, env, f"http://127.0.0.1:{api_port}/v1"
+
+
+@contextlib.contextmanager
+def serving(argv: list[str], env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], Output]]:
+    """The stack running, its output in a pipe; terminated on the way out if still running."""
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield process, Output(process)
+    finally:
+        if process.poll() is None:
+            process.terminate()  # it stops what it started, as on Ctrl-C
+            process.wait(timeout=60)
+
+
 def submit_status(url: str, key: str, body: dict[str, Any]) -> int:
     try:
         call("POST", url, key, body)
@@ -81,18 +111,8 @@ def submit_status(url: str, key: str, body: dict[str, Any]) -> int:
 
 def test_make_run_serves_then_runs_again_at_once_with_its_demo_key_spent() -> None:
     # given `make run` serving (no --exit-after-demo) on a fresh database, its output in a pipe
-    # and Python's default buffering for it (as in a user's shell: no PYTHONUNBUFFERED)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    env["DATABASE_URL"] = _database_url()
-    api_port = free_port()
-    argv = [sys.executable, "-m", "sdsaas.devstack"]
-    argv += ["--api-port", str(api_port), "--aws-port", str(free_port())]
-    base = f"http://127.0.0.1:{api_port}/v1"
-    serving = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        output = Output(serving)
+    argv, env, base = devstack_command()
+    with serving(argv, env) as (stack, output):
         # then its progress comes through the pipe as it is printed, while it runs: the first
         # line at once, the demo key, then the line that says it serves
         output.until("started moto_server", 60)
@@ -128,13 +148,9 @@ def test_make_run_serves_then_runs_again_at_once_with_its_demo_key_spent() -> No
                 defaults={"count": demo.plan.requests_per_minute},
             )
         # and the stack is stopped with Ctrl-C
-        serving.send_signal(signal.SIGINT)
-        assert serving.wait(timeout=60) == 0
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(timeout=60) == 0
         output.until("stopping", 10)
-    finally:
-        if serving.poll() is None:
-            serving.terminate()  # it stops what it started, as on Ctrl-C
-            serving.wait(timeout=60)
 
     # when it runs again at once, headless
     done = subprocess.run(
@@ -151,3 +167,56 @@ def test_make_run_serves_then_runs_again_at_once_with_its_demo_key_spent() -> No
     assert "demo API key (shown once): sk_live_" in done.stdout
     assert "building the tiny test model" not in done.stdout
     assert "stopping" in done.stdout
+
+
+def test_make_run_restarted_with_jobs_in_flight_completes_them_and_its_demo() -> None:
+    # given `make run` serving on a fresh database
+    argv, env, base = devstack_command()
+    started = time.monotonic()
+    with serving(argv, env) as (first, output):
+        key = output.until("demo API key (shown once): sk_live_", 240).split(": ", 1)[1].strip()
+        output.until("serving; Ctrl-C stops everything", 30)
+        # when the demo tenant submits four jobs (two admitted, its cap) and the stack's own
+        # tenant one (its one slot, which the next run's demo job needs), and the stack
+        # is stopped with Ctrl-C at once, while they are in flight
+        _, own_key = api_key_issue(tenant=Tenant.objects.get(name="devstack"), name="test")
+        ids = [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "a fox"})["id"]]
+        ids += [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "an owl"})["id"]]
+        ids += [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "a cat"})["id"]]
+        ids += [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "a jay"})["id"]]
+        own = {"model": "tiny", "prompt": "a moth", "width": 256, "height": 256}
+        ids += [call("POST", f"{base}/jobs", own_key, own)["id"]]
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 0
+    # (the stop took their messages with it: the local SQS server keeps nothing)
+    admitted = set(
+        Job.objects.filter(public_id__in=ids, status__in=Job.IN_FLIGHT).values_list(
+            "public_id", flat=True
+        )
+    )
+    assert ids[-1] in admitted, "the stack's own job must hold its tenant's slot at the stop"
+
+    # when it runs again
+    with serving(argv, env) as (second, output):
+        # then its demo job completes: the job that held its tenant's slot was published again
+        # and ran (`make run` gives up on its demo after 300 s)
+        demo = output.until("demo job job_", 240).split()[2]
+        output.until("demo image saved to", 180)
+        assert Job.objects.get(public_id=demo).status == Job.Status.SUCCEEDED
+        # and every job of the first run completes: the admitted ones published again, the
+        # queued ones admitted in their turn
+        deadline = time.monotonic() + 120
+        while Job.objects.filter(public_id__in=ids).exclude(status__in=Job.FINAL).exists():
+            assert time.monotonic() < deadline, list(Job.objects.values_list("public_id", "status"))
+            time.sleep(0.5)
+        statuses = dict(Job.objects.filter(public_id__in=ids).values_list("public_id", "status"))
+        assert statuses == dict.fromkeys(ids, Job.Status.SUCCEEDED), statuses
+        republished = set(
+            JobEvent.objects.filter(job__public_id__in=ids, kind="republished").values_list(
+                "job__public_id", flat=True
+            )
+        )
+        assert republished == admitted
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=60) == 0
+    print(f"restarted with {len(admitted)} jobs in flight: {time.monotonic() - started:.0f} s")
