@@ -15,7 +15,7 @@ from django.utils.timezone import localtime
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
 from jobs.selectors import job_events
 from jobs.serializers import job_metrics, job_output_urls
-from jobs.services import job_cancel
+from jobs.services.lifecycle import job_cancel
 from sdsaas.errors import ServiceError
 
 MISSING = "—"

@@ -14,7 +14,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from jobs import selectors, services
+from jobs import selectors
 from jobs.serializers import (
     JobFilterSerializer,
     JobInputSerializer,
@@ -24,6 +24,9 @@ from jobs.serializers import (
     UploadInputSerializer,
     UploadSerializer,
 )
+from jobs.services.lifecycle import job_cancel
+from jobs.services.submit import job_submit
+from jobs.services.uploads import upload_create
 from sdsaas.api import ApiView, error_responses
 from sdsaas.errors import InvalidInput
 from tenants.authentication import request_tenant
@@ -104,7 +107,7 @@ class JobListCreateApi(ApiView):
     def post(self, request: Request) -> Response:
         payload = JobInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        job, _ = services.job_submit(
+        job, _ = job_submit(
             tenant=request_tenant(request),
             data=dict(payload.validated_data),
             idempotency_key=idempotency_key(request),
@@ -143,7 +146,7 @@ class JobCancelApi(ApiView):
         responses={200: JobSerializer, **error_responses(404, 409)},
     )
     def post(self, request: Request, job_id: str) -> Response:
-        job = services.job_cancel(tenant=request_tenant(request), job_public_id=job_id)
+        job = job_cancel(tenant=request_tenant(request), job_public_id=job_id)
         return Response(JobSerializer(job).data)
 
 
@@ -197,7 +200,7 @@ class UploadCreateApi(ApiView):
         # One byte past the cap is enough for the service to refuse it (413); reading the whole
         # file would let one request hold an upload of any size in memory.
         data = payload.validated_data["file"].read(settings.UPLOAD_MAX_BYTES + 1)
-        upload, _ = services.upload_create(
+        upload, _ = upload_create(
             tenant=request_tenant(request), data=data, idempotency_key=idempotency_key(request)
         )
         return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)

@@ -26,7 +26,8 @@ from PIL import Image
 from rest_framework.test import APIClient
 
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload
-from jobs.services import job_mark_succeeded, job_submit
+from jobs.services.lifecycle import job_mark_succeeded
+from jobs.services.submit import job_submit
 from tenants.models import ApiKey, CreditPeriod, Plan, Tenant, UsageRecord
 from tenants.services import api_key_issue
 from tests.support.aws import LocalAws

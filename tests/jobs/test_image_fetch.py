@@ -15,8 +15,8 @@ import pytest
 from django.conf import settings
 from PIL import Image
 
-from jobs import services
 from jobs.models import Job
+from jobs.services.image_fetch import _fail_before_dispatch, job_fetch_input_image
 from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, control_queue_name, model_queue_name
 from sdsaas.safe_http import FetchError
 from tenants.models import CreditPeriod
@@ -78,8 +78,8 @@ def test_the_image_is_stored_under_the_job_and_the_job_published_once(
     # given a job on an image URL
     job = submit_url(local_aws, f"https://localhost:{photos.port}/cat.png")
     # when the fetch runs, then runs again (a redelivered task, or the sweeper's)
-    services.job_fetch_input_image(job_id=job.pk, last_try=False)
-    services.job_fetch_input_image(job_id=job.pk, last_try=False)
+    job_fetch_input_image(job_id=job.pk, last_try=False)
+    job_fetch_input_image(job_id=job.pk, last_try=False)
     # then the image is in S3 under the job, fetched once, and one GPU message was sent
     job.refresh_from_db()
     assert job.init_image_key == f"tenants/{job.tenant_id}/jobs/{job.public_id}/input.png"
@@ -95,12 +95,12 @@ def test_a_late_failing_fetch_cannot_fail_a_job_already_dispatched(
 ) -> None:
     # given a job whose image was fetched and which went to its GPU queue
     job = submit_url(local_aws, f"https://localhost:{photos.port}/cat.png")
-    services.job_fetch_input_image(job_id=job.pk, last_try=False)
+    job_fetch_input_image(job_id=job.pk, last_try=False)
     # when a duplicate fetch of it fails for good (its fence sees the stored image)
     Job.objects.filter(pk=job.pk).update(
         init_image_url=f"https://localhost:{photos.port}/missing.png"
     )
-    services._fail_before_dispatch(Job.objects.get(pk=job.pk), "image_fetch_failed", "404")
+    _fail_before_dispatch(Job.objects.get(pk=job.pk), "image_fetch_failed", "404")
     # then the job is still on its way, holding its credit
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Job.Status.STARTING, "")
@@ -118,7 +118,7 @@ def test_a_refused_image_fails_the_job_and_releases_its_credit(
     local_aws: Any, photos: HttpsServer, path: str, last_try: bool
 ) -> None:
     job = submit_url(local_aws, f"https://localhost:{photos.port}{path}")
-    services.job_fetch_input_image(job_id=job.pk, last_try=last_try)
+    job_fetch_input_image(job_id=job.pk, last_try=last_try)
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Job.Status.FAILED, "image_fetch_failed")
     assert CreditPeriod.objects.get(tenant=job.tenant).reserved == 0
@@ -130,7 +130,7 @@ def test_a_busy_image_host_is_retried_before_the_last_try(
 ) -> None:
     job = submit_url(local_aws, f"https://localhost:{photos.port}/busy.png")
     with pytest.raises(FetchError) as caught:
-        services.job_fetch_input_image(job_id=job.pk, last_try=False)
+        job_fetch_input_image(job_id=job.pk, last_try=False)
     assert caught.value.retryable
     job.refresh_from_db()
     assert (job.status, job.init_image_key) == (Job.Status.STARTING, "")

@@ -22,7 +22,7 @@ from jobs.models import (
     LoraAdapter,
     Upload,
 )
-from jobs.services import job_submit
+from jobs.services.submit import job_submit
 from tenants.models import CreditPeriod, Tenant, UsageRecord
 from tests.support.factories import (
     DiffusionModelFactory,

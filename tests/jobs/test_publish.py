@@ -5,7 +5,7 @@ import time
 import pytest
 
 from jobs.models import Job
-from jobs.services import job_mark_succeeded
+from jobs.services.lifecycle import job_mark_succeeded
 from jobs.tasks import sweep_unpublished
 from sdsaas.queues import model_queue_name
 from tests.support.factories import (

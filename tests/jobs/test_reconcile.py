@@ -11,9 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs.models import Job, JobEvent
-from jobs.services import (
-    RECONCILE_CONFIRM_S,
-    Reconciled,
+from jobs.services.lifecycle import (
     job_mark_failed,
     job_mark_preempted,
     job_mark_progress,
@@ -21,8 +19,8 @@ from jobs.services import (
     job_mark_started,
     job_mark_succeeded,
     jobs_fail_dead_lettered,
-    jobs_reconcile_lost,
 )
+from jobs.services.reconcile import RECONCILE_CONFIRM_S, Reconciled, jobs_reconcile_lost
 from jobs.tasks import reconcile_lost
 from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST, model_queue_name
 from sdsaas.sqs import dead_letter_queue_name

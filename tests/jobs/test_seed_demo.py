@@ -8,7 +8,7 @@ import json
 import pytest
 from django.core.management import call_command
 
-from jobs.services import job_resolve_input
+from jobs.services.submit import job_resolve_input
 from tenants.services import api_key_authenticate
 
 pytestmark = pytest.mark.django_db

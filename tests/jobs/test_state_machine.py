@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import Job, JobEvent
-from jobs.services import (
+from jobs.services.lifecycle import (
     job_cancel,
     job_mark_failed,
     job_mark_progress,

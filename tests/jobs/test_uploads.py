@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 from rest_framework.test import APIClient
 
-from jobs import services
+from jobs import apis
 from jobs.models import IdempotencyRecord, Job, Upload
 from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, control_queue_name, model_queue_name
 from tenants.models import CreditPeriod
@@ -283,13 +283,13 @@ def test_an_oversized_file_is_not_read_whole_into_memory(  # type: ignore[no-unt
     # given a cap of 4 KB and a spy on the bytes the view hands to the service
     settings.UPLOAD_MAX_BYTES = 4096
     seen: list[int] = []
-    real_upload_create = services.upload_create
+    real_upload_create = apis.upload_create
 
     def spy(*, data: bytes, **kwargs: Any) -> Any:
         seen.append(len(data))
         return real_upload_create(data=data, **kwargs)
 
-    monkeypatch.setattr(services, "upload_create", spy)
+    monkeypatch.setattr(apis, "upload_create", spy)
     # when a 1 MB file is uploaded
     response = upload(client, image_bytes("PNG").ljust(1024 * 1024, b"\x00"))
     # then it is a 413, decided on at most cap + 1 bytes rather than on the whole body

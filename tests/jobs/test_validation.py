@@ -21,7 +21,7 @@ from jobs.models import (
     JobEvent,
 )
 from jobs.serializers import OUTPUT_FORMATS
-from jobs.services import job_submit
+from jobs.services.submit import job_submit
 from tenants.models import CreditPeriod, Tenant
 from tests.support.factories import (
     DiffusionModelFactory,

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 
 from jobs.models import Job, JobEvent
-from jobs.services import job_submit
+from jobs.services.submit import job_submit
 from sdsaas.errors import InvalidInput
 from tenants.models import ApiKey, CreditPeriod, Plan, Tenant
 from tenants.services import KEY_PREFIX, api_key_issue, api_key_revoke

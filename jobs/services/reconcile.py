@@ -1,0 +1,162 @@
+"""The reconciler: admitted jobs whose queue message is gone are published again, or failed.
+
+Takes the tenant row lock first, then the job rows (`jobs.services.common.lock_tenant`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from jobs import selectors
+from jobs.models import Job
+from jobs.services.common import lock_tenant, record_event
+from jobs.services.dispatch import jobs_admit, jobs_publish
+from jobs.services.lifecycle import job_fail
+from sdsaas.queues import control_queue_name, model_queue_name
+from sdsaas.sqs import dead_letter_queue_name, forget_queues, queue_depth
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+# A job that looks lost is acted on only at a second look, at least this long after the first,
+# that finds it unchanged (same attempt, status and progress step; still silent, no message).
+# Progress writes no event, so a denoising job can look silent: it reports progress every second.
+# And an event already sent (a success whose message its worker just deleted) is applied by then.
+RECONCILE_CONFIRM_S = 10
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """Public ids of the jobs of one run: first looks, published again, failed."""
+
+    unseen: list[str]
+    republished: list[str]
+    failed: list[str]
+
+
+def _queue_of(job: Job) -> str:
+    """The queue an admitted job's message is on: its model's, or the control queue while its
+    img2img image is still to be fetched."""
+    if job.init_image_url and not job.init_image_key:
+        return control_queue_name()
+    return model_queue_name(job.model.slug)
+
+
+def _holds_no_message(queue: str) -> bool:
+    """Whether `queue` holds no message that could still be any admitted job's.
+
+    A model queue: no message visible, in flight or delayed, and none in its dead-letter queue
+    (the dead-letter sweep fails those jobs). The control queue always has messages in flight
+    (this very task, events being applied), so there only a waiting message counts; running the
+    image fetch twice is harmless (`job_fetch_input_image`). A missing queue holds nothing.
+    Raises when SQS cannot answer: an outage is never taken for an empty queue.
+    """
+    depth = queue_depth(queue)
+    if depth is None:
+        forget_queues()  # publishing creates it again, with its dead-letter queue and redrive
+        return True
+    if queue == control_queue_name():
+        return depth.visible + depth.delayed == 0
+    dead = queue_depth(dead_letter_queue_name(queue))
+    return depth.total == 0 and (dead is None or dead.visible + dead.in_flight == 0)
+
+
+def jobs_reconcile_lost(*, silent_for: dt.timedelta) -> Reconciled:
+    """Publish again, or fail, the admitted jobs whose queue message is gone; then admit.
+
+    The database is the truth; SQS cannot be asked for one message. A job looks lost when it is
+    published and in flight, has shown no sign of life for `silent_for` (no admission, publish or
+    event; longer than SQS's approximate counts lag), and its queue holds no message at all
+    (`_holds_no_message`): a real backlog, or a job a live worker holds (its message is in flight
+    while the heartbeat extends it), is never touched. The first look records an `unseen` event;
+    a later run acts only if the job still looks lost and unchanged (RECONCILE_CONFIRM_S).
+
+    A lost job is published again at attempt + SQS_MAX_RECEIVES, with a `republished` event. The
+    original message ran at most as its attempt + SQS_MAX_RECEIVES - 1 (SQS dead-letters it after
+    that many receives), and the row's attempt is at least the original's, so every event of a
+    late original (received, started, progress, succeeded, failed, dead-lettered) is fenced out.
+    After RECONCILE_MAX_REPUBLISHES it fails `message_lost` instead, credits released.
+
+    Rows are taken under the tenant lock, then SKIP LOCKED, and checked again after the queues
+    were read: an event that arrived meanwhile keeps its job, and two reconcilers never act on
+    the same job (the `republished` event is itself a sign of life).
+    """
+    now = timezone.now()
+    since = now - silent_for
+    silent = selectors.jobs_silent_in_flight(since=since).select_related("model")
+    empty: dict[str, bool] = {}
+    lost: dict[int, list[int]] = {}
+    for job in silent.order_by("id")[:500]:
+        queue = _queue_of(job)
+        if queue not in empty:
+            try:
+                empty[queue] = _holds_no_message(queue)
+            except Exception as exc:  # SQS away: nothing can be told, the next run tries again
+                logger.warning("reconciler: cannot read %s (%s)", queue, exc)
+                empty[queue] = False
+        if empty[queue]:
+            lost.setdefault(job.tenant_id, []).append(job.pk)
+    done = Reconciled(unseen=[], republished=[], failed=[])
+    looked_before = now - dt.timedelta(seconds=RECONCILE_CONFIRM_S)
+    silent_s = int(silent_for.total_seconds())
+    reason = f"no message on its queue and no sign of life for over {silent_s} s"
+    for tenant in Tenant.objects.filter(pk__in=lost).order_by("pk"):
+        with transaction.atomic():
+            lock_tenant(tenant)
+            ids = list(
+                selectors.jobs_silent_in_flight(since=since)
+                .select_for_update(skip_locked=True)
+                .filter(tenant=tenant, id__in=lost[tenant.pk])
+                .values_list("id", flat=True)
+            )
+            jobs = Job.objects.select_related("tenant__plan", "model").filter(id__in=ids)
+            again = [
+                job.pk
+                for job in jobs.order_by("id")
+                if _reconcile_one(job, reason=reason, looked_before=looked_before, done=done)
+            ]
+            if again:
+                transaction.on_commit(functools.partial(jobs_publish, job_ids=again))
+            jobs_admit(tenant=tenant)  # the slots of failed jobs, or any left free
+    return done
+
+
+def _reconcile_one(job: Job, *, reason: str, looked_before: dt.datetime, done: Reconciled) -> bool:
+    """Record the first look at a lost-looking job; at a second look that finds it unchanged,
+    make it unpublished at its new attempt (True: publish it after commit), or fail it after
+    RECONCILE_MAX_REPUBLISHES. Call under the tenant lock."""
+    looks = {"status": job.status, "progress_step": job.progress_step}
+    first = job.events.filter(kind="unseen", attempt=job.attempt).order_by("-id").first()
+    if first is None or {key: first.detail.get(key) for key in looks} != looks:
+        record_event(job, "unseen", job.attempt, reason=reason, **looks)
+        done.unseen.append(job.public_id)
+        return False
+    if first.created_at > looked_before:
+        return False  # too soon for the second look
+    times = job.events.filter(kind="republished").count()
+    if times >= settings.RECONCILE_MAX_REPUBLISHES:
+        message = (
+            f"The job's queue message was lost {times + 1} times (its queue was purged, deleted "
+            "or recreated) and nothing would run it; its credits were released. Submit it again."
+        )
+        if job_fail(job, code="message_lost", message=message, fence=Q(attempt=job.attempt)):
+            done.failed.append(job.public_id)
+        return False
+    attempt = job.attempt + settings.SQS_MAX_RECEIVES
+    changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt=job.attempt).update(
+        status=Job.Status.STARTING, attempt=attempt, published_at=None, progress_step=0
+    )
+    if not changed:
+        return False
+    record_event(job, "republished", attempt, reason=reason, previous_attempt=job.attempt)
+    logger.warning("job %s lost its message (%s): publishing it again", job.public_id, reason)
+    done.republished.append(job.public_id)
+    return True

@@ -1,0 +1,189 @@
+"""Submitting a job: resolve and check its input against model and plan, reserve credits,
+create it (once per Idempotency-Key) and admit it.
+
+Locks the tenant row first, as every service that changes a tenant's jobs or credits does
+(`jobs.services.common.lock_tenant`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from jobs import selectors
+from jobs.models import DiffusionModel, IdempotencyRecord, Job, LoraAdapter, public_id
+from jobs.services.common import lock_tenant, record_event
+from jobs.services.dispatch import jobs_admit
+from jobs.services.idempotency import idempotent_create, request_fingerprint
+from sdsaas.errors import InvalidInput
+from sdsaas.safe_http import address_is_public
+from tenants.models import Tenant
+from tenants.services import credits_reserve, rate_limit_hit
+
+SEED_MAX = 2**32 - 1
+DEFAULT_STRENGTH = 0.8
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    model: DiffusionModel
+    kind: str
+    input: dict[str, Any]
+    init_image_key: str
+    init_image_url: str
+
+
+def _resolve_loras(
+    *, tenant: Tenant, model: DiffusionModel, requested: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    requested = list(requested)
+    slugs = [item["slug"] for item in requested]
+    if len(set(slugs)) != len(slugs):
+        raise InvalidInput("loras", "each LoRA may be given once")
+    found = {lora.slug: lora for lora in selectors.lora_list(tenant=tenant).filter(slug__in=slugs)}
+    resolved = []
+    for index, item in enumerate(requested):
+        lora: LoraAdapter | None = found.get(item["slug"])
+        if lora is None:
+            raise InvalidInput(f"loras[{index}].slug", f"unknown LoRA {item['slug']!r}")
+        if lora.family != model.family:
+            raise InvalidInput(
+                f"loras[{index}].slug",
+                f"LoRA {lora.slug!r} is for {lora.family}, model {model.slug!r} is {model.family}",
+            )
+        weight = item.get("weight")
+        resolved.append(
+            {"slug": lora.slug, "weight": lora.default_weight if weight is None else weight}
+        )
+    return resolved
+
+
+def _check_side(name: str, value: int, model: DiffusionModel) -> None:
+    if not model.min_side <= value <= model.max_side:
+        raise InvalidInput(
+            name,
+            f"must be between {model.min_side} and {model.max_side} for model {model.slug!r}",
+        )
+
+
+def _check_image_url_host(url: str) -> None:
+    """Refuse an address literal we would never fetch now; names are checked at fetch time."""
+    host = (urlsplit(url).hostname or "").lower()
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if not address_is_public(literal) and host not in settings.IMAGE_FETCH_ALLOW_HOSTS:
+        raise InvalidInput("image", "must not point to a private, loopback or link-local address")
+
+
+def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
+    """Apply the model's defaults, check model and plan bounds, choose the seed."""
+    model = selectors.model_get(tenant=tenant, slug=data["model"])
+    if model is None:
+        raise InvalidInput("model", f"unknown model {data['model']!r}")
+    plan = tenant.plan
+    width = data.get("width") or model.default_width
+    height = data.get("height") or model.default_height
+    _check_side("width", width, model)
+    _check_side("height", height, model)
+    if width * height > plan.max_pixels:
+        raise InvalidInput(
+            "width", f"{width}x{height} exceeds your plan's cap of {plan.max_pixels} pixels"
+        )
+    steps = data.get("steps") or model.default_steps
+    max_steps = min(model.max_steps, plan.max_steps)
+    if steps > max_steps:
+        raise InvalidInput("steps", f"must be at most {max_steps} for this model and plan")
+    seed = data.get("seed")
+    image = data.get("image") or ""
+    init_key = init_url = ""
+    if image.startswith("upl_"):
+        upload = selectors.upload_get(tenant=tenant, public_id=image)
+        if upload is None:
+            raise InvalidInput("image", f"unknown upload {image!r}")
+        init_key = upload.storage_key
+    elif image:
+        _check_image_url_host(image)
+        init_url = image
+    if data.get("strength") is not None and not image:
+        raise InvalidInput("strength", "applies to img2img only: give an image")
+    resolved: dict[str, Any] = {
+        "prompt": data["prompt"],
+        "negative_prompt": data.get("negative_prompt") or "",
+        "width": width,
+        "height": height,
+        "steps": steps,
+        "guidance": model.default_guidance if data.get("guidance") is None else data["guidance"],
+        "scheduler": data.get("scheduler") or model.default_scheduler,
+        "num_outputs": data.get("num_outputs") or 1,
+        "seed": secrets.randbelow(SEED_MAX + 1) if seed is None else seed,
+        "loras": _resolve_loras(tenant=tenant, model=model, requested=data.get("loras") or []),
+        "output_format": data.get("output_format") or "png",
+    }
+    if image:
+        resolved["image"] = image
+        strength = data.get("strength")
+        resolved["strength"] = DEFAULT_STRENGTH if strength is None else strength
+        if int(steps * resolved["strength"]) < 1:  # img2img runs steps x strength steps
+            raise InvalidInput(
+                "strength", f"with {steps} steps it must be at least {1 / steps:.4g}"
+            )
+    return ResolvedInput(
+        model=model,
+        kind=Job.Kind.IMG2IMG if image else Job.Kind.TXT2IMG,
+        input=resolved,
+        init_image_key=init_key,
+        init_image_url=init_url,
+    )
+
+
+def job_submit(
+    *, tenant: Tenant, data: dict[str, Any], idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Create a job (credits reserved, admitted if the tenant has a free slot); (job, created).
+
+    The job is published to its model's queue only after this transaction commits.
+    """
+    rate_limit_hit(tenant=tenant)
+
+    def create() -> Job:
+        lock_tenant(tenant)
+        resolved = job_resolve_input(tenant=tenant, data=data)
+        amount = resolved.input["num_outputs"]
+        month = credits_reserve(tenant=tenant, amount=amount)
+        job = Job.objects.create(
+            public_id=public_id("job"),
+            tenant=tenant,
+            model=resolved.model,
+            kind=resolved.kind,
+            input=resolved.input,
+            init_image_key=resolved.init_image_key,
+            init_image_url=resolved.init_image_url,
+            credits_reserved=amount,
+            credit_month=month,
+        )
+        record_event(job, "created", 0)
+        jobs_admit(tenant=tenant)
+        job.refresh_from_db()
+        return job
+
+    return idempotent_create(
+        tenant=tenant,
+        scope=IdempotencyRecord.Scope.JOB_CREATE,
+        key=idempotency_key,
+        fingerprint=request_fingerprint(data),
+        create=create,
+        replay=_replayed_job,
+    )
+
+
+def _replayed_job(record: IdempotencyRecord) -> Job:
+    assert record.job is not None, "job records are saved with their job"
+    return record.job
