@@ -28,8 +28,8 @@ from kombu.exceptions import OperationalError
 from PIL import Image, UnidentifiedImageError
 
 from gpu_worker import inference, model_store
+from gpu_worker.app import app as celery_app
 from gpu_worker.watchdog import JobWatchdog, Reason
-from sdsaas.celery import app as celery_app
 from sdsaas.queues import (
     TASK_JOB_FAILED,
     TASK_JOB_PREEMPTED,

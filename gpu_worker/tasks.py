@@ -16,6 +16,7 @@ from celery.worker.request import Request
 from django.conf import settings
 from django.core.files.storage import default_storage
 
+from gpu_worker.app import app
 from gpu_worker.heartbeat import VisibilityHeartbeat
 from gpu_worker.runner import (
     STOP,
@@ -26,7 +27,6 @@ from gpu_worker.runner import (
     timeout_message,
 )
 from gpu_worker.watchdog import Reason
-from sdsaas.celery import app
 from sdsaas.queues import (
     TASK_GPU_GENERATE,
     TASK_JOB_FAILED,

@@ -1,4 +1,8 @@
-"""The Celery app shared by the API (publisher), the control worker and the beat scheduler."""
+"""The Celery app shared by the API (publisher), the control worker and the beat scheduler.
+
+GPU workers have their own (`gpu_worker/app.py`): this one registers the control tasks and, through
+Celery's Django fix-up, sets up the whole web application in a worker.
+"""
 
 from __future__ import annotations
 

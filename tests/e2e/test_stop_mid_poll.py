@@ -7,11 +7,11 @@ message is sent to its queue right after, at delays that put its arrival both be
 the worker's event loop ended. The message must be back on the queue at once, not after the
 visibility timeout, and the worker must never have run it.
 
-The workers are Celery workers of the shared app (`-A sdsaas`, the app `gpu_worker.worker` also
-runs) with the GPU role's settings: the same transport and transport options, solo pool,
-prefetch 1 and the same warm shutdown (SIGTERM). Only the GPU task module is not loaded: it
-imports torch (seconds per start, 20+ starts here), and its shutdown hook bounds a running job,
-which an idle worker does not have.
+The workers are Celery workers of the GPU workers' app (`-A gpu_worker.app`, the app
+`gpu_worker.worker` runs) with the GPU role's settings: the same transport and transport options,
+solo pool, prefetch 1 and the same warm shutdown (SIGTERM). Only the GPU task module is not
+loaded: it imports torch (seconds per start, 20+ starts here), and its shutdown hook bounds a
+running job, which an idle worker does not have.
 """
 
 from __future__ import annotations
@@ -104,7 +104,17 @@ def test_a_stop_during_an_open_long_poll_hands_back_what_the_poll_receives(
 
 
 def _start_idle_worker(stack: Workers, stop: Stop) -> None:
-    argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", stop.queue, "-n", f"{stop.worker}@%h"]
+    argv = [
+        "-A",
+        "gpu_worker.app",
+        "worker",
+        "-P",
+        "solo",
+        "-Q",
+        stop.queue,
+        "-n",
+        f"{stop.worker}@%h",
+    ]
     stack._start(stop.worker, argv, {**stack.env, "SDSAAS_ROLE": "gpu"})
 
 
