@@ -5,7 +5,7 @@ import datetime as dt
 from celery import Task, shared_task
 from django.conf import settings
 
-from jobs.services import dispatch, image_fetch, lifecycle, reconcile
+from jobs.services import dispatch, idempotency, image_fetch, lifecycle, reconcile
 from sdsaas.queues import (
     TASK_FETCH_INPUT_IMAGE,
     TASK_JOB_FAILED,
@@ -14,10 +14,12 @@ from sdsaas.queues import (
     TASK_JOB_RECEIVED,
     TASK_JOB_STARTED,
     TASK_JOB_SUCCEEDED,
+    TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
 )
+from tenants.services import rate_windows_prune
 
 
 @shared_task(
@@ -44,6 +46,14 @@ def sweep_unpublished() -> int:
     return dispatch.jobs_sweep_unpublished(
         older_than=dt.timedelta(seconds=settings.SWEEP_UNPUBLISHED_AFTER)
     )
+
+
+@shared_task(name=TASK_PRUNE_RECORDS, ignore_result=True)
+def prune_records() -> dict[str, int]:
+    return {
+        "rate_windows": rate_windows_prune(),
+        "idempotency_records": idempotency.idempotency_records_prune(),
+    }
 
 
 @shared_task(name=TASK_RECONCILE_LOST, ignore_result=True)

@@ -16,6 +16,8 @@ TASK_SWEEP_DEAD_LETTERS = "control.sweep_dead_letters"
 # Admitted jobs whose queue message is gone: sent again (fenced by attempt) or failed.
 TASK_RECONCILE_LOST = "control.reconcile_lost_jobs"
 TASK_FETCH_INPUT_IMAGE = "control.fetch_input_image"
+# Retention: rate-limit windows of past minutes, idempotency records past their TTL.
+TASK_PRUNE_RECORDS = "control.prune_records"
 # Events from GPU workers to the control worker, fenced by attempt.
 TASK_JOB_RECEIVED = "control.job_received"  # each delivery, before the model is loaded
 TASK_JOB_STARTED = "control.job_started"  # the model is loaded, the job is processing

@@ -13,7 +13,12 @@ import dj_database_url
 from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
-from sdsaas.queues import TASK_RECONCILE_LOST, TASK_SWEEP_DEAD_LETTERS, TASK_SWEEP_UNPUBLISHED
+from sdsaas.queues import (
+    TASK_PRUNE_RECORDS,
+    TASK_RECONCILE_LOST,
+    TASK_SWEEP_DEAD_LETTERS,
+    TASK_SWEEP_UNPUBLISHED,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -312,6 +317,7 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-unpublished-jobs": {"task": TASK_SWEEP_UNPUBLISHED, "schedule": 15.0},
     "sweep-dead-letters": {"task": TASK_SWEEP_DEAD_LETTERS, "schedule": 15.0},
     "reconcile-lost-jobs": {"task": TASK_RECONCILE_LOST, "schedule": 15.0},
+    "prune-records": {"task": TASK_PRUNE_RECORDS, "schedule": 3600.0},
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -93,6 +93,13 @@ def rate_limit_hit(*, tenant: Tenant, now: dt.datetime | None = None) -> None:
     )
 
 
+def rate_windows_prune(*, now: dt.datetime | None = None) -> int:
+    """Delete the windows of past minutes (only the current one is ever counted); how many."""
+    current = (now or timezone.now()).replace(second=0, microsecond=0)
+    deleted, _ = RateWindow.objects.filter(window_start__lt=current).delete()
+    return deleted
+
+
 def _credit_period(*, tenant: Tenant, month: dt.date) -> CreditPeriod:
     try:
         with transaction.atomic():

@@ -24,6 +24,13 @@ def request_fingerprint(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def idempotency_records_prune(*, now: dt.datetime | None = None) -> int:
+    """Delete the records past their TTL (a key is free again after it); how many."""
+    cutoff = (now or timezone.now()) - dt.timedelta(seconds=settings.IDEMPOTENCY_TTL_SECONDS)
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
 def idempotent_create(
     *,
     tenant: Tenant,
