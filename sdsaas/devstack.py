@@ -110,13 +110,20 @@ def wait_job(url: str, key: str, timeout: float, stack: Stack) -> Any:
     raise SystemExit(f"the demo job did not finish within {timeout}s")
 
 
-def api(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
+def api_request(
+    method: str, url: str, key: str, body: dict[str, Any] | None = None
+) -> urllib.request.Request:
+    """A request to the API with an API key, and a JSON body if any."""
+    return urllib.request.Request(
         url,
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
+
+
+def api(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> Any:
+    request = api_request(method, url, key, body)
     return json.loads(read(request, f"the demo's {method} {url}"))
 
 

@@ -24,6 +24,7 @@ from django.utils import timezone
 from PIL import Image
 
 from jobs.models import Job, JobEvent
+from sdsaas.devstack import api_request
 from tenants.models import RateWindow, Tenant
 from tenants.services import api_key_issue
 from tests.e2e.conftest import _database_url
@@ -65,13 +66,8 @@ class Output:
 
 
 def call(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
-        url,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
+    """The API's JSON answer; an HTTP error raises (the stack's own `api` exits instead)."""
+    with urllib.request.urlopen(api_request(method, url, key, body), timeout=30) as response:
         return json.loads(response.read())
 
 
