@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from gpu_worker import inference, model_store
 from gpu_worker.app import app as celery_app
 from gpu_worker.watchdog import JobWatchdog, Reason
+from sdsaas.broker.sqs import is_missing_queue
 from sdsaas.queues import (
     TASK_JOB_FAILED,
     TASK_JOB_PREEMPTED,
@@ -40,7 +41,6 @@ from sdsaas.queues import (
     cancel_marker_key,
     control_queue_name,
 )
-from sdsaas.sqs import is_missing_queue
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from gpu_worker.runner import (
     timeout_message,
 )
 from gpu_worker.watchdog import Reason
+from sdsaas.broker.sqs import sqs_client
 from sdsaas.queues import (
     TASK_GPU_GENERATE,
     TASK_JOB_FAILED,
     TASK_JOB_PREEMPTED,
     model_queue_name,
 )
-from sdsaas.sqs import sqs_client
 
 logger = logging.getLogger(__name__)
 

@@ -288,7 +288,7 @@ CELERY_BROKER_URL = sqs_broker_url(SQS_ENDPOINT_URL)
 # Seconds to reach SQS when publishing from a request: past it the job is left to the sweeper.
 PUBLISH_CONNECT_TIMEOUT = env_int("SDSAAS_PUBLISH_TIMEOUT", 3, minimum=1)
 # kombu's SQS consumer stops polling for good after an endpoint outage; this one keeps polling.
-CELERY_BROKER_TRANSPORT = "sdsaas.sqs_transport:Transport"
+CELERY_BROKER_TRANSPORT = "sdsaas.broker.transport:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "region": AWS_REGION,
     "is_secure": not SQS_ENDPOINT_URL.startswith("http://"),
@@ -363,7 +363,7 @@ UPLOAD_MAX_PIXELS = env_int("SDSAAS_UPLOAD_MAX_PIXELS", 4096 * 4096, minimum=64 
 DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES + 1024 * 1024
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
-# img2img by URL: the control worker fetches https URLs (SSRF-safe, sdsaas.safe_http) into S3.
+# img2img by URL: the control worker fetches https URLs (SSRF-safe, integrations.safe_http) into S3.
 # Hosts listed here skip the public-address check: for tests and trusted internal image hosts.
 IMAGE_FETCH_ALLOW_HOSTS = frozenset(
     host.lower() for host in env_list("SDSAAS_IMAGE_FETCH_ALLOW_HOSTS", "")

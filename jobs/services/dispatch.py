@@ -17,6 +17,7 @@ from django.utils import timezone
 from jobs import selectors
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.common import lock_tenant
+from sdsaas.broker.sqs import ensure_model_queue, forget_queues, is_missing_queue
 from sdsaas.celery import app as celery_app
 from sdsaas.celery import publisher_pool
 from sdsaas.queues import (
@@ -26,7 +27,6 @@ from sdsaas.queues import (
     job_output_prefix,
     model_queue_name,
 )
-from sdsaas.sqs import ensure_model_queue, forget_queues, is_missing_queue
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)

@@ -9,13 +9,13 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Q
 
+from integrations.safe_http import FetchError, fetch
 from jobs.models import Job
 from jobs.services.dispatch import jobs_publish
 from jobs.services.lifecycle import job_fail
 from jobs.services.uploads import decode_image
 from sdsaas.errors import InvalidInput
 from sdsaas.queues import job_output_prefix
-from sdsaas.safe_http import FetchError, fetch
 
 
 def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:

@@ -24,9 +24,9 @@ from jobs import selectors
 from jobs.models import DiffusionModel, Job
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit
+from sdsaas.broker.sqs import delete_dead_letter, receive_dead_letters
 from sdsaas.errors import Conflict
 from sdsaas.queues import cancel_marker_key, job_output_prefix
-from sdsaas.sqs import delete_dead_letter, receive_dead_letters
 from tenants.models import Tenant
 from tenants.services import credits_release, usage_record_images
 

@@ -20,8 +20,8 @@ from jobs.models import Job
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit, jobs_publish
 from jobs.services.lifecycle import job_fail
+from sdsaas.broker.sqs import dead_letter_queue_name, forget_queues, queue_depth
 from sdsaas.queues import control_queue_name, model_queue_name
-from sdsaas.sqs import dead_letter_queue_name, forget_queues, queue_depth
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)

@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from integrations.safe_http import address_is_public
 from jobs import selectors
 from jobs.models import DiffusionModel, IdempotencyRecord, Job, LoraAdapter, public_id
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit
 from jobs.services.idempotency import idempotent_create, request_fingerprint
 from sdsaas.errors import InvalidInput
-from sdsaas.safe_http import address_is_public
 from tenants.models import Tenant
 from tenants.services import credits_reserve, rate_limit_hit
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from jobs.models import Job
-from sdsaas.sqs import _ensure_queue, ensure_model_queue
+from sdsaas.broker.sqs import _ensure_queue, ensure_model_queue
 from tests.e2e.conftest import Workers, wait_for
 from tests.support.aws import LocalAws, TcpProxy
 from tests.support.factories import (

@@ -15,10 +15,10 @@ import pytest
 from django.conf import settings
 from PIL import Image
 
+from integrations.safe_http import FetchError
 from jobs.models import Job
 from jobs.services.image_fetch import _fail_before_dispatch, job_fetch_input_image
 from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, control_queue_name, model_queue_name
-from sdsaas.safe_http import FetchError
 from tenants.models import CreditPeriod
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
 from tests.support.https import HttpsServer, Tls, serve_https

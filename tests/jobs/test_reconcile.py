@@ -22,8 +22,8 @@ from jobs.services.lifecycle import (
 )
 from jobs.services.reconcile import RECONCILE_CONFIRM_S, Reconciled, jobs_reconcile_lost
 from jobs.tasks import reconcile_lost
+from sdsaas.broker.sqs import dead_letter_queue_name
 from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST, model_queue_name
-from sdsaas.sqs import dead_letter_queue_name
 from tenants.models import CreditPeriod, UsageRecord, month_of
 from tests.support.aws import LocalAws
 from tests.support.concurrency import run_parallel

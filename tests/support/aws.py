@@ -19,7 +19,7 @@ from typing import Any
 
 import boto3
 
-from sdsaas.sqs import decode_task
+from sdsaas.broker.sqs import decode_task
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""kombu's private SQS internals that sdsaas/sqs_transport.py overrides or calls keep their shape.
+"""kombu's private SQS internals that sdsaas/broker/transport.py overrides keep their shape.
 
 The transport replaces three private methods of kombu's SQS channel, wraps its basic_cancel and a
 private callback of its async connection, and turns kombu's curl client itself while a stopping
@@ -23,7 +23,7 @@ from kombu.asynchronous.http.curl import CurlClient
 from kombu.transport import SQS
 from kombu.transport.virtual import base as virtual
 
-from sdsaas import sqs_transport
+from sdsaas.broker import transport as sqs_transport
 
 # sha256 (first 16 hex digits) of the source of each kombu method we replace or wrap.
 REPLACED_SOURCE_DIGESTS: dict[str, tuple[Callable[..., Any], str]] = {
@@ -77,7 +77,7 @@ def _digest(func: Callable[..., Any]) -> str:
 
 def test_kombu_is_the_minor_version_the_transport_was_written_against() -> None:
     assert kombu.__version__.startswith("5.7."), (
-        f"kombu {kombu.__version__}: sdsaas/sqs_transport.py was written against 5.7; "
+        f"kombu {kombu.__version__}: sdsaas/broker/transport.py was written against 5.7; "
         "re-check its overrides before moving the pin in pyproject.toml"
     )
 
@@ -86,7 +86,7 @@ def test_kombu_is_the_minor_version_the_transport_was_written_against() -> None:
 def test_replaced_kombu_method_is_unchanged(name: str) -> None:
     func, expected = REPLACED_SOURCE_DIGESTS[name]
     assert _digest(func) == expected, (
-        f"kombu's {name} changed (kombu {kombu.__version__}); sdsaas/sqs_transport.py replaces "
+        f"kombu's {name} changed (kombu {kombu.__version__}); sdsaas/broker/transport.py replaces "
         "it: re-read both before updating the digest"
     )
 
@@ -96,7 +96,7 @@ def test_relied_on_private_code_is_unchanged(name: str) -> None:
     func, expected = RELIED_ON_SOURCE_DIGESTS[name]
     assert _digest(func) == expected, (
         f"{name} changed (kombu {kombu.__version__}); the stop path of "
-        "sdsaas/sqs_transport.py relies on what it does: re-read both before updating the digest"
+        "sdsaas/broker/transport.py relies on what it does: re-read both before updating the digest"
     )
 
 
@@ -105,7 +105,7 @@ def test_called_kombu_method_keeps_its_signature(name: str) -> None:
     func, expected = CALLED_SIGNATURES[name]
     assert str(inspect.signature(func)) == expected, (
         f"kombu's {name} changed its signature (kombu {kombu.__version__}); "
-        "sdsaas/sqs_transport.py calls it"
+        "sdsaas/broker/transport.py calls it"
     )
 
 

@@ -1,4 +1,4 @@
-"""sdsaas.safe_http against real HTTPS servers on loopback, with a test CA made per module.
+"""integrations.safe_http against real HTTPS servers on loopback, with a test CA made per module.
 
 DNS is the one thing faked (socket.getaddrinfo, for made-up names only): it is how a rebinding
 attacker would act, and no test may need the internet.
@@ -19,7 +19,7 @@ import pytest
 import urllib3.util.connection
 from PIL import Image
 
-from sdsaas.safe_http import FetchError, address_is_public, fetch
+from integrations.safe_http import FetchError, address_is_public, fetch
 from tests.support.https import PINNED_NAME, HttpsServer, Tls, serve_https
 
 CAP = 64 * 1024
