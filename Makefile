@@ -24,6 +24,8 @@ $(STAMP): $(LOCK)/dev.txt pyproject.toml
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# The import contracts of pyproject.toml ([tool.importlinter]); read from source, nothing imported.
+	$(BIN)/lint-imports --no-cache --no-logo
 	SDSAAS_DEBUG=1 $(BIN)/mypy .
 	SDSAAS_DEBUG=1 $(BIN)/pytest $(PYTEST_ARGS)
 
@@ -34,7 +36,7 @@ lint: $(STAMP)
 run: $(STAMP)
 	SDSAAS_DEBUG=1 $(BIN)/python -m sdsaas.devstack
 
-# The chaos soak (bench/soak.py): a fresh local stack, 200 jobs through the API, a busy GPU worker
+# The chaos soak (bench/soak/): a fresh local stack, 200 jobs through the API, a busy GPU worker
 # SIGKILLed every few seconds. Exits non-zero on any loss or double metering; the last line is
 # JSON. Flags go through ARGS, e.g. make soak ARGS='--jobs 40 --keep'.
 soak: $(STAMP)
@@ -49,11 +51,14 @@ manage: $(STAMP)
 # Re-resolve after editing pyproject.toml: pins that still satisfy it are kept. `make upgrade`
 # moves every package to the newest release its range allows. Both then rebuild the
 # environment from the new lock and run the suite.
+# Profiles: web.txt = the base dependencies + the `web` extra (API, control workers), gpu.txt =
+# the base + `gpu` (no DRF, no gunicorn), dev.txt = everything (what .venv gets).
 lock upgrade: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra gpu --extra dev $(UV_COMPILE) \
+	$(BIN)/uv pip compile pyproject.toml --extra web --extra gpu --extra dev $(UV_COMPILE) \
 		$(if $(filter upgrade,$@),--upgrade) -o $(LOCK)/dev.txt
 	# The other profiles take their versions from dev.txt: one version of each package everywhere.
-	$(BIN)/uv pip compile pyproject.toml -c $(LOCK)/dev.txt $(UV_COMPILE) -o $(LOCK)/web.txt
+	$(BIN)/uv pip compile pyproject.toml --extra web -c $(LOCK)/dev.txt $(UV_COMPILE) \
+		-o $(LOCK)/web.txt
 	$(BIN)/uv pip compile pyproject.toml --extra gpu -c $(LOCK)/dev.txt $(UV_COMPILE) \
 		-o $(LOCK)/gpu.txt
 	$(MAKE) test

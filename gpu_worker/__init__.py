@@ -1,8 +1,13 @@
 """GPU worker pools (not a Django app; no database credentials).
 
 A worker consumes `<prefix>-model-<slug>` queues. Each message is the Celery task
-`sdsaas.queues.TASK_GPU_GENERATE` with one keyword argument `job`, built by
-`jobs.services.job_message`: job id, attempt, kind, resolved input (seed always set), the model's
-source URI, revision and hash, the LoRAs with their source URIs and weights, the img2img input key
-in S3 and the output key prefix `tenants/<tenant>/jobs/<job>/`.
+`sdsaas.contract.TASK_GPU_GENERATE` with one keyword argument `job`: a
+`sdsaas.contract.JobMessage`, built by `jobs.services.dispatch.job_message`. It reports back with
+the contract's events (gpu_worker/events.py).
+
+- app.py, worker.py: its own Celery app and entry point (the web application is never booted);
+- tasks.py: the task: decode, hold the message (heartbeat.py), run, settle the message;
+- runner.py: one job as named steps (load, generate, encode, upload, report);
+- watchdog.py: the job's time limit, the stop grace and cancel; retry.py: S3/SQS outages;
+- loading.py, model_store/, inference.py: weights on disk, pipelines in memory, generation.
 """

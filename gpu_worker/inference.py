@@ -39,18 +39,21 @@ from diffusers import (
 )
 from PIL import Image, PngImagePlugin
 
+from sdsaas.contract import DEFAULT_STRENGTH, OutputFormat, Scheduler
+
 logger = logging.getLogger(__name__)
 
-SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
-    "unipc": (UniPCMultistepScheduler, {}),
+# The contract's scheduler names -> the diffusers class and its options.
+SCHEDULERS: dict[Scheduler, tuple[Any, dict[str, Any]]] = {
+    Scheduler.DDIM: (DDIMScheduler, {}),
+    Scheduler.DPMPP_2M: (DPMSolverMultistepScheduler, {}),
+    Scheduler.DPMPP_2M_KARRAS: (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    Scheduler.EULER: (EulerDiscreteScheduler, {}),
+    Scheduler.EULER_A: (EulerAncestralDiscreteScheduler, {}),
+    Scheduler.HEUN: (HeunDiscreteScheduler, {}),
+    Scheduler.LMS: (LMSDiscreteScheduler, {}),
+    Scheduler.PNDM: (PNDMScheduler, {"skip_prk_steps": True}),
+    Scheduler.UNIPC: (UniPCMultistepScheduler, {}),
 }
 
 
@@ -62,6 +65,9 @@ class InvalidRequest(Exception):
     """The input cannot be generated (final: retrying gives the same result)."""
 
 
+LoraFiles: TypeAlias = tuple[tuple[str, str, float], ...]  # slug, local path, weight
+
+
 @dataclass(frozen=True)
 class Request:
     prompt: str
@@ -70,12 +76,12 @@ class Request:
     height: int
     steps: int
     guidance: float
-    scheduler: str
+    scheduler: Scheduler
     num_outputs: int
     seed: int
     init_image: Image.Image | None = None
-    strength: float = 0.8
-    loras: tuple[tuple[str, str, float], ...] = field(default_factory=tuple)  # slug, path, weight
+    strength: float = DEFAULT_STRENGTH
+    loras: LoraFiles = ()
 
 
 Pipeline: TypeAlias = StableDiffusionPipeline | StableDiffusionXLPipeline
@@ -386,16 +392,18 @@ def generate(
     return list(result.images)
 
 
-def encode_image(image: Image.Image, fmt: str, record: dict[str, Any]) -> bytes:
+def encode_image(image: Image.Image, fmt: OutputFormat, record: dict[str, Any]) -> bytes:
     """PNG (default), WebP or JPEG, with the reproducibility record embedded as JSON."""
     text = json.dumps(record, sort_keys=True)
     buffer = io.BytesIO()
-    if fmt == "png":
+    if fmt == OutputFormat.PNG:
         info = PngImagePlugin.PngInfo()
         info.add_text("sdsaas", text)
         image.save(buffer, format="PNG", pnginfo=info)
     else:
         exif = Image.Exif()
         exif[0x010E] = text  # ImageDescription
-        image.save(buffer, format="WEBP" if fmt == "webp" else "JPEG", exif=exif, quality=95)
+        image.save(
+            buffer, format="WEBP" if fmt == OutputFormat.WEBP else "JPEG", exif=exif, quality=95
+        )
     return buffer.getvalue()

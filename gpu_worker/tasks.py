@@ -17,22 +17,19 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 
 from gpu_worker.app import app
+from gpu_worker.events import send_event
 from gpu_worker.heartbeat import VisibilityHeartbeat
-from gpu_worker.runner import (
-    STOP,
-    is_transient,
-    run_job,
-    send_event,
-    time_limit_s,
-    timeout_message,
-)
-from gpu_worker.watchdog import Reason
-from sdsaas.broker.sqs import sqs_client
-from sdsaas.queues import (
+from gpu_worker.retry import is_transient
+from gpu_worker.runner import run_job, time_limit_s, timeout_message
+from gpu_worker.watchdog import STOP, Reason
+from sdsaas.broker.sqs import model_queue_name, sqs_client
+from sdsaas.contract import (
     TASK_GPU_GENERATE,
-    TASK_JOB_FAILED,
-    TASK_JOB_PREEMPTED,
-    model_queue_name,
+    FailureCode,
+    JobFailed,
+    JobMessage,
+    JobPreempted,
+    RunOutcome,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,20 +53,19 @@ class GenerateTask(Task):
     Request = "gpu_worker.tasks:SqsRequest"
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        job = kwargs["job"]
-        send_event(
-            TASK_JOB_FAILED,
-            job_id=job["job_id"],
-            attempt=attempt_of(job, self.request.delivery_info),
-            code="internal_error",
-            message=f"The worker failed: {exc.__class__.__name__}.",
-        )
+        job = kwargs["job"]  # as it came: it may be what failed to decode
+        attempt = int(job["attempt"]) + receive_count(self.request.delivery_info) - 1
+        text = f"The worker failed: {exc.__class__.__name__}."
+        send_event(JobFailed(job["job_id"], attempt, code=FailureCode.INTERNAL_ERROR, message=text))
 
 
-def attempt_of(job: dict[str, Any], delivery_info: Any) -> int:
+def receive_count(delivery_info: Any) -> int:
+    return int((delivery_info or {}).get("receive_count", 1))
+
+
+def attempt_of(message: JobMessage, delivery_info: Any) -> int:
     """The dispatch attempt plus SQS redeliveries of this message."""
-    receive_count = int((delivery_info or {}).get("receive_count", 1))
-    return int(job["attempt"]) + receive_count - 1
+    return message.attempt + receive_count(delivery_info) - 1
 
 
 @worker_shutting_down.connect
@@ -134,15 +130,16 @@ def held(delivery_info: Any) -> contextlib.AbstractContextManager[VisibilityHear
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def generate(self: Task, job: dict[str, Any]) -> str:
-    attempt = attempt_of(job, self.request.delivery_info)
-    logger.info("job %s attempt %s", job["job_id"], attempt)
+def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
+    message = JobMessage.from_wire(job)
+    attempt = attempt_of(message, self.request.delivery_info)
+    logger.info("job %s attempt %s (contract v%s)", message.job_id, attempt, message.v)
     delivery_info = self.request.delivery_info
     try:
         # The heartbeat stops when the job ends, before any hand-back, ack or reject below.
         with held(delivery_info) as heartbeat:
-            abandon = partial(abandon_job, job, attempt, delivery_info, heartbeat)
-            outcome = run_job(job, attempt=attempt, storage=default_storage, abandon=abandon)
+            abandon = partial(abandon_job, message, attempt, delivery_info, heartbeat)
+            outcome = run_job(message, attempt=attempt, storage=default_storage, abandon=abandon)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -150,7 +147,7 @@ def generate(self: Task, job: dict[str, Any]) -> str:
         # copy would run under an attempt older than the one the job row holds, and be fenced.
         hand_back(self.request.delivery_info, after_s=RETRY_AFTER_S)
         raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
-    if outcome == "preempted" and not requeue_as_next_attempt(job, attempt):
+    if outcome == RunOutcome.PREEMPTED and not requeue_as_next_attempt(message, attempt):
         hand_back(self.request.delivery_info, after_s=0)
         # Neither acked nor deleted (the model queues have a redrive policy, so kombu keeps a
         # rejected message): SQS redelivers it, and the next receive is attempt + 1.
@@ -159,7 +156,7 @@ def generate(self: Task, job: dict[str, Any]) -> str:
 
 
 def abandon_job(
-    job: dict[str, Any],
+    message: JobMessage,
     attempt: int,
     delivery_info: Any,
     heartbeat: VisibilityHeartbeat | None,
@@ -174,20 +171,14 @@ def abandon_job(
     """
     if heartbeat is not None:
         heartbeat.stop()  # before the message is settled: a late beat must not hide it again
-    job_id = job["job_id"]
+    job_id = message.job_id
     if reason == "timeout":
-        limit_s = time_limit_s(job)
-        send_event(
-            TASK_JOB_FAILED,
-            job_id=job_id,
-            attempt=attempt,
-            code="timeout",
-            message=timeout_message(limit_s),
-        )
+        text = timeout_message(time_limit_s(message))
+        send_event(JobFailed(job_id, attempt, code=FailureCode.TIMEOUT, message=text))
         delete_message(delivery_info)
     elif reason == "preempted":
-        send_event(TASK_JOB_PREEMPTED, job_id=job_id, attempt=attempt)
-        if requeue_as_next_attempt(job, attempt):
+        send_event(JobPreempted(job_id, attempt))
+        if requeue_as_next_attempt(message, attempt):
             delete_message(delivery_info)
         else:
             hand_back(delivery_info, after_s=0)
@@ -225,7 +216,7 @@ def end_process(*, restart: bool) -> NoReturn:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def requeue_as_next_attempt(job: dict[str, Any], attempt: int) -> bool:
+def requeue_as_next_attempt(message: JobMessage, attempt: int) -> bool:
     """Send the job again as attempt + 1; then this message is acked as done.
 
     A fresh message, not a redelivery: a preemption is not the job's fault, so it must not use
@@ -234,10 +225,10 @@ def requeue_as_next_attempt(job: dict[str, Any], attempt: int) -> bool:
     try:
         app.send_task(
             TASK_GPU_GENERATE,
-            kwargs={"job": {**job, "attempt": attempt + 1}},
-            queue=model_queue_name(job["model"]["slug"]),
+            kwargs={"job": message.as_attempt(attempt + 1).to_wire()},
+            queue=model_queue_name(message.model.slug),
         )
     except Exception as exc:
-        logger.warning("could not requeue preempted job %s: %s", job["job_id"], exc)
+        logger.warning("could not requeue preempted job %s: %s", message.job_id, exc)
         return False
     return True

@@ -22,8 +22,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
+
+from django.core.files.storage import Storage
+
+from gpu_worker.retry import skip_during_outage
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,31 @@ CHECK_S = 0.2
 # How long the runner has to act on a decision at a step boundary before the process is ended.
 INTERRUPT_WAIT_S = 1.0
 EXIT_ABANDON_FAILED = 70  # EX_SOFTWARE
+
+
+@dataclass
+class StopDeadline:
+    """Set when the worker is told to stop (SIGTERM): jobs still running past it are handed back."""
+
+    at: float | None = None
+
+    def begin(self, grace_s: float) -> None:
+        if self.at is None:
+            self.at = time.monotonic() + grace_s
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+STOP = StopDeadline()  # this worker process's
+
+
+def canceled(storage: Storage, key: str) -> bool:
+    """Whether the control plane wrote the job's cancel marker `key`.
+
+    Storage away for a while: the job goes on, and is asked about again at the next check.
+    """
+    return skip_during_outage("cancel check", lambda: bool(storage.exists(key)), False)
 
 
 class Abandoned(Exception):

@@ -13,8 +13,7 @@ from django.utils.safestring import SafeString
 from django.utils.timezone import localtime
 
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
-from jobs.selectors import job_events
-from jobs.serializers import job_metrics, job_output_urls
+from jobs.selectors import job_events, job_metrics, job_output_urls
 from jobs.services.lifecycle import job_cancel
 from sdsaas.errors import ServiceError
 
@@ -40,6 +39,8 @@ JOB_SHOWN = (*JOB_SUMMARY, "input", "init_image_key", "init_image_url", "output_
 @admin.register(DiffusionModel)
 class DiffusionModelAdmin(admin.ModelAdmin):
     list_display = ["slug", "family", "revision", "enabled", "owner", "max_side", "max_steps"]
+    # The owner is nullable, which the admin's own select_related() leaves out: a query per row.
+    list_select_related = ["owner"]
     list_filter = ["family", "enabled"]
     search_fields = ["slug", "name"]
 
@@ -47,6 +48,7 @@ class DiffusionModelAdmin(admin.ModelAdmin):
 @admin.register(LoraAdapter)
 class LoraAdapterAdmin(admin.ModelAdmin):
     list_display = ["slug", "family", "default_weight", "enabled", "owner"]
+    list_select_related = ["owner"]
     list_filter = ["family", "enabled"]
 
 
@@ -159,7 +161,7 @@ class JobAdmin(admin.ModelAdmin):
     def output_images(self, job: Job) -> str:
         # The API's own URLs (presigned, expiring), so staff see exactly what the tenant got.
         try:
-            urls = job_output_urls(job)
+            urls = job_output_urls(job=job)
         except BotoCoreError as exc:
             return _no_links(exc)
         if not urls:
@@ -174,7 +176,7 @@ class JobAdmin(admin.ModelAdmin):
     def metrics_table(self, job: Job) -> str:
         # queue_s and total_s come from the timestamps as the API defines them; the rest from
         # the worker's report.
-        values = {**job.metrics, **job_metrics(job)}
+        values = {**job.metrics, **job_metrics(job=job)}
         rows = format_html_join(
             "",
             "<tr><th>{}</th><td>{}</td></tr>",

@@ -30,6 +30,7 @@ from jobs.services.uploads import upload_create
 from sdsaas.api import ApiView, error_responses
 from sdsaas.errors import InvalidInput
 from tenants.authentication import request_tenant
+from tenants.selectors import usage_summary
 
 READ = "jobs:read"
 WRITE = "jobs:write"
@@ -122,8 +123,11 @@ class JobListCreateApi(ApiView):
             model_slug=self.query.get("model"),
         )
         paginator = JobPagination(page_size=self.query["limit"])
-        page = paginator.paginate_queryset(jobs, request, view=self)
-        return paginator.get_paginated_response(JobSerializer(page, many=True).data)
+        page = paginator.paginate_queryset(jobs, request, view=self) or []
+        # The page's queue positions in one query, not one per queued job.
+        positions = selectors.job_queue_positions(tenant=request_tenant(request), jobs=page)
+        serializer = JobSerializer(page, many=True, context={"queue_positions": positions})
+        return paginator.get_paginated_response(serializer.data)
 
 
 class JobDetailApi(ApiView):
@@ -204,3 +208,27 @@ class UploadCreateApi(ApiView):
             tenant=request_tenant(request), data=data, idempotency_key=idempotency_key(request)
         )
         return Response(UploadSerializer(upload).data, status=status.HTTP_201_CREATED)
+
+
+class UsageSerializer(serializers.Serializer):
+    period = serializers.DictField()
+    credits = serializers.DictField(child=serializers.IntegerField())
+    concurrency = serializers.DictField(child=serializers.IntegerField())
+    limits = serializers.DictField(child=serializers.IntegerField())
+
+
+class UsageApi(ApiView):
+    """Here rather than in tenants, which owns the rest of usage: the count of jobs in flight is
+    jobs', and tenants never imports jobs."""
+
+    required_scopes = {"GET": READ}
+
+    @extend_schema(
+        operation_id="usage_retrieve", responses={200: UsageSerializer, **error_responses()}
+    )
+    def get(self, request: Request) -> Response:
+        tenant = request_tenant(request)
+        usage = usage_summary(
+            tenant=tenant, jobs_in_flight=selectors.jobs_in_flight_count(tenant=tenant)
+        )
+        return Response(UsageSerializer(usage).data)

@@ -6,21 +6,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from sdsaas.contract import DEFAULT_SCHEDULER, MAX_STEPS_CEILING, JobKind, Scheduler
 from tenants.models import Tenant
-
-# The API's scheduler names; the GPU worker maps each to a diffusers scheduler class.
-SCHEDULERS = (
-    "ddim",
-    "dpmpp_2m",
-    "dpmpp_2m_karras",
-    "euler",
-    "euler_a",
-    "heun",
-    "lms",
-    "pndm",
-    "unipc",
-)
-MAX_STEPS_CEILING = 150
 
 
 def public_id(prefix: str) -> str:
@@ -60,7 +47,9 @@ class DiffusionModel(models.Model):
     default_steps = models.PositiveIntegerField(default=30)
     default_guidance = models.FloatField(default=7.5)
     default_scheduler = models.CharField(
-        max_length=32, choices=[(s, s) for s in SCHEDULERS], default="dpmpp_2m"
+        max_length=32,
+        choices=[(s.value, s.value) for s in Scheduler],
+        default=DEFAULT_SCHEDULER.value,
     )
     min_side = models.PositiveIntegerField(default=256)
     max_side = models.PositiveIntegerField(default=1024)
@@ -141,9 +130,9 @@ class Job(models.Model):
         FAILED = "failed"
         CANCELED = "canceled"
 
-    class Kind(models.TextChoices):
-        TXT2IMG = "txt2img"
-        IMG2IMG = "img2img"
+    class Kind(models.TextChoices):  # the contract's JobKind
+        TXT2IMG = JobKind.TXT2IMG.value
+        IMG2IMG = JobKind.IMG2IMG.value
 
     FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
     IN_FLIGHT = (Status.STARTING, Status.PROCESSING)

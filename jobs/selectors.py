@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.core.files.storage import default_storage
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload
 from sdsaas.errors import NotFound
@@ -72,6 +74,48 @@ def job_queue_position(*, job: Job) -> int | None:
     return Job.objects.filter(
         tenant_id=job.tenant_id, status=Job.Status.QUEUED, id__lt=job.id
     ).count()
+
+
+def job_queue_positions(*, tenant: Tenant, jobs: Iterable[Job]) -> dict[int, int]:
+    """`job_queue_position` of each of the tenant's queued `jobs`, by job id, in one query (none
+    when no job is queued), so that a list page costs the same whatever its size. Jobs that are
+    not queued, or not the tenant's, have no entry."""
+    queued = sorted(
+        job.id for job in jobs if job.status == Job.Status.QUEUED and job.tenant_id == tenant.id
+    )
+    if not queued:
+        return {}
+    # One scan of the tenant's queue up to the page's last queued job, one count per job.
+    counts = Job.objects.filter(
+        tenant=tenant, status=Job.Status.QUEUED, id__lt=queued[-1]
+    ).aggregate(
+        **{
+            f"before_{index}": Count("id", filter=Q(id__lt=job_id))
+            for index, job_id in enumerate(queued)
+        }
+    )
+    return {job_id: counts[f"before_{index}"] for index, job_id in enumerate(queued)}
+
+
+def _seconds_between(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None
+
+
+def job_output_urls(*, job: Job) -> list[str] | None:
+    """Presigned URLs of the job's images (they expire after SDSAAS_OUTPUT_URL_TTL)."""
+    if not job.output_keys:
+        return None
+    return [default_storage.url(key) for key in job.output_keys]
+
+
+def job_metrics(*, job: Job) -> dict[str, float | None]:
+    """The public metrics, in seconds: queue and total from the job's timestamps."""
+    return {
+        "queue_s": _seconds_between(job.created_at, job.started_at),
+        "load_s": job.metrics.get("load_s"),
+        "inference_s": job.metrics.get("inference_s"),
+        "total_s": _seconds_between(job.created_at, job.completed_at),
+    }
 
 
 def upload_get(*, tenant: Tenant, public_id: str) -> Upload | None:

@@ -7,13 +7,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from jobs.models import MAX_STEPS_CEILING, SCHEDULERS, DiffusionModel, Job, LoraAdapter, Upload
-from jobs.selectors import job_queue_position
+from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
+from jobs.selectors import job_metrics, job_output_urls, job_queue_position
 from sdsaas.api import (
     NumberField,
     QuerySerializer,
@@ -23,10 +22,10 @@ from sdsaas.api import (
     StrictSerializer,
     StrictSlugField,
 )
+from sdsaas.contract import MAX_STEPS_CEILING, SEED_MAX, OutputFormat, Scheduler
 
 MAX_PROMPT_CHARS = 2000
 MAX_LORAS = 5
-OUTPUT_FORMATS = ("png", "webp", "jpeg")
 SIDE_MIN, SIDE_MAX = 8, 8192
 
 
@@ -87,9 +86,9 @@ class JobInputSerializer(StrictSerializer):
     height = ImageSideField(required=False)
     steps = StrictIntegerField(min_value=1, max_value=MAX_STEPS_CEILING, required=False)
     guidance = NumberField(min_value=0.0, max_value=30.0, required=False)
-    scheduler = StrictChoiceField(choices=SCHEDULERS, required=False)
+    scheduler = StrictChoiceField(choices=[s.value for s in Scheduler], required=False)
     num_outputs = StrictIntegerField(min_value=1, max_value=4, required=False)
-    seed = StrictIntegerField(min_value=0, max_value=2**32 - 1, required=False)
+    seed = StrictIntegerField(min_value=0, max_value=SEED_MAX, required=False)
     image = StrictCharField(
         max_length=2048,
         required=False,
@@ -99,7 +98,7 @@ class JobInputSerializer(StrictSerializer):
     )
     strength = NumberField(min_value=0.0, max_value=1.0, required=False)
     loras = serializers.ListField(child=LoraInputSerializer(), max_length=MAX_LORAS, required=False)
-    output_format = StrictChoiceField(choices=OUTPUT_FORMATS, required=False)
+    output_format = StrictChoiceField(choices=[f.value for f in OutputFormat], required=False)
 
 
 class JobFilterSerializer(QuerySerializer):
@@ -132,27 +131,6 @@ class JobMetricsSerializer(serializers.Serializer):
 class JobUrlsSerializer(serializers.Serializer):
     get = serializers.URLField()
     cancel = serializers.URLField()
-
-
-def _seconds(start: Any, end: Any) -> float | None:
-    return round((end - start).total_seconds(), 3) if start and end else None
-
-
-def job_output_urls(job: Job) -> list[str] | None:
-    """Presigned URLs of the job's images (they expire after SDSAAS_OUTPUT_URL_TTL)."""
-    if not job.output_keys:
-        return None
-    return [default_storage.url(key) for key in job.output_keys]
-
-
-def job_metrics(job: Job) -> dict[str, float | None]:
-    """The public metrics, in seconds: queue and total from the job's timestamps."""
-    return {
-        "queue_s": _seconds(job.created_at, job.started_at),
-        "load_s": job.metrics.get("load_s"),
-        "inference_s": job.metrics.get("inference_s"),
-        "total_s": _seconds(job.created_at, job.completed_at),
-    }
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -189,7 +167,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.URLField(), allow_null=True))
     def get_output(self, job: Job) -> list[str] | None:
-        return job_output_urls(job)
+        return job_output_urls(job=job)
 
     @extend_schema_field(JobErrorSerializer(allow_null=True))
     def get_error(self, job: Job) -> dict[str, str] | None:
@@ -204,11 +182,16 @@ class JobSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_queue_position(self, job: Job) -> int | None:
-        return job_queue_position(job=job)
+        # A list passes `context={"queue_positions": ...}`, its page's positions read in one query
+        # (selectors.job_queue_positions), rather than one query per queued job.
+        positions: dict[int, int] | None = self.context.get("queue_positions")
+        if positions is None:
+            return job_queue_position(job=job)
+        return positions.get(job.id)
 
     @extend_schema_field(JobMetricsSerializer)
     def get_metrics(self, job: Job) -> dict[str, float | None]:
-        return job_metrics(job)
+        return job_metrics(job=job)
 
     @extend_schema_field(JobUrlsSerializer)
     def get_urls(self, job: Job) -> dict[str, str]:
@@ -245,7 +228,7 @@ class ModelSerializer(serializers.ModelSerializer):
             "min_side": model.min_side,
             "max_side": model.max_side,
             "max_steps": model.max_steps,
-            "schedulers": list(SCHEDULERS),
+            "schedulers": [s.value for s in Scheduler],
         }
 
 

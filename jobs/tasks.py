@@ -1,23 +1,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
 
 from jobs.services import dispatch, idempotency, image_fetch, lifecycle, reconcile
-from sdsaas.queues import (
+from sdsaas.contract import (
     TASK_FETCH_INPUT_IMAGE,
-    TASK_JOB_FAILED,
-    TASK_JOB_PREEMPTED,
-    TASK_JOB_PROGRESS,
-    TASK_JOB_RECEIVED,
-    TASK_JOB_STARTED,
-    TASK_JOB_SUCCEEDED,
     TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
+    JobFailed,
+    JobPreempted,
+    JobProgress,
+    JobReceived,
+    JobStarted,
+    JobSucceeded,
 )
 from tenants.services import rate_windows_prune
 
@@ -30,9 +31,9 @@ from tenants.services import rate_windows_prune
     retry_backoff=2,
     max_retries=3,
 )
-def fetch_input_image(self: Task, job_id: int) -> None:
+def fetch_input_image(self: Task, job_pk: int) -> None:
     image_fetch.job_fetch_input_image(
-        job_id=job_id, last_try=self.request.retries >= (self.max_retries or 0)
+        job_pk=job_pk, last_try=self.request.retries >= (self.max_retries or 0)
     )
 
 
@@ -64,38 +65,55 @@ def reconcile_lost() -> dict[str, list[str]]:
     return {"unseen": done.unseen, "republished": done.republished, "failed": done.failed}
 
 
-# Events from GPU workers. Each is safe to run twice: the services fence by attempt and status.
+# Events from GPU workers, decoded by the contract (sdsaas/contract.py): their keyword arguments
+# are the event's fields, and fields a newer worker adds are ignored here. Each is safe to run
+# twice: the services fence by attempt and status.
 
 
-@shared_task(name=TASK_JOB_RECEIVED, ignore_result=True)
-def job_received(job_id: str, attempt: int) -> None:
-    lifecycle.job_mark_received(job_public_id=job_id, attempt=attempt)
-
-
-@shared_task(name=TASK_JOB_STARTED, ignore_result=True)
-def job_started(job_id: str, attempt: int, load_s: float) -> None:
-    lifecycle.job_mark_started(job_public_id=job_id, attempt=attempt, load_s=load_s)
-
-
-@shared_task(name=TASK_JOB_PROGRESS, ignore_result=True)
-def job_progress(job_id: str, attempt: int, step: int, total: int) -> None:
-    lifecycle.job_mark_progress(job_public_id=job_id, attempt=attempt, step=step, total=total)
-
-
-@shared_task(name=TASK_JOB_SUCCEEDED, ignore_result=True)
-def job_succeeded(
-    job_id: str, attempt: int, output_keys: list[str], metrics: dict[str, float]
-) -> None:
-    lifecycle.job_mark_succeeded(
-        job_public_id=job_id, attempt=attempt, output_keys=output_keys, metrics=metrics
+@shared_task(name=JobReceived.TASK, ignore_result=True)
+def job_received(**fields: Any) -> None:
+    event = JobReceived.from_wire(fields)
+    lifecycle.job_mark_received(
+        job_public_id=event.job_id, attempt=event.attempt, contract_version=event.v
     )
 
 
-@shared_task(name=TASK_JOB_FAILED, ignore_result=True)
-def job_failed(job_id: str, attempt: int, code: str, message: str) -> None:
-    lifecycle.job_mark_failed(job_public_id=job_id, attempt=attempt, code=code, message=message)
+@shared_task(name=JobStarted.TASK, ignore_result=True)
+def job_started(**fields: Any) -> None:
+    event = JobStarted.from_wire(fields)
+    lifecycle.job_mark_started(
+        job_public_id=event.job_id, attempt=event.attempt, load_s=event.load_s
+    )
 
 
-@shared_task(name=TASK_JOB_PREEMPTED, ignore_result=True)
-def job_preempted(job_id: str, attempt: int) -> None:
-    lifecycle.job_mark_preempted(job_public_id=job_id, attempt=attempt)
+@shared_task(name=JobProgress.TASK, ignore_result=True)
+def job_progress(**fields: Any) -> None:
+    event = JobProgress.from_wire(fields)
+    lifecycle.job_mark_progress(
+        job_public_id=event.job_id, attempt=event.attempt, step=event.step, total=event.total
+    )
+
+
+@shared_task(name=JobSucceeded.TASK, ignore_result=True)
+def job_succeeded(**fields: Any) -> None:
+    event = JobSucceeded.from_wire(fields)
+    lifecycle.job_mark_succeeded(
+        job_public_id=event.job_id,
+        attempt=event.attempt,
+        output_keys=event.output_keys,
+        metrics=event.metrics,
+    )
+
+
+@shared_task(name=JobFailed.TASK, ignore_result=True)
+def job_failed(**fields: Any) -> None:
+    event = JobFailed.from_wire(fields)
+    lifecycle.job_mark_failed(
+        job_public_id=event.job_id, attempt=event.attempt, code=event.code, message=event.message
+    )
+
+
+@shared_task(name=JobPreempted.TASK, ignore_result=True)
+def job_preempted(**fields: Any) -> None:
+    event = JobPreempted.from_wire(fields)
+    lifecycle.job_mark_preempted(job_public_id=event.job_id, attempt=event.attempt)

@@ -9,4 +9,5 @@ urlpatterns = [
     path("models", apis.ModelListApi.as_view(), name="models"),
     path("loras", apis.LoraListApi.as_view(), name="loras"),
     path("uploads", apis.UploadCreateApi.as_view(), name="uploads"),
+    path("usage", apis.UsageApi.as_view(), name="usage"),
 ]

@@ -1,5 +1,5 @@
 """The edge of API v1 that every view shares: strict JSON fields, query parameters validated like
-bodies, and the errors each operation documents."""
+bodies, the API key in the schema, and the errors each operation documents."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 
 from django.core.validators import RegexValidator
 from django.http import QueryDict
-from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.plumbing import get_doc
+from drf_spectacular.plumbing import build_bearer_security_scheme_object, get_doc
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -167,6 +167,22 @@ class ApiView(APIView):
         query = self.query_serializers.get(method, QuerySerializer)(data=request.query_params)
         query.is_valid(raise_exception=True)
         self.query = dict(query.validated_data)
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Documents `Authorization: Bearer sk_live_…` in the schema (registered on import)."""
+
+    # By name: the wiring documents the tenants' authentication without importing it.
+    target_class = "tenants.authentication.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return build_bearer_security_scheme_object(
+            header_name="Authorization", token_prefix="Bearer", bearer_format="sk_live_…"
+        )
 
 
 # --- documented errors -------------------------------------------------------------------------

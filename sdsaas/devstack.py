@@ -153,10 +153,12 @@ def http_error_text(exc: urllib.error.HTTPError) -> str:
 def build_tiny_model(tiny: Path, env: dict[str, str]) -> None:
     """Build the tiny model when it is missing or older than its builder, as make would: a model
     left by an earlier recipe (another shape, too slow for the sizes the catalog now allows)
-    is replaced."""
+    is replaced. The builder is the package gpu_worker/build_model/: its newest file counts."""
     index = tiny / "model_index.json"
-    builder = ROOT / "gpu_worker" / "build_model.py"
-    if index.is_file() and index.stat().st_mtime >= builder.stat().st_mtime:
+    builder = max(
+        path.stat().st_mtime for path in (ROOT / "gpu_worker" / "build_model").glob("*.py")
+    )
+    if index.is_file() and index.stat().st_mtime >= builder:
         return
     print("  building the tiny test model (random weights) in", tiny)
     # Built aside and moved in whole: a build cut short leaves no folder that looks complete.
@@ -268,7 +270,7 @@ def start_scheduler(stack: Stack, *, schedule: Path) -> None:
     stack.start("scheduler", [*CELERY, "beat", "-s", str(schedule)])
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--api-port", type=int, default=int(os.environ.get("SDSAAS_API_PORT", 8000))
@@ -277,7 +279,37 @@ def main() -> None:
         "--aws-port", type=int, default=int(os.environ.get("SDSAAS_AWS_PORT", 4566))
     )
     parser.add_argument("--exit-after-demo", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def run_demo(stack: Stack, *, base: str, key: str, var: Path) -> None:
+    """Submit the demo job as the stack's own tenant, wait for it and save its image."""
+    job = api("POST", f"{base}/v1/jobs", key, {"model": "tiny", "prompt": "a red fox"})
+    seed = job["input"]["seed"]
+    print(f"\ndemo job {job['id']} (tenant devstack): {job['status']} (seed {seed})")
+    job = wait_job(job["urls"]["get"], key, 300, stack)
+    print(json.dumps(job, indent=2))
+    if job["status"] != "succeeded":
+        raise SystemExit(f"demo job ended {job['status']}: see {stack.logs}")
+    image = var / "demo" / f"{job['id']}.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(read(job["output"][0], "downloading the demo image"))
+    print(f"\ndemo image saved to {image}")
+
+
+def print_usage(*, base: str, key: str) -> None:
+    """Where the API is, and the demo tenant's key with two curl lines that use it."""
+    print(f"\nAPI {base}/v1/  docs {base}/v1/docs  admin {base}/admin/")
+    print(f"demo API key (shown once): {key}\n")
+    print(f"  curl -H 'Authorization: Bearer {key}' {base}/v1/jobs")
+    print(
+        f"  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+        f'       -d \'{{"model": "tiny", "prompt": "a lighthouse"}}\' {base}/v1/jobs'
+    )
+
+
+def main() -> None:
+    args = parse_args()
     # Progress must reach a pipe (`make run | tee run.log`) as it is printed, not at exit.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
@@ -299,25 +331,8 @@ def main() -> None:
         start_gpu_worker(stack)
         start_scheduler(stack, schedule=var / "celerybeat-schedule")
         wait_http(f"{base}/healthz", 60, stack)
-
-        job = api("POST", f"{base}/v1/jobs", own_key, {"model": "tiny", "prompt": "a red fox"})
-        seed = job["input"]["seed"]
-        print(f"\ndemo job {job['id']} (tenant devstack): {job['status']} (seed {seed})")
-        job = wait_job(job["urls"]["get"], own_key, 300, stack)
-        print(json.dumps(job, indent=2))
-        if job["status"] != "succeeded":
-            raise SystemExit(f"demo job ended {job['status']}: see {logs}")
-        image = var / "demo" / f"{job['id']}.png"
-        image.parent.mkdir(parents=True, exist_ok=True)
-        image.write_bytes(read(job["output"][0], "downloading the demo image"))
-        print(f"\ndemo image saved to {image}")
-        print(f"\nAPI {base}/v1/  docs {base}/v1/docs  admin {base}/admin/")
-        print(f"demo API key (shown once): {key}\n")
-        print(f"  curl -H 'Authorization: Bearer {key}' {base}/v1/jobs")
-        print(
-            f"  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
-            f'       -d \'{{"model": "tiny", "prompt": "a lighthouse"}}\' {base}/v1/jobs'
-        )
+        run_demo(stack, base=base, key=own_key, var=var)
+        print_usage(base=base, key=key)
         if args.exit_after_demo:
             return
         print("\nserving; Ctrl-C stops everything")

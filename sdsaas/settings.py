@@ -13,7 +13,7 @@ import dj_database_url
 from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
-from sdsaas.queues import (
+from sdsaas.contract import (
     TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
     TASK_SWEEP_DEAD_LETTERS,
@@ -219,6 +219,9 @@ SQS_QUEUE_PREFIX = env_str("SDSAAS_SQS_QUEUE_PREFIX", "sdsaas")
 SQS_VISIBILITY_TIMEOUT = env_int("SDSAAS_SQS_VISIBILITY_TIMEOUT", 60, minimum=5)
 # Deliveries of one job message before it goes to the dead-letter queue (and the job fails).
 SQS_MAX_RECEIVES = env_int("SDSAAS_SQS_MAX_RECEIVES", 3, minimum=1)
+# Who owns the queues and their attributes: the application (true: the local stack) or Terraform
+# (false: AWS; the application then only looks queues up). See sdsaas/broker/sqs.py.
+SQS_MANAGE_QUEUES = env_bool("SDSAAS_SQS_MANAGE_QUEUES", True)
 S3_BUCKET = env_str("SDSAAS_S3_BUCKET", "sdsaas-local")
 S3_ENDPOINT_URL = os.environ.get("SDSAAS_S3_ENDPOINT_URL", "")
 # Presigned output URLs expire after this many seconds.
@@ -333,6 +336,11 @@ if ROLE == "gpu":
     CELERY_WORKER_POOL = "solo"
     CELERY_WORKER_CONCURRENCY = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Notifications ------------------------------------------------------------------------------
+# Called, in order, with each job state change a client can see, inside the transaction that makes
+# it (jobs/announcements.py). Webhooks and Discord subscribe here; code, not configuration.
+JOB_STATE_SUBSCRIBERS: list[str] = []
 
 # --- API ----------------------------------------------------------------------------------------
 # The API's HTTP server (`gunicorn -c python:sdsaas.gunicorn_conf sdsaas.wsgi`).

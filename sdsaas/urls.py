@@ -45,7 +45,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
-    path("v1/", include("tenants.urls")),
     path(
         "v1/schema",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

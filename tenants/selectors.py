@@ -12,9 +12,11 @@ def _next_month(month: dt.date) -> dt.date:
     return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
 
 
-def usage_summary(*, tenant: Tenant, now: dt.datetime | None = None) -> dict[str, Any]:
-    from jobs.selectors import jobs_in_flight_count
-
+def usage_summary(
+    *, tenant: Tenant, jobs_in_flight: int, now: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The tenant's plan, this month's credits and its concurrency. `jobs_in_flight` comes from
+    the caller (jobs' selectors): tenants knows nothing of jobs."""
     month = month_of(now or timezone.now())
     period = CreditPeriod.objects.filter(tenant=tenant, month=month).first()
     used = period.used if period else 0
@@ -30,7 +32,7 @@ def usage_summary(*, tenant: Tenant, now: dt.datetime | None = None) -> dict[str
         },
         "concurrency": {
             "limit": plan.max_concurrent_jobs,
-            "in_flight": jobs_in_flight_count(tenant=tenant),
+            "in_flight": jobs_in_flight,
         },
         "limits": {
             "requests_per_minute": plan.requests_per_minute,

@@ -69,9 +69,28 @@ def test_web_profile_carries_no_torch_or_diffusers() -> None:
     assert {"django", "celery", "kombu", "gunicorn"} <= set(web)
 
 
+def test_gpu_profile_carries_no_web_packages() -> None:
+    """GPU workers never boot the web app: the GPU image ships neither DRF nor gunicorn."""
+    gpu = _pins("gpu")
+    web_only = {
+        "djangorestframework",
+        "drf-spectacular",
+        "drf-spectacular-sidecar",
+        "gunicorn",
+        "psycopg",
+        "psycopg-binary",
+    }
+    assert sorted(web_only & set(gpu)) == []
+    # What a GPU worker does use: settings, Celery over SQS, the storage backend, the model stack
+    assert {"django", "dj-database-url", "celery", "kombu", "boto3", "django-storages"} <= set(gpu)
+    assert {"torch", "diffusers", "transformers"} <= set(gpu)
+
+
 def test_lock_meets_every_range_in_pyproject() -> None:
     """A pyproject edit without `make lock` leaves a lock that no longer meets it."""
-    for profile, extras in (("web", ()), ("gpu", ("gpu",)), ("dev", ("gpu", "dev"))):
+    # As `make lock` compiles them: each profile is the base dependencies and its extras.
+    profiles = (("web", ("web",)), ("gpu", ("gpu",)), ("dev", ("web", "gpu", "dev")))
+    for profile, extras in profiles:
         pins = _pins(profile)
         for requirement in _pyproject_requirements(*extras):
             name = canonicalize_name(requirement.name)

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from jobs.models import IdempotencyRecord
 from jobs.tasks import prune_records
-from sdsaas.queues import TASK_PRUNE_RECORDS
+from sdsaas.contract import TASK_PRUNE_RECORDS
 from tenants.models import RateWindow
 from tests.support.factories import TenantFactory
 

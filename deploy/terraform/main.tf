@@ -95,6 +95,17 @@ output "model_queue_urls" {
   value = { for slug, queue in aws_sqs_queue.model : slug => queue.url }
 }
 
+# The queue part of the API's and control worker's environment: Terraform owns the queues and
+# their attributes here, so the application only looks them up (SDSAAS_SQS_MANAGE_QUEUES).
+output "control_plane_environment" {
+  value = {
+    SDSAAS_SQS_QUEUE_PREFIX       = var.prefix
+    SDSAAS_SQS_VISIBILITY_TIMEOUT = tostring(var.visibility_timeout_seconds)
+    SDSAAS_SQS_MAX_RECEIVES       = tostring(var.max_receives)
+    SDSAAS_SQS_MANAGE_QUEUES      = "false"
+  }
+}
+
 # The timing part of the GPU workers' environment (for their task definitions, added with the
 # pools): the workers must extend messages by the timeout the queues were created with.
 output "gpu_worker_environment" {

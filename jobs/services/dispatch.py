@@ -17,15 +17,24 @@ from django.utils import timezone
 from jobs import selectors
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.common import lock_tenant
-from sdsaas.broker.sqs import ensure_model_queue, forget_queues, is_missing_queue
+from sdsaas.broker.sqs import (
+    control_queue_name,
+    ensure_model_queue,
+    forget_queues,
+    is_missing_queue,
+    model_queue_name,
+)
 from sdsaas.celery import app as celery_app
 from sdsaas.celery import publisher_pool
-from sdsaas.queues import (
+from sdsaas.contract import (
     TASK_FETCH_INPUT_IMAGE,
     TASK_GPU_GENERATE,
-    control_queue_name,
+    GenerationInput,
+    JobKind,
+    JobMessage,
+    LoraRef,
+    ModelRef,
     job_output_prefix,
-    model_queue_name,
 )
 from tenants.models import Tenant
 
@@ -57,52 +66,51 @@ def jobs_admit(*, tenant: Tenant) -> list[int]:
     return ids
 
 
-def job_time_limit_s(*, model: DiffusionModel, params: dict[str, Any]) -> float:
+def job_time_limit_s(*, model: DiffusionModel, params: GenerationInput) -> float:
     """How long the job may run on a GPU worker, from its model's budget and the request.
 
     Denoising costs about steps x images x pixels; the model's base covers the rest. The worker
     holds it to its own ceiling too (SDSAAS_GPU_JOB_TIME_LIMIT_S).
     """
-    pixels = params["width"] * params["height"] / (512 * 512)
-    denoising = model.time_limit_step_s * params["steps"] * params["num_outputs"] * pixels
+    pixels = params.width * params.height / (512 * 512)
+    denoising = model.time_limit_step_s * params.steps * params.num_outputs * pixels
     return round(model.time_limit_base_s + denoising, 3)
 
 
-def job_message(*, job: Job) -> dict[str, Any]:
+def job_message(*, job: Job) -> JobMessage:
     """Everything a GPU worker needs, and nothing secret: it has no database access."""
     model = job.model
-    loras = {
+    params = GenerationInput.from_wire(job.input)
+    sources = {
         lora.slug: lora
-        for lora in LoraAdapter.objects.filter(
-            slug__in=[item["slug"] for item in job.input.get("loras", [])]
-        )
+        for lora in LoraAdapter.objects.filter(slug__in=[item.slug for item in params.loras])
     }
-    return {
-        "job_id": job.public_id,
-        "attempt": job.attempt,
-        "kind": job.kind,
-        "input": job.input,
-        "model": {
-            "slug": model.slug,
-            "family": model.family,
-            "source_uri": model.source_uri,
-            "revision": model.revision,
-            "sha256": model.sha256,
-        },
-        "loras": [
-            {
-                "slug": item["slug"],
-                "weight": item["weight"],
-                "source_uri": loras[item["slug"]].source_uri,
-                "sha256": loras[item["slug"]].sha256,
-            }
-            for item in job.input.get("loras", [])
-        ],
-        "init_image_key": job.init_image_key,
-        "output_prefix": job_output_prefix(job.tenant_id, job.public_id),
-        "created_at": job.created_at.isoformat(),
-        "time_limit_s": job_time_limit_s(model=model, params=job.input),
-    }
+    return JobMessage(
+        job_id=job.public_id,
+        attempt=job.attempt,
+        kind=JobKind(job.kind),
+        input=params,
+        model=ModelRef(
+            slug=model.slug,
+            family=model.family,
+            source_uri=model.source_uri,
+            revision=model.revision,
+            sha256=model.sha256,
+        ),
+        loras=tuple(
+            LoraRef(
+                slug=item.slug,
+                weight=item.weight,
+                source_uri=sources[item.slug].source_uri,
+                sha256=sources[item.slug].sha256,
+            )
+            for item in params.loras
+        ),
+        init_image_key=job.init_image_key,
+        output_prefix=job_output_prefix(job.tenant_id, job.public_id),
+        created_at=job.created_at.isoformat(),
+        time_limit_s=job_time_limit_s(model=model, params=params),
+    )
 
 
 def jobs_publish(*, job_ids: Iterable[int]) -> int:
@@ -122,10 +130,10 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
                 if job.init_image_url and not job.init_image_key:
                     # The control worker fetches the image into S3 first; it then marks the job
                     # unpublished again and publishes it to its model's queue.
-                    task, kwargs = TASK_FETCH_INPUT_IMAGE, {"job_id": job.pk}
+                    task, kwargs = TASK_FETCH_INPUT_IMAGE, {"job_pk": job.pk}
                     queue, model_slug = control_queue_name(), None
                 else:
-                    task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job)}
+                    task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job).to_wire()}
                     queue, model_slug = model_queue_name(job.model.slug), job.model.slug
                 _send(
                     task, kwargs=kwargs, queue=queue, model_slug=model_slug, connection=connection

@@ -14,18 +14,18 @@ from jobs.models import Job
 from jobs.services.dispatch import jobs_publish
 from jobs.services.lifecycle import job_fail
 from jobs.services.uploads import decode_image
+from sdsaas.contract import FailureCode, input_image_key, job_output_prefix
 from sdsaas.errors import InvalidInput
-from sdsaas.queues import job_output_prefix
 
 
-def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:
+def job_fetch_input_image(*, job_pk: int, last_try: bool) -> None:
     """Fetch an admitted img2img job's https image into S3 under the job, then publish the job.
 
     Safe to run twice: once the image is stored, a second run finds it and does nothing, and a
     late failure cannot touch a job that is already on its way to a GPU. Raises when a retry may
     help and this is not the last try; otherwise a refused or unreadable image fails the job.
     """
-    job = Job.objects.select_related("tenant", "model").filter(pk=job_id).first()
+    job = Job.objects.select_related("tenant", "model").filter(pk=job_pk).first()
     if job is None or job.status != Job.Status.STARTING or job.init_image_key:
         return  # canceled or finished meanwhile, or another run stored the image
     try:
@@ -38,19 +38,23 @@ def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:
         )
         _image, ext = decode_image(fetched.data)
         prefix = job_output_prefix(job.tenant_id, job.public_id)
-        key = default_storage.save(f"{prefix}input.{ext}", ContentFile(fetched.data))
+        key = default_storage.save(input_image_key(prefix, ext), ContentFile(fetched.data))
     except FetchError as exc:
         if exc.retryable and not last_try:
             raise
-        _fail_before_dispatch(job, "image_fetch_failed", f"image: {exc.message}")
+        _fail_before_dispatch(job, FailureCode.IMAGE_FETCH_FAILED, f"image: {exc.message}")
         return
     except InvalidInput as exc:
-        _fail_before_dispatch(job, "invalid_input", exc.message.replace("file:", "image:", 1))
+        _fail_before_dispatch(
+            job, FailureCode.INVALID_INPUT, exc.message.replace("file:", "image:", 1)
+        )
         return
     except Exception:  # storage trouble, say: retried, and the job must not wait for ever
         if not last_try:
             raise
-        _fail_before_dispatch(job, "internal_error", "image: could not be stored; try again")
+        _fail_before_dispatch(
+            job, FailureCode.INTERNAL_ERROR, "image: could not be stored; try again"
+        )
         return
     # The image and "not yet published" in one conditional write: a crash before the publish
     # below leaves the job to the sweeper, and a concurrent run of this task stops here.
@@ -62,7 +66,7 @@ def job_fetch_input_image(*, job_id: int, last_try: bool) -> None:
 
 
 @transaction.atomic
-def _fail_before_dispatch(job: Job, code: str, message: str) -> None:
+def _fail_before_dispatch(job: Job, code: FailureCode, message: str) -> None:
     """Fail a job whose input could not be fetched, unless another run already dispatched it."""
     job_fail(
         job, code=code, message=message, fence=Q(status=Job.Status.STARTING, init_image_key="")

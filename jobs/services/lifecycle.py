@@ -3,13 +3,14 @@
 Events from GPU workers (received, started, progress, succeeded, failed, preempted), cancel, and
 the dead-letter sweep. Each is fenced by attempt and status, so duplicates and late events
 change nothing; a job is finished once (`_finish`), with its credits metered or released and the
-tenant's next job admitted.
+tenant's next job admitted. Each change a client sees is announced once (jobs/announcements.py).
 
 Locks the tenant row first, then job and credit rows (`jobs.services.common.lock_tenant`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -21,12 +22,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from jobs import selectors
+from jobs.announcements import JobStateChange, job_state_changed
 from jobs.models import DiffusionModel, Job
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit
 from sdsaas.broker.sqs import delete_dead_letter, receive_dead_letters
+from sdsaas.contract import FailureCode, cancel_marker_key, job_output_prefix
 from sdsaas.errors import Conflict
-from sdsaas.queues import cancel_marker_key, job_output_prefix
 from tenants.models import Tenant
 from tenants.services import credits_release, usage_record_images
 
@@ -34,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def job_fail(
-    job: Job, *, code: str, message: str, attempt: int | None = None, fence: Q | None = None
+    job: Job, *, code: FailureCode, message: str, attempt: int | None = None, fence: Q | None = None
 ) -> bool:
     fields = {"error_code": code, "error_message": message[:2000]}
     return _finish(
@@ -77,8 +79,21 @@ def _finish(
     record_event(
         job, status, attempt or job.attempt, **{k: v for k, v in fields.items() if "error" in k}
     )
+    _announce(job, status, attempt or job.attempt, at=now)
     jobs_admit(tenant=job.tenant)
     return True
+
+
+def _announce(job: Job, status: str, attempt: int, *, at: dt.datetime) -> None:
+    change = JobStateChange(
+        job_pk=job.pk,
+        job_id=job.public_id,
+        tenant_id=job.tenant_id,
+        status=status,
+        attempt=attempt,
+        at=at,
+    )
+    job_state_changed(change)
 
 
 @transaction.atomic
@@ -113,7 +128,7 @@ def _job_for_event(job_public_id: str) -> Job | None:
 
 
 @transaction.atomic
-def job_mark_received(*, job_public_id: str, attempt: int) -> bool:
+def job_mark_received(*, job_public_id: str, attempt: int, contract_version: int = 1) -> bool:
     """A worker received the job's message as attempt `attempt`: one `received` event per delivery.
 
     Sent before the model is loaded, so deliveries that kill their worker count too. A newer
@@ -132,7 +147,8 @@ def job_mark_received(*, job_public_id: str, attempt: int) -> bool:
         Job.objects.filter(pk=job.pk).update(
             status=Job.Status.STARTING, attempt=attempt, progress_step=0
         )
-    record_event(job, "received", attempt)
+    # The worker's contract version: during a rolling deploy, which release ran each delivery.
+    record_event(job, "received", attempt, contract=contract_version)
     return True
 
 
@@ -143,14 +159,16 @@ def job_mark_started(*, job_public_id: str, attempt: int, load_s: float) -> bool
     if job is None:
         return False
     newer = Q(attempt__lt=attempt) | Q(attempt=attempt, status=Job.Status.STARTING)
+    now = timezone.now()
     changed = Job.objects.filter(newer, pk=job.pk, status__in=Job.IN_FLIGHT).update(
         status=Job.Status.PROCESSING,
         attempt=attempt,
-        started_at=timezone.now(),
+        started_at=now,
         metrics={**job.metrics, "load_s": load_s},
     )
     if changed:
         record_event(job, "started", attempt, load_s=load_s)
+        _announce(job, Job.Status.PROCESSING, attempt, at=now)
     return bool(changed)
 
 
@@ -199,7 +217,7 @@ def job_mark_preempted(*, job_public_id: str, attempt: int) -> bool:
 
 
 @transaction.atomic
-def job_mark_failed(*, job_public_id: str, attempt: int, code: str, message: str) -> bool:
+def job_mark_failed(*, job_public_id: str, attempt: int, code: FailureCode, message: str) -> bool:
     job = _job_for_event(job_public_id)
     if job is None:
         return False
@@ -223,7 +241,7 @@ def jobs_fail_dead_lettered() -> int:
                 # (by the reconciler, at a higher attempt) is not this message's to fail.
                 last = int(message.get("attempt", 1)) + settings.SQS_MAX_RECEIVES - 1
                 if job is not None and job_fail(
-                    job, code="worker_lost", message=lost, attempt=last
+                    job, code=FailureCode.WORKER_LOST, message=lost, attempt=last
                 ):
                     failed += 1
             delete_dead_letter(letter)

@@ -20,8 +20,8 @@ from jobs.models import Job
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit, jobs_publish
 from jobs.services.lifecycle import job_fail
-from sdsaas.broker.sqs import dead_letter_queue_name, forget_queues, queue_depth
-from sdsaas.queues import control_queue_name, model_queue_name
+from sdsaas.broker.sqs import control_queue_name, forget_queues, model_queue_name, queue_depth
+from sdsaas.contract import FailureCode, dead_letter_queue_name
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,9 @@ def _reconcile_one(job: Job, *, reason: str, looked_before: dt.datetime, done: R
             f"The job's queue message was lost {times + 1} times (its queue was purged, deleted "
             "or recreated) and nothing would run it; its credits were released. Submit it again."
         )
-        if job_fail(job, code="message_lost", message=message, fence=Q(attempt=job.attempt)):
+        if job_fail(
+            job, code=FailureCode.MESSAGE_LOST, message=message, fence=Q(attempt=job.attempt)
+        ):
             done.failed.append(job.public_id)
         return False
     attempt = job.attempt + settings.SQS_MAX_RECEIVES

@@ -22,12 +22,18 @@ from jobs.models import DiffusionModel, IdempotencyRecord, Job, LoraAdapter, pub
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit
 from jobs.services.idempotency import idempotent_create, request_fingerprint
+from sdsaas.contract import (
+    DEFAULT_OUTPUT_FORMAT,
+    DEFAULT_STRENGTH,
+    SEED_MAX,
+    GenerationInput,
+    LoraChoice,
+    OutputFormat,
+    Scheduler,
+)
 from sdsaas.errors import InvalidInput
 from tenants.models import Tenant
 from tenants.services import credits_reserve, rate_limit_hit
-
-SEED_MAX = 2**32 - 1
-DEFAULT_STRENGTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class ResolvedInput:
 
 def _resolve_loras(
     *, tenant: Tenant, model: DiffusionModel, requested: Iterable[dict[str, Any]]
-) -> list[dict[str, Any]]:
+) -> tuple[LoraChoice, ...]:
     requested = list(requested)
     slugs = [item["slug"] for item in requested]
     if len(set(slugs)) != len(slugs):
@@ -59,9 +65,9 @@ def _resolve_loras(
             )
         weight = item.get("weight")
         resolved.append(
-            {"slug": lora.slug, "weight": lora.default_weight if weight is None else weight}
+            LoraChoice(slug=lora.slug, weight=lora.default_weight if weight is None else weight)
         )
-    return resolved
+    return tuple(resolved)
 
 
 def _check_side(name: str, value: int, model: DiffusionModel) -> None:
@@ -114,31 +120,32 @@ def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
         init_url = image
     if data.get("strength") is not None and not image:
         raise InvalidInput("strength", "applies to img2img only: give an image")
-    resolved: dict[str, Any] = {
-        "prompt": data["prompt"],
-        "negative_prompt": data.get("negative_prompt") or "",
-        "width": width,
-        "height": height,
-        "steps": steps,
-        "guidance": model.default_guidance if data.get("guidance") is None else data["guidance"],
-        "scheduler": data.get("scheduler") or model.default_scheduler,
-        "num_outputs": data.get("num_outputs") or 1,
-        "seed": secrets.randbelow(SEED_MAX + 1) if seed is None else seed,
-        "loras": _resolve_loras(tenant=tenant, model=model, requested=data.get("loras") or []),
-        "output_format": data.get("output_format") or "png",
-    }
+    strength = None
     if image:
-        resolved["image"] = image
-        strength = data.get("strength")
-        resolved["strength"] = DEFAULT_STRENGTH if strength is None else strength
-        if int(steps * resolved["strength"]) < 1:  # img2img runs steps x strength steps
+        strength = DEFAULT_STRENGTH if data.get("strength") is None else data["strength"]
+        if int(steps * strength) < 1:  # img2img runs steps x strength steps
             raise InvalidInput(
                 "strength", f"with {steps} steps it must be at least {1 / steps:.4g}"
             )
+    resolved = GenerationInput(
+        prompt=data["prompt"],
+        negative_prompt=data.get("negative_prompt") or "",
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=model.default_guidance if data.get("guidance") is None else data["guidance"],
+        scheduler=Scheduler(data.get("scheduler") or model.default_scheduler),
+        num_outputs=data.get("num_outputs") or 1,
+        seed=secrets.randbelow(SEED_MAX + 1) if seed is None else seed,
+        loras=_resolve_loras(tenant=tenant, model=model, requested=data.get("loras") or []),
+        output_format=OutputFormat(data.get("output_format") or DEFAULT_OUTPUT_FORMAT),
+        image=image or None,
+        strength=strength,
+    )
     return ResolvedInput(
         model=model,
         kind=Job.Kind.IMG2IMG if image else Job.Kind.TXT2IMG,
-        input=resolved,
+        input=resolved.to_wire(),
         init_image_key=init_key,
         init_image_url=init_url,
     )

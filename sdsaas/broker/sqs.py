@@ -1,7 +1,12 @@
-"""SQS queues of the model pools: created with their dead-letter queue and attributes.
+"""SQS queues of the model pools, their dead-letter queues, depths and dead letters.
 
-kombu sets attributes only when it creates a queue, so the control plane creates the model
-queues itself (Terraform does the same in production) and enforces their attributes.
+One owner of the queues and their attributes per environment (SDSAAS_SQS_MANAGE_QUEUES):
+- the application (the default; the local stack and tests): the control plane creates each model
+  queue with its dead-letter queue on first publish and enforces its visibility timeout and
+  redrive policy (kombu sets attributes only when it creates a queue, so it does it itself);
+- Terraform (AWS: its `control_plane_environment` output sets the variable to false): the
+  application only looks queues up and never sets an attribute. A model's queue must exist
+  before its first job: add the model's slug to Terraform's `models` before enabling it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from django.conf import settings
 
-from sdsaas.queues import model_queue_name
+from sdsaas import contract
+from sdsaas.contract import dead_letter_queue_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +40,23 @@ def sqs_client(*, fail_fast: bool = False) -> Any:
     )
 
 
-def dead_letter_queue_name(queue_name: str) -> str:
-    return f"{queue_name}-dlq"
+def control_queue_name() -> str:
+    """This deployment's control queue (Celery's default queue)."""
+    return contract.control_queue_name(settings.SQS_QUEUE_PREFIX)
+
+
+def model_queue_name(model_slug: str) -> str:
+    """This deployment's queue of one base model's GPU pool."""
+    return contract.model_queue_name(settings.SQS_QUEUE_PREFIX, model_slug)
 
 
 @functools.cache
-def _ensure_queue(name: str, visibility_timeout: int, max_receives: int) -> str:
+def _ensure_queue(name: str, visibility_timeout: int, max_receives: int, manage: bool) -> str:
     # On the publish path, after an API request's commit: while SQS is away this must fail as
     # fast as the publish itself would (the sweeper publishes later); success is cached.
     client = sqs_client(fail_fast=True)
+    if not manage:  # Terraform's: a missing queue raises (the publish is retried by the sweeper)
+        return str(client.get_queue_url(QueueName=name)["QueueUrl"])
     dlq_url = client.create_queue(
         QueueName=dead_letter_queue_name(name),
         Attributes={"MessageRetentionPeriod": str(14 * 24 * 3600)},
@@ -65,12 +79,16 @@ def _ensure_queue(name: str, visibility_timeout: int, max_receives: int) -> str:
 
 
 def ensure_model_queue(model_slug: str) -> str:
-    """The model's queue URL, after making sure it exists with its DLQ, redrive and timeout.
+    """The model's queue URL; when the application owns the queues, after making sure it exists
+    with its DLQ, redrive and timeout.
 
     Cached per process: after SQS said a queue does not exist, call `forget_queues` first.
     """
     return _ensure_queue(
-        model_queue_name(model_slug), settings.SQS_VISIBILITY_TIMEOUT, settings.SQS_MAX_RECEIVES
+        model_queue_name(model_slug),
+        settings.SQS_VISIBILITY_TIMEOUT,
+        settings.SQS_MAX_RECEIVES,
+        settings.SQS_MANAGE_QUEUES,
     )
 
 

@@ -25,9 +25,8 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from sdsaas.broker.sqs import ensure_model_queue
+from sdsaas.broker.sqs import ensure_model_queue, model_queue_name
 from sdsaas.celery import app as celery_app
-from sdsaas.queues import model_queue_name
 from tests.e2e.conftest import Workers
 from tests.support.aws import LocalAws
 from tests.support.https import Tls

@@ -24,8 +24,7 @@ from PIL import Image
 
 from jobs.models import DiffusionModel, Job, Upload
 from jobs.services.lifecycle import jobs_fail_dead_lettered
-from sdsaas.broker.sqs import decode_task, ensure_model_queue, sqs_client
-from sdsaas.queues import model_queue_name
+from sdsaas.broker.sqs import decode_task, ensure_model_queue, model_queue_name, sqs_client
 from tenants.models import CreditPeriod, UsageRecord
 from tests.e2e.conftest import Workers, finished, wait_for
 from tests.support.factories import (

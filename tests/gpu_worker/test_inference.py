@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from gpu_worker import inference
-from jobs.models import SCHEDULERS as API_SCHEDULERS
+from sdsaas.contract import Scheduler
 
 CPU = torch.device("cpu")
 
@@ -48,8 +48,8 @@ def close(a: Image.Image, b: Image.Image) -> bool:
     return bool(diff.max() <= 2 and diff.mean() < 0.05)
 
 
-def test_the_worker_knows_exactly_the_schedulers_the_api_offers() -> None:
-    assert set(inference.SCHEDULERS) == set(API_SCHEDULERS)
+def test_the_worker_knows_exactly_the_schedulers_of_the_contract() -> None:
+    assert set(inference.SCHEDULERS) == set(Scheduler)
 
 
 @pytest.mark.parametrize("scheduler", sorted(inference.SCHEDULERS))

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,32 +23,43 @@ from django.core.files.storage import default_storage
 from PIL import Image
 
 from gpu_worker import inference, runner, watchdog
-from sdsaas.queues import (
-    TASK_JOB_FAILED,
-    TASK_JOB_PROGRESS,
-    TASK_JOB_RECEIVED,
-    TASK_JOB_STARTED,
-    TASK_JOB_SUCCEEDED,
+from gpu_worker.events import send_event
+from sdsaas.broker.sqs import control_queue_name
+from sdsaas.contract import (
+    CONTRACT_VERSION,
+    Event,
+    FailureCode,
+    JobFailed,
+    JobMessage,
+    JobProgress,
+    JobReceived,
+    JobStarted,
+    JobSucceeded,
     cancel_marker_key,
-    control_queue_name,
 )
 
 pytestmark = pytest.mark.usefixtures("local_aws")
 
 
 class Events(list[tuple[float, str, dict[str, Any]]]):
-    def __call__(self, task_name: str, **kwargs: Any) -> None:
-        self.append((time.monotonic(), task_name, kwargs))
+    """What the runner reports: (when, task name, the event as it goes on the wire)."""
+
+    def __call__(self, event: Event) -> None:
+        self.append((time.monotonic(), event.TASK, event.to_wire()))
 
     def kinds(self) -> list[str]:
-        return [name for _, name, _ in self if name != TASK_JOB_PROGRESS]
+        return [name for _, name, _ in self if name != JobProgress.TASK]
 
 
 def abandon(reason: str) -> None:
     """A worker's abandon ends its process; this one returns, and the runner raises Abandoned."""
 
 
-def message(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> dict[str, Any]:
+def message(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> JobMessage:
+    return JobMessage.from_wire(message_dict(tiny_model_dir, job_id, **input_fields))
+
+
+def message_dict(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "attempt": 1,
@@ -87,13 +99,13 @@ def test_a_job_reports_started_then_succeeded_with_its_images_in_s3(tiny_model_d
     outcome = runner.run_job(job, attempt=3, storage=default_storage, abandon=abandon, send=events)
     # then it reports received, started (with load time) and succeeded (with keys and metrics)
     assert outcome == "succeeded"
-    assert events.kinds() == [TASK_JOB_RECEIVED, TASK_JOB_STARTED, TASK_JOB_SUCCEEDED]
-    received, started, succeeded = (kw for _, name, kw in events if name != TASK_JOB_PROGRESS)
+    assert events.kinds() == [JobReceived.TASK, JobStarted.TASK, JobSucceeded.TASK]
+    received, started, succeeded = (kw for _, name, kw in events if name != JobProgress.TASK)
     assert received["attempt"] == started["attempt"] == succeeded["attempt"] == 3
     assert started["load_s"] >= 0
     assert succeeded["output_keys"] == [
-        f"{job['output_prefix']}0.png",
-        f"{job['output_prefix']}1.png",
+        f"{job.output_prefix}0.png",
+        f"{job.output_prefix}1.png",
     ]
     assert set(succeeded["metrics"]) == {"queue_s", "load_s", "inference_s", "encode_s", "upload_s"}
     # and each image is in S3 with its own seed in its record
@@ -117,7 +129,7 @@ def test_progress_is_reported_at_most_once_a_second(tiny_model_dir: Path) -> Non
     )
     elapsed = time.monotonic() - began
     # then it reported progress, not more than once a second, with growing steps
-    progress = [(at, kw["step"]) for at, name, kw in events if name == TASK_JOB_PROGRESS]
+    progress = [(at, kw["step"]) for at, name, kw in events if name == JobProgress.TASK]
     assert 1 <= len(progress) <= elapsed / runner.PROGRESS_INTERVAL_S + 1
     gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(progress)]
     assert all(gap >= runner.PROGRESS_INTERVAL_S for gap in gaps), gaps
@@ -130,7 +142,7 @@ def test_a_job_past_its_time_limit_fails_as_timeout_at_a_step_boundary(
 ) -> None:
     # given a job whose time limit is far shorter than its many short steps
     fields = {"steps": 150, "width": 512, "height": 512}  # 5 s or more, in steps of 0.1 s
-    job = {**message(tiny_model_dir, "job_runner_timeout", **fields), "time_limit_s": 2}
+    job = replace(message(tiny_model_dir, "job_runner_timeout", **fields), time_limit_s=2)
     events = Events()
     began = time.monotonic()
     # when it runs, then it ends in-process at a step boundary soon after its limit
@@ -139,7 +151,7 @@ def test_a_job_past_its_time_limit_fails_as_timeout_at_a_step_boundary(
     ) == ("failed")
     assert time.monotonic() - began < 2 + watchdog.INTERRUPT_WAIT_S
     # and it reports the timeout, with the limit in the message
-    assert events.kinds() == [TASK_JOB_RECEIVED, TASK_JOB_STARTED, TASK_JOB_FAILED]
+    assert events.kinds() == [JobReceived.TASK, JobStarted.TASK, JobFailed.TASK]
     failed = events[-1][2]
     assert failed["code"] == "timeout"
     assert "2s" in failed["message"]
@@ -149,18 +161,18 @@ def test_the_worker_ceiling_caps_the_time_limit_of_the_message(
     tiny_model_dir: Path, settings: Any
 ) -> None:
     settings.GPU_JOB_TIME_LIMIT_S = 7
-    job = message(tiny_model_dir, "job_runner_ceiling")
-    assert runner.time_limit_s({**job, "time_limit_s": 3.5}) == 3.5
-    assert runner.time_limit_s({**job, "time_limit_s": 60}) == 7
+    job = message_dict(tiny_model_dir, "job_runner_ceiling")
+    assert runner.time_limit_s(JobMessage.from_wire({**job, "time_limit_s": 3.5})) == 3.5
+    assert runner.time_limit_s(JobMessage.from_wire({**job, "time_limit_s": 60})) == 7
     # a message of an older control plane, without a limit, runs under the ceiling
-    assert runner.time_limit_s(job) == 7
+    assert runner.time_limit_s(JobMessage.from_wire(job)) == 7
 
 
 def test_a_job_canceled_before_it_starts_never_loads_the_model(tiny_model_dir: Path) -> None:
     # given the cancel marker of a job in S3, and a model path that does not exist
     job = message(tiny_model_dir, "job_runner_canceled")
-    job["model"]["source_uri"] = "/nonexistent/model"
-    default_storage.save(cancel_marker_key(job["output_prefix"]), ContentFile(b"canceled"))
+    job = replace(job, model=replace(job.model, source_uri="/nonexistent/model"))
+    default_storage.save(cancel_marker_key(job.output_prefix), ContentFile(b"canceled"))
     events = Events()
     # when it is delivered, then it ends at once, reporting nothing
     assert (
@@ -174,7 +186,7 @@ def test_a_missing_model_fails_as_invalid_input_after_the_delivery_was_reported(
     tiny_model_dir: Path,
 ) -> None:
     job = message(tiny_model_dir, "job_runner_missing")
-    job["model"] = {**job["model"], "source_uri": "/nonexistent/model", "revision": "gone"}
+    job = replace(job, model=replace(job.model, source_uri="/nonexistent/model", revision="gone"))
     events = Events()
     assert (
         runner.run_job(job, attempt=2, storage=default_storage, abandon=abandon, send=events)
@@ -183,10 +195,10 @@ def test_a_missing_model_fails_as_invalid_input_after_the_delivery_was_reported(
     # the delivery is reported before the model is loaded, so it counts even if loading fails
     (_, received, received_kwargs), (_, failed, failed_kwargs) = events
     assert (received, received_kwargs) == (
-        TASK_JOB_RECEIVED,
-        {"job_id": job["job_id"], "attempt": 2},
+        JobReceived.TASK,
+        {"job_id": job.job_id, "attempt": 2, "v": CONTRACT_VERSION},
     )
-    assert (failed, failed_kwargs["code"]) == (TASK_JOB_FAILED, "invalid_input")
+    assert (failed, failed_kwargs["code"]) == (JobFailed.TASK, "invalid_input")
 
 
 def test_cpu_and_gpu_out_of_memory_are_both_recognised() -> None:
@@ -207,21 +219,21 @@ def test_the_cancel_check_keeps_going_when_storage_is_away(monkeypatch: pytest.M
 
     unreachable = S3Storage(**settings.STORAGES["default"]["OPTIONS"])
     # when the cancel check asks it, then the job goes on (it asks again at the next check)
-    assert runner.canceled(unreachable, "tenants/1/jobs/x/cancel") is False
+    assert watchdog.canceled(unreachable, "tenants/1/jobs/x/cancel") is False
 
 
 def test_an_event_to_a_control_queue_deleted_meanwhile_creates_it_and_arrives(
     local_aws: Any,
 ) -> None:
     # given a worker that sent an event (kombu now caches the control queue's URL)
-    runner.send_event(TASK_JOB_RECEIVED, job_id="job_queue_gone", attempt=1)
+    send_event(JobReceived("job_queue_gone", 1))
     url = local_aws.queue_url(control_queue_name())
     assert url is not None
     # when the queue is deleted (a purge by re-creation, a local SQS server started anew)
     local_aws.client("sqs").delete_queue(QueueUrl=url)
     # then the next event is not lost: the queue is created again and holds it
-    runner.send_event(TASK_JOB_FAILED, job_id="job_queue_gone", attempt=1, code="x", message="y")
+    send_event(JobFailed("job_queue_gone", 1, code=FailureCode.INTERNAL_ERROR, message="y"))
     tasks = local_aws.drain_tasks(control_queue_name())
     assert [(t["task"], t["kwargs"]["job_id"]) for t in tasks] == [
-        (TASK_JOB_FAILED, "job_queue_gone")
+        (JobFailed.TASK, "job_queue_gone")
     ]

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from jobs.models import Job
-from sdsaas.queues import TASK_GPU_GENERATE, model_queue_name
+from sdsaas.broker.sqs import model_queue_name
+from sdsaas.contract import TASK_GPU_GENERATE
 from tests.support.factories import (
     DiffusionModelFactory,
     PlanFactory,

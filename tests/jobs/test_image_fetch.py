@@ -18,7 +18,8 @@ from PIL import Image
 from integrations.safe_http import FetchError
 from jobs.models import Job
 from jobs.services.image_fetch import _fail_before_dispatch, job_fetch_input_image
-from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, control_queue_name, model_queue_name
+from sdsaas.broker.sqs import control_queue_name, model_queue_name
+from sdsaas.contract import TASK_FETCH_INPUT_IMAGE
 from tenants.models import CreditPeriod
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
 from tests.support.https import HttpsServer, Tls, serve_https
@@ -66,7 +67,7 @@ def submit_url(local_aws: Any, url: str) -> Job:
     job = Job.objects.get(public_id=response.json()["id"])
     # the API asked the control worker to fetch, and marked that as the job's publish
     assert local_aws.drain_tasks(control_queue_name()) == [
-        {"task": TASK_FETCH_INPUT_IMAGE, "kwargs": {"job_id": job.pk}}
+        {"task": TASK_FETCH_INPUT_IMAGE, "kwargs": {"job_pk": job.pk}}
     ]
     assert job.published_at is not None
     return job
@@ -78,8 +79,8 @@ def test_the_image_is_stored_under_the_job_and_the_job_published_once(
     # given a job on an image URL
     job = submit_url(local_aws, f"https://localhost:{photos.port}/cat.png")
     # when the fetch runs, then runs again (a redelivered task, or the sweeper's)
-    job_fetch_input_image(job_id=job.pk, last_try=False)
-    job_fetch_input_image(job_id=job.pk, last_try=False)
+    job_fetch_input_image(job_pk=job.pk, last_try=False)
+    job_fetch_input_image(job_pk=job.pk, last_try=False)
     # then the image is in S3 under the job, fetched once, and one GPU message was sent
     job.refresh_from_db()
     assert job.init_image_key == f"tenants/{job.tenant_id}/jobs/{job.public_id}/input.png"
@@ -95,7 +96,7 @@ def test_a_late_failing_fetch_cannot_fail_a_job_already_dispatched(
 ) -> None:
     # given a job whose image was fetched and which went to its GPU queue
     job = submit_url(local_aws, f"https://localhost:{photos.port}/cat.png")
-    job_fetch_input_image(job_id=job.pk, last_try=False)
+    job_fetch_input_image(job_pk=job.pk, last_try=False)
     # when a duplicate fetch of it fails for good (its fence sees the stored image)
     Job.objects.filter(pk=job.pk).update(
         init_image_url=f"https://localhost:{photos.port}/missing.png"
@@ -118,7 +119,7 @@ def test_a_refused_image_fails_the_job_and_releases_its_credit(
     local_aws: Any, photos: HttpsServer, path: str, last_try: bool
 ) -> None:
     job = submit_url(local_aws, f"https://localhost:{photos.port}{path}")
-    job_fetch_input_image(job_id=job.pk, last_try=last_try)
+    job_fetch_input_image(job_pk=job.pk, last_try=last_try)
     job.refresh_from_db()
     assert (job.status, job.error_code) == (Job.Status.FAILED, "image_fetch_failed")
     assert CreditPeriod.objects.get(tenant=job.tenant).reserved == 0
@@ -130,7 +131,7 @@ def test_a_busy_image_host_is_retried_before_the_last_try(
 ) -> None:
     job = submit_url(local_aws, f"https://localhost:{photos.port}/busy.png")
     with pytest.raises(FetchError) as caught:
-        job_fetch_input_image(job_id=job.pk, last_try=False)
+        job_fetch_input_image(job_pk=job.pk, last_try=False)
     assert caught.value.retryable
     job.refresh_from_db()
     assert (job.status, job.init_image_key) == (Job.Status.STARTING, "")

@@ -7,7 +7,7 @@ import pytest
 from jobs.models import Job
 from jobs.services.lifecycle import job_mark_succeeded
 from jobs.tasks import sweep_unpublished
-from sdsaas.queues import model_queue_name
+from sdsaas.broker.sqs import model_queue_name
 from tests.support.factories import (
     DiffusionModelFactory,
     PlanFactory,

@@ -22,8 +22,8 @@ from jobs.services.lifecycle import (
 )
 from jobs.services.reconcile import RECONCILE_CONFIRM_S, Reconciled, jobs_reconcile_lost
 from jobs.tasks import reconcile_lost
-from sdsaas.broker.sqs import dead_letter_queue_name
-from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST, model_queue_name
+from sdsaas.broker.sqs import dead_letter_queue_name, model_queue_name
+from sdsaas.contract import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST
 from tenants.models import CreditPeriod, UsageRecord, month_of
 from tests.support.aws import LocalAws
 from tests.support.concurrency import run_parallel
@@ -310,7 +310,7 @@ def test_an_image_fetch_whose_message_is_gone_is_sent_again(setup, local_aws):  
     # then the fetch is sent again
     (task,) = local_aws.drain_tasks(control)
     assert task["task"] == TASK_FETCH_INPUT_IMAGE
-    assert task["kwargs"] == {"job_id": Job.objects.get(public_id=job_id).pk}
+    assert task["kwargs"] == {"job_pk": Job.objects.get(public_id=job_id).pk}
 
 
 def test_two_reconcilers_at_once_publish_each_lost_job_once(setup, local_aws):  # type: ignore[no-untyped-def]

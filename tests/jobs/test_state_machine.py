@@ -13,8 +13,8 @@ from jobs.services.lifecycle import (
     job_mark_succeeded,
     jobs_fail_dead_lettered,
 )
+from sdsaas.broker.sqs import model_queue_name
 from sdsaas.errors import Conflict
-from sdsaas.queues import model_queue_name
 from tenants.models import CreditPeriod, UsageRecord, month_of
 from tests.support.factories import (
     DiffusionModelFactory,

@@ -16,7 +16,8 @@ from rest_framework.test import APIClient
 
 from jobs import apis
 from jobs.models import IdempotencyRecord, Job, Upload
-from sdsaas.queues import TASK_FETCH_INPUT_IMAGE, control_queue_name, model_queue_name
+from sdsaas.broker.sqs import control_queue_name, model_queue_name
+from sdsaas.contract import TASK_FETCH_INPUT_IMAGE
 from tenants.models import CreditPeriod
 from tests.support.factories import TenantFactory, api_client_for
 
@@ -395,7 +396,7 @@ def test_an_https_url_is_img2img_stored_as_init_image_url(local_aws, tenant, mod
     assert (job.init_image_url, job.init_image_key) == ("https://example.com/a.png", "")
     # and the control worker is asked to fetch it; no GPU sees the job before that
     assert local_aws.drain_tasks(control_queue_name()) == [
-        {"task": TASK_FETCH_INPUT_IMAGE, "kwargs": {"job_id": job.pk}}
+        {"task": TASK_FETCH_INPUT_IMAGE, "kwargs": {"job_pk": job.pk}}
     ]
     assert local_aws.drain_tasks(model_queue_name("tiny")) == []
 

@@ -13,15 +13,14 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 
 from jobs.models import (
-    SCHEDULERS,
     DiffusionModel,
     Family,
     IdempotencyRecord,
     Job,
     JobEvent,
 )
-from jobs.serializers import OUTPUT_FORMATS
 from jobs.services.submit import job_submit
+from sdsaas.contract import OutputFormat, Scheduler
 from tenants.models import CreditPeriod, Tenant
 from tests.support.factories import (
     DiffusionModelFactory,
@@ -115,8 +114,8 @@ ACCEPTED = [
     ("num_outputs", 4),
     ("seed", 0),
     ("seed", SEED_MAX),
-    *[("scheduler", name) for name in SCHEDULERS],
-    *[("output_format", name) for name in OUTPUT_FORMATS],
+    *[("scheduler", name.value) for name in Scheduler],
+    *[("output_format", name.value) for name in OutputFormat],
 ]
 
 

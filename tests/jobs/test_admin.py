@@ -1,11 +1,10 @@
-"""The Django admin: every registered model's pages load, and the tenant and job actions work."""
+"""The admin pages of jobs: the job list's search and filters, the cancel action, and the job
+page (images, metrics, timeline)."""
 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
@@ -13,114 +12,19 @@ from urllib.request import urlopen
 
 import pytest
 from django.conf import settings
-from django.contrib import admin
-from django.contrib.auth.models import Group, User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.signals import setting_changed
-from django.db.models import Model
-from django.test import Client, RequestFactory
-from django.urls import reverse
+from django.test import Client
 from django.utils.timezone import localtime
 from PIL import Image
-from rest_framework.test import APIClient
 
-from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload
-from jobs.services.lifecycle import job_mark_succeeded
+from jobs.models import Job, JobEvent
 from jobs.services.submit import job_submit
-from tenants.models import ApiKey, CreditPeriod, Plan, Tenant, UsageRecord
-from tenants.services import api_key_issue
+from tenants.models import CreditPeriod
+from tests.support.admin import World, admin_url, page_messages
 from tests.support.aws import LocalAws
-from tests.support.factories import (
-    DiffusionModelFactory,
-    LoraFactory,
-    PlanFactory,
-    TenantFactory,
-    UploadFactory,
-)
-
-# Collected at import: pytest-django has set Django up, and the admin has autodiscovered.
-REGISTERED: list[type[Model]] = sorted(admin.site._registry, key=lambda m: m._meta.label)
-KEY_PATTERN = re.compile(r"sk_live_[0-9a-f]{12}_[\w-]{20,}")
-
-
-@dataclass
-class World:
-    """One object of each registered model, and jobs in each state the pages show."""
-
-    admin_user: User
-    tenant: Tenant
-    key: ApiKey
-    succeeded: Job  # with outputs, usage records and events
-    starting: Job
-    queued: Job
-    objects: dict[type[Model], Model]
-
-
-@pytest.fixture
-def world(admin_user: User) -> World:
-    # A cap of one concurrent job: the second live job waits as `queued`.
-    plan = PlanFactory(max_concurrent_jobs=1)
-    tenant = TenantFactory(plan=plan)
-    key, _ = api_key_issue(tenant=tenant, name="ci")
-    model = DiffusionModelFactory(slug="tiny")
-    lora = LoraFactory()
-    upload = UploadFactory(
-        tenant=tenant,
-        storage_key=f"tenants/{tenant.pk}/uploads/x.png",
-        width=64,
-        height=48,
-        size_bytes=139,
-    )
-    data = {"model": "tiny", "prompt": "a red fox", "loras": [{"slug": lora.slug}]}
-    succeeded, _ = job_submit(tenant=tenant, data=data)
-    assert job_mark_succeeded(
-        job_public_id=succeeded.public_id,
-        attempt=1,
-        output_keys=[f"tenants/{tenant.pk}/jobs/{succeeded.public_id}/0.png"],
-        metrics={"inference_s": 1.5},
-    )
-    starting, _ = job_submit(tenant=tenant, data={**data, "image": upload.public_id})
-    queued, _ = job_submit(tenant=tenant, data=data)
-    assert (starting.status, queued.status) == ("starting", "queued")
-    succeeded.refresh_from_db()
-    group = Group.objects.create(name="support")
-    objects: dict[type[Model], Model] = {
-        Plan: plan,
-        Tenant: tenant,
-        ApiKey: key,
-        CreditPeriod: CreditPeriod.objects.get(tenant=tenant),
-        UsageRecord: UsageRecord.objects.get(job=succeeded),
-        DiffusionModel: model,
-        LoraAdapter: lora,
-        Upload: upload,
-        Job: succeeded,
-        User: admin_user,
-        Group: group,
-    }
-    return World(admin_user, tenant, key, succeeded, starting, queued, objects)
-
-
-@pytest.fixture
-def staff(world: World, local_aws: LocalAws) -> Client:
-    # With the local S3: the job page signs image links, which needs credentials and a bucket.
-    client = Client()
-    client.force_login(world.admin_user)
-    return client
-
-
-def admin_url(model: type[Model], page: str, *args: Any) -> str:
-    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{page}", args=args)
-
-
-def can_add(model: type[Model], user: User) -> bool:
-    request = RequestFactory().get("/admin/")
-    request.user = user
-    return admin.site._registry[model].has_add_permission(request)
-
-
-def page_messages(response: Any) -> list[str]:
-    return [str(message) for message in response.context["messages"]]
+from tests.support.factories import TenantFactory
 
 
 class Page(HTMLParser):
@@ -181,70 +85,6 @@ def png_bytes(color: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
-# --- every registered model ----------------------------------------------------------------------
-
-
-def test_the_admin_registers_the_expected_models() -> None:
-    # then every model an operator needs is there, and every registered one is covered below
-    assert set(REGISTERED) == {
-        Plan,
-        Tenant,
-        ApiKey,
-        CreditPeriod,
-        UsageRecord,
-        DiffusionModel,
-        LoraAdapter,
-        Upload,
-        Job,
-        User,
-        Group,
-    }
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("model", REGISTERED, ids=lambda m: m._meta.label)
-def test_changelist_add_and_change_pages_load(world: World, staff: Client, model) -> None:  # type: ignore[no-untyped-def]
-    # given an existing object of the model
-    obj = world.objects[model]
-    # when the superuser opens its list, add and change pages
-    changelist = staff.get(admin_url(model, "changelist"))
-    add = staff.get(admin_url(model, "add"))
-    change = staff.get(admin_url(model, "change", obj.pk))
-    # then each answers 200 (the add page 403 where adding is not allowed), and lists the object
-    assert changelist.status_code == 200
-    assert obj in changelist.context["cl"].result_list
-    assert add.status_code == (200 if can_add(model, world.admin_user) else 403)
-    assert change.status_code == 200
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize("model", REGISTERED, ids=lambda m: m._meta.label)
-def test_delete_confirmation_pages_load(world: World, staff: Client, model) -> None:  # type: ignore[no-untyped-def]
-    # when the superuser opens the delete page of the object, then it renders (it deletes nothing)
-    obj = world.objects[model]
-    response = staff.get(admin_url(model, "delete", obj.pk))
-    assert response.status_code == 200
-    assert model.objects.filter(pk=obj.pk).exists()
-
-
-@pytest.mark.django_db
-@pytest.mark.parametrize(
-    "model",
-    [m for m in REGISTERED if m not in (User, Group)],
-    ids=lambda m: m._meta.label,
-)
-def test_an_empty_add_form_is_refused_or_redisplayed_never_a_500(
-    world: World, staff: Client, model: type[Model]
-) -> None:
-    # given how many objects exist
-    before = model.objects.count()
-    # when the add form is posted empty
-    response = staff.post(admin_url(model, "add"), {})
-    # then it is redisplayed with errors (200) or adding is forbidden (403); nothing is created
-    assert response.status_code == (200 if can_add(model, world.admin_user) else 403)
-    assert model.objects.count() == before
-
-
 @pytest.mark.django_db
 def test_search_and_filters_of_the_job_list(world: World, staff: Client) -> None:
     # given another tenant's job besides the world's three
@@ -281,63 +121,7 @@ def test_a_job_page_shows_its_event_history_once(world: World, staff: Client) ->
     assert response.context["inline_admin_formsets"] == []
 
 
-@pytest.mark.django_db
-def test_filters_of_the_other_lists_load(world: World, staff: Client) -> None:
-    # when the other filtered and searchable lists are opened, then they answer 200
-    pages = [
-        (Tenant, {"status": "active"}),
-        (Tenant, {"plan__id__exact": world.tenant.plan_id}),
-        (Tenant, {"q": world.tenant.name}),
-        (ApiKey, {"tenant__id__exact": world.tenant.pk}),
-        (CreditPeriod, {"month__gte": str(world.succeeded.credit_month)}),
-        (UsageRecord, {"model_slug__exact": "tiny"}),
-        (DiffusionModel, {"family__exact": "sd15", "enabled__exact": "1"}),
-        (DiffusionModel, {"q": "tiny"}),
-        (LoraAdapter, {"family__exact": "sd15"}),
-    ]
-    for model, params in pages:
-        response = staff.get(admin_url(model, "changelist"), params)
-        assert response.status_code == 200, (model, params)
-        assert response.context["cl"].result_count >= 1, (model, params)
-
-
 # --- actions -------------------------------------------------------------------------------------
-
-
-@pytest.mark.django_db
-def test_issue_key_shows_the_key_once_and_it_authenticates(world: World, staff: Client) -> None:
-    # given a tenant and how many keys it has
-    before = set(ApiKey.objects.filter(tenant=world.tenant).values_list("pk", flat=True))
-    # when the superuser runs "issue_key" on it from the tenant list
-    response = staff.post(
-        admin_url(Tenant, "changelist"),
-        {"action": "issue_key", "_selected_action": [world.tenant.pk]},
-        follow=True,
-    )
-    # then one key was created, and its plaintext is shown in a message
-    assert response.status_code == 200
-    (new_pk,) = (
-        set(ApiKey.objects.filter(tenant=world.tenant).values_list("pk", flat=True)) - before
-    )
-    (message,) = [m for m in page_messages(response) if world.tenant.name in m]
-    (plaintext,) = KEY_PATTERN.findall(message)
-    key = ApiKey.objects.get(pk=new_pk)
-    assert plaintext.startswith(f"sk_live_{key.prefix}_")
-    # and only its hash is kept, and no later page shows it again
-    assert plaintext not in (key.key_hash, key.name)
-    for url in (
-        admin_url(Tenant, "changelist"),
-        admin_url(Tenant, "change", world.tenant.pk),
-        admin_url(ApiKey, "change", key.pk),
-    ):
-        assert plaintext not in staff.get(url).content.decode(), url
-    # and the key works against the API, as this tenant
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    models = api.get("/v1/models")
-    assert models.status_code == 200
-    assert [m["id"] for m in models.json()["results"]] == ["tiny"]
-    assert api.get(f"/v1/jobs/{world.queued.public_id}").status_code == 200
 
 
 @pytest.mark.django_db
@@ -380,60 +164,6 @@ def test_cancel_action_on_a_finished_job_warns_and_changes_nothing(
     world.succeeded.refresh_from_db()
     assert world.succeeded.status == Job.Status.SUCCEEDED
     assert CreditPeriod.objects.get(tenant=world.tenant).used == used
-
-
-@pytest.mark.django_db
-def test_revoke_action_stops_the_key(world: World, staff: Client) -> None:
-    # given a working key
-    _, plaintext = api_key_issue(tenant=world.tenant)
-    key = ApiKey.objects.get(prefix=plaintext.split("_")[2])
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    assert api.get("/v1/models").status_code == 200
-    # when the superuser revokes it
-    staff.post(admin_url(ApiKey, "changelist"), {"action": "revoke", "_selected_action": [key.pk]})
-    # then it no longer authenticates, and the tenant's other key still does
-    assert api.get("/v1/models").status_code == 401
-    key.refresh_from_db()
-    assert key.revoked_at is not None
-    assert ApiKey.objects.get(pk=world.key.pk).revoked_at is None
-
-
-@pytest.mark.django_db
-def test_a_key_cannot_be_given_an_unknown_scope_in_the_admin(world: World, staff: Client) -> None:
-    # given a key with the read scope only
-    world.key.scopes = ["jobs:read"]
-    world.key.save()
-    # when its scopes are edited to include a scope that does not exist
-    response = staff.post(
-        admin_url(ApiKey, "change", world.key.pk),
-        {"name": "ci", "scopes": '["jobs:read", "admin:everything"]'},
-    )
-    # then the form is redisplayed with an error and the key is unchanged
-    assert response.status_code == 200
-    assert response.context["adminform"].form.errors
-    world.key.refresh_from_db()
-    assert world.key.scopes == ["jobs:read"]
-
-
-@pytest.mark.django_db
-def test_a_key_scopes_are_edited_with_checkboxes(world: World, staff: Client) -> None:
-    # given a key with the read scope only, which cannot submit jobs
-    _, plaintext = api_key_issue(tenant=world.tenant, scopes=["jobs:read"])
-    key = ApiKey.objects.get(prefix=plaintext.split("_")[2])
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
-    assert api.post("/v1/jobs", {"model": "tiny", "prompt": "x"}, format="json").status_code == 403
-    # when the write scope is ticked in the admin
-    response = staff.post(
-        admin_url(ApiKey, "change", key.pk),
-        {"name": "ci", "scopes": ["jobs:write", "jobs:read"]},
-    )
-    # then the key is saved with both scopes and can submit jobs
-    assert response.status_code == 302
-    key.refresh_from_db()
-    assert key.scopes == ["jobs:read", "jobs:write"]
-    assert api.post("/v1/jobs", {"model": "tiny", "prompt": "x"}, format="json").status_code == 202
 
 
 @pytest.mark.django_db

@@ -1,0 +1,46 @@
+"""Models and LoRAs on a GPU worker: downloaded and verified once (model_store), loaded once
+per process and kept in memory while they fit (inference.PipelineCache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from django.conf import settings
+
+from gpu_worker import inference, model_store
+from sdsaas.contract import LoraRef, ModelRef
+
+MODEL_STORE = model_store.ModelStore(settings.GPU_MODEL_CACHE_DIR, model_store.s3_client_from_env)
+CACHE = inference.PipelineCache(max_bytes=settings.GPU_PIPELINE_CACHE_BYTES)
+
+
+def local_copy(source_uri: str, sha256: str) -> str:
+    """A local path of a model or LoRA, downloaded and verified once if it lives in S3."""
+    try:
+        return str(MODEL_STORE.local_path(source_uri, sha256))
+    except model_store.ModelStoreError as exc:  # missing or corrupt: retrying gives the same
+        raise inference.InvalidRequest(str(exc)) from exc
+
+
+def load_model(model: ModelRef, device: torch.device) -> inference.LoadedModel:
+    key = f"{model.slug}@{model.revision}"
+    cached = CACHE.lookup(key)
+    if cached is not None:
+        return cached
+    path = local_copy(model.source_uri, model.sha256)
+    if not (Path(path) / "model_index.json").is_file():
+        raise inference.InvalidRequest(f"no diffusers pipeline at {model.source_uri}")
+    loaded, _ = CACHE.get(
+        key,
+        lambda: inference.load_pipeline(path, device),
+        expected_bytes=inference.weights_bytes(path),
+    )
+    return loaded
+
+
+def local_loras(loras: tuple[LoraRef, ...]) -> inference.LoraFiles:
+    """(slug, local path, weight) of each LoRA of the job."""
+    return tuple(
+        (lora.slug, local_copy(lora.source_uri, lora.sha256), float(lora.weight)) for lora in loras
+    )
