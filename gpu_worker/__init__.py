@@ -9,5 +9,6 @@ the contract's events (gpu_worker/events.py).
 - tasks.py: the task: decode, hold the message (heartbeat.py), run, settle the message;
 - runner.py: one job as named steps (load, generate, encode, upload, report);
 - watchdog.py: the job's time limit, the stop grace and cancel; retry.py: S3/SQS outages;
-- loading.py, model_store/, inference.py: weights on disk, pipelines in memory, generation.
+- loading.py, model_store/, inference.py, prompts.py: weights on disk, pipelines in memory,
+  generation, prompts of any length.
 """

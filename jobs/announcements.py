@@ -1,7 +1,8 @@
 """The one announcement that a job changed state, which notifiers (webhooks, Discord) subscribe to.
 
 The lifecycle (jobs/services/lifecycle.py) calls `job_state_changed` once per change a client can
-see: the job started processing, or it became final (succeeded, failed, canceled). It is called
+see: the job started processing, made progress, or became final (succeeded, failed, canceled).
+It is called
 inside the transaction that makes the change, after the change, so that:
 - an announcement is made exactly once per change, whatever the duplicate or late events;
 - it is never made for a change that rolled back, and never lost after one that committed.
@@ -21,9 +22,28 @@ import datetime as dt
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from django.conf import settings
 from django.utils.module_loading import import_string
+
+
+class JobEventType(StrEnum):
+    """The name under which each kind of change is published (webhook event types)."""
+
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELED = "job.canceled"
+
+
+EVENT_OF_STATUS = {
+    "processing": JobEventType.STARTED,
+    "succeeded": JobEventType.SUCCEEDED,
+    "failed": JobEventType.FAILED,
+    "canceled": JobEventType.CANCELED,
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +54,11 @@ class JobStateChange:
     status: str  # the new status: processing, succeeded, failed or canceled
     attempt: int
     at: dt.datetime
+    progress: tuple[int, int] | None = None  # (step, total): a progress change while processing
+
+    @property
+    def event_type(self) -> JobEventType:
+        return JobEventType.PROGRESS if self.progress is not None else EVENT_OF_STATUS[self.status]
 
 
 Subscriber = Callable[[JobStateChange], None]

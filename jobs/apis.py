@@ -8,8 +8,6 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound
-from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,7 +25,7 @@ from jobs.serializers import (
 from jobs.services.lifecycle import job_cancel
 from jobs.services.submit import job_submit
 from jobs.services.uploads import upload_create
-from sdsaas.api import ApiView, error_responses
+from sdsaas.api import ApiView, NewestFirstPagination, error_responses
 from sdsaas.errors import InvalidInput
 from tenants.authentication import request_tenant
 from tenants.selectors import usage_summary
@@ -73,28 +71,6 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-class JobPagination(CursorPagination):
-    """Newest first, `page_size` at a time: the validated `limit`, not a second reading of it."""
-
-    ordering = "-id"
-
-    def __init__(self, *, page_size: int) -> None:
-        self.page_size = page_size
-
-    def decode_cursor(self, request: Request) -> Cursor | None:
-        # DRF answers a cursor it cannot read with a 404, and hands one it can read but never
-        # wrote (`p=abc`, `p=99…9`) to the query, where it is a 500. Ours hold an id.
-        invalid = InvalidInput("cursor", "is not the `next` or `previous` link of a page")
-        try:
-            cursor = super().decode_cursor(request)
-        except NotFound:
-            raise invalid from None
-        position = cursor.position if cursor is not None else None
-        if position is not None and not re.fullmatch(r"[0-9]{1,18}", str(position)):
-            raise invalid
-        return cursor
-
-
 class JobListCreateApi(ApiView):
     required_scopes = {"GET": READ, "POST": WRITE}
     query_serializers = {"GET": JobFilterSerializer}
@@ -122,7 +98,7 @@ class JobListCreateApi(ApiView):
             status=self.query.get("status"),
             model_slug=self.query.get("model"),
         )
-        paginator = JobPagination(page_size=self.query["limit"])
+        paginator = NewestFirstPagination(page_size=self.query["limit"])
         page = paginator.paginate_queryset(jobs, request, view=self) or []
         # The page's queue positions in one query, not one per queued job.
         positions = selectors.job_queue_positions(tenant=request_tenant(request), jobs=page)

@@ -145,6 +145,10 @@ class Job(models.Model):
     input = models.JSONField(help_text="Resolved input: defaults applied, seed always set.")
     init_image_key = models.CharField(max_length=512, blank=True)
     init_image_url = models.URLField(max_length=2048, blank=True)
+    # A per-job webhook (integrations/webhooks/): its URL, and the event types it wants (empty:
+    # every type), signed with the tenant's per-job webhook secret.
+    webhook_url = models.URLField(max_length=2048, blank=True)
+    webhook_events = models.JSONField(default=list, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)

@@ -11,6 +11,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from jobs.announcements import JobEventType
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
 from jobs.selectors import job_metrics, job_output_urls, job_queue_position
 from sdsaas.api import (
@@ -99,6 +100,18 @@ class JobInputSerializer(StrictSerializer):
     strength = NumberField(min_value=0.0, max_value=1.0, required=False)
     loras = serializers.ListField(child=LoraInputSerializer(), max_length=MAX_LORAS, required=False)
     output_format = StrictChoiceField(choices=[f.value for f in OutputFormat], required=False)
+    webhook = StrictCharField(
+        max_length=2048,
+        required=False,
+        help_text="A URL that receives this job's events, signed with the per-job webhook secret "
+        "(POST /v1/webhooks/job-secret): https, never a private address.",
+    )
+    webhook_events_filter = serializers.ListField(
+        child=StrictChoiceField(choices=[t.value for t in JobEventType]),
+        required=False,
+        max_length=len(JobEventType),
+        help_text="The event types the `webhook` receives; all when absent.",
+    )
 
 
 class JobFilterSerializer(QuerySerializer):
@@ -144,6 +157,10 @@ class JobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
     metrics = serializers.SerializerMethodField()
     urls = serializers.SerializerMethodField()
+    webhook = serializers.SerializerMethodField()
+    webhook_events_filter = serializers.ListField(
+        source="webhook_events", child=serializers.CharField(), read_only=True
+    )
 
     class Meta:
         model = Job
@@ -163,11 +180,17 @@ class JobSerializer(serializers.ModelSerializer):
             "completed_at",
             "metrics",
             "urls",
+            "webhook",
+            "webhook_events_filter",
         ]
 
     @extend_schema_field(serializers.ListField(child=serializers.URLField(), allow_null=True))
     def get_output(self, job: Job) -> list[str] | None:
         return job_output_urls(job=job)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_webhook(self, job: Job) -> str | None:
+        return job.webhook_url or None
 
     @extend_schema_field(JobErrorSerializer(allow_null=True))
     def get_error(self, job: Job) -> dict[str, str] | None:

@@ -3,17 +3,23 @@ bodies, the API key in the schema, and the errors each operation documents."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from django.core.validators import RegexValidator
 from django.http import QueryDict
+from django.urls import register_converter
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import build_bearer_security_scheme_object, get_doc
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.views import APIView
+
+from sdsaas.errors import InvalidInput
 
 # --- bodies: JSON types as sent -----------------------------------------------------------------
 
@@ -228,3 +234,41 @@ def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
         status: OpenApiResponse(ERROR, description=_ERRORS[status])
         for status in sorted({*_EVERY_OPERATION, *statuses})
     }
+
+
+class NewestFirstPagination(CursorPagination):
+    """Newest first, `page_size` at a time: the validated `limit`, not a second reading of it."""
+
+    ordering = "-id"
+
+    def __init__(self, *, page_size: int) -> None:
+        self.page_size = page_size
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        # DRF answers a cursor it cannot read with a 404, and hands one it can read but never
+        # wrote (`p=abc`, `p=99…9`) to the query, where it is a 500. Ours hold an id.
+        invalid = InvalidInput("cursor", "is not the `next` or `previous` link of a page")
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise invalid from None
+        position = cursor.position if cursor is not None else None
+        if position is not None and not re.fullmatch(r"[0-9]{1,18}", str(position)):
+            raise invalid
+        return cursor
+
+
+class PublicIdConverter:
+    """A path id as the models make them (`job_…`, `whe_…`, `msg_…`). Any other segment is the
+    catch-all 404 before any query: a NUL byte, which PostgreSQL refuses in a query, was a 500."""
+
+    regex = "[0-9A-Za-z_]{1,32}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(PublicIdConverter, "public_id")

@@ -51,6 +51,12 @@ TASK_RECONCILE_LOST = "control.reconcile_lost_jobs"
 TASK_FETCH_INPUT_IMAGE = "control.fetch_input_image"
 # Retention: rate-limit windows of past minutes, idempotency records past their TTL.
 TASK_PRUNE_RECORDS = "control.prune_records"
+# Webhooks: due messages to the webhooks queue (on the scheduler), and one attempt of one message
+# (on the webhooks queue, consumed by its own workers: a slow receiver never delays job events).
+TASK_WEBHOOKS_DISPATCH = "control.webhooks_dispatch"
+TASK_WEBHOOK_DELIVER = "webhooks.deliver"
+# Retention of the delivery log: settled messages (and their attempts) past WEBHOOK_LOG_DAYS.
+TASK_WEBHOOKS_PRUNE = "control.webhooks_prune"
 
 
 # --- Queue names. `prefix` is the deployment's (SDSAAS_SQS_QUEUE_PREFIX). ---------------------
@@ -64,6 +70,11 @@ def control_queue_name(prefix: str) -> str:
 def model_queue_name(prefix: str, model_slug: str) -> str:
     """The queue of one base model's GPU pool."""
     return f"{prefix}-model-{model_slug}"
+
+
+def webhooks_queue_name(prefix: str) -> str:
+    """The webhook senders' queue."""
+    return f"{prefix}-webhooks"
 
 
 def dead_letter_queue_name(queue_name: str) -> str:

@@ -237,6 +237,17 @@ def start_control_worker(stack: Stack) -> None:
     )
 
 
+def start_webhooks_worker(stack: Stack) -> None:
+    """The webhook senders: their own queue and workers, so a slow receiver never delays job
+    events; threads, since a send mostly waits on the network."""
+    queue = f"{queue_prefix(stack)}-webhooks"
+    stack.start(
+        "webhooks-worker",
+        [*CELERY, "worker", "-Q", queue, "-P", "threads", "-c", "8", "-n", "webhooks@%h"],
+        {**stack.env, "SDSAAS_ROLE": "control"},
+    )
+
+
 def start_gpu_worker(
     stack: Stack,
     name: str = "gpu-worker",
@@ -328,6 +339,7 @@ def main() -> None:
         key, own_key = keys["demo"], keys["devstack"]
         start_api(stack, port=args.api_port)
         start_control_worker(stack)
+        start_webhooks_worker(stack)
         start_gpu_worker(stack)
         start_scheduler(stack, schedule=var / "celerybeat-schedule")
         wait_http(f"{base}/healthz", 60, stack)

@@ -18,6 +18,8 @@ from sdsaas.contract import (
     TASK_RECONCILE_LOST,
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
+    TASK_WEBHOOKS_DISPATCH,
+    TASK_WEBHOOKS_PRUNE,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -142,6 +144,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "tenants",
     "jobs",
+    "integrations.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -321,6 +324,8 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-dead-letters": {"task": TASK_SWEEP_DEAD_LETTERS, "schedule": 15.0},
     "reconcile-lost-jobs": {"task": TASK_RECONCILE_LOST, "schedule": 15.0},
     "prune-records": {"task": TASK_PRUNE_RECORDS, "schedule": 3600.0},
+    "dispatch-webhooks": {"task": TASK_WEBHOOKS_DISPATCH, "schedule": 5.0},
+    "prune-webhook-log": {"task": TASK_WEBHOOKS_PRUNE, "schedule": 3600.0},
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -340,7 +345,31 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- Notifications ------------------------------------------------------------------------------
 # Called, in order, with each job state change a client can see, inside the transaction that makes
 # it (jobs/announcements.py). Webhooks and Discord subscribe here; code, not configuration.
-JOB_STATE_SUBSCRIBERS: list[str] = []
+JOB_STATE_SUBSCRIBERS: list[str] = ["integrations.webhooks.services.outbox.on_job_state_change"]
+
+# Webhooks (integrations/webhooks/). Signing secrets are stored encrypted with these Fernet keys,
+# never with SECRET_KEY: the first encrypts, all decrypt (rotation: see webhooks/secrets.py).
+# Make one with `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key())"`.
+WEBHOOK_SECRET_KEYS = env_list(
+    "SDSAAS_WEBHOOK_SECRET_KEYS",
+    "ZGV2LW9ubHktaW5zZWN1cmUtd2ViaG9vay1rZXktMDA=" if DEBUG else "",
+)
+if not WEBHOOK_SECRET_KEYS and ROLE != "gpu":  # GPU workers never sign
+    raise ImproperlyConfigured("SDSAAS_WEBHOOK_SECRET_KEYS must be set")
+# host:port pairs reachable over plain http, and exempt from the public-address check: local
+# development and tests only; empty in production.
+WEBHOOK_ALLOW_HOSTS = frozenset(h.lower() for h in env_list("SDSAAS_WEBHOOK_ALLOW_HOSTS", ""))
+WEBHOOK_CA_FILE = os.environ.get("SDSAAS_WEBHOOK_CA_FILE") or None
+WEBHOOK_CONNECT_TIMEOUT_S = 3.0
+WEBHOOK_TIMEOUT_S = 15.0
+# Messages in flight at once per endpoint (or per-job URL): a dead one holds no more than this.
+WEBHOOK_TARGET_CONCURRENCY = env_int("SDSAAS_WEBHOOK_TARGET_CONCURRENCY", 2, minimum=1)
+# After a secret rotation, the previous secret also signs for this long.
+WEBHOOK_ROTATION_WINDOW_S = env_int("SDSAAS_WEBHOOK_ROTATION_WINDOW_S", 24 * 3600, minimum=0)
+# An endpoint whose messages keep failing this long after it was first marked failing is disabled.
+# Settled messages and their attempts are kept this many days in the delivery log.
+WEBHOOK_LOG_DAYS = env_int("SDSAAS_WEBHOOK_LOG_DAYS", 30, minimum=1)
+WEBHOOK_DISABLE_AFTER_S = env_int("SDSAAS_WEBHOOK_DISABLE_AFTER_S", 5 * 24 * 3600, minimum=3600)
 
 # --- API ----------------------------------------------------------------------------------------
 # The API's HTTP server (`gunicorn -c python:sdsaas.gunicorn_conf sdsaas.wsgi`).

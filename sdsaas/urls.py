@@ -45,6 +45,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
+    path("v1/webhooks/", include("integrations.webhooks.urls")),
     path(
         "v1/schema",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

@@ -12,7 +12,7 @@ import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from integrations.safe_http.errors import FetchError
-from integrations.safe_http.target import Target
+from integrations.safe_http.target import Exemptions, Target
 
 # Listed here rather than trusting only ipaddress.is_global, whose tables differ between Python
 # releases (3.11 calls multicast 224.0.0.0/4 global, for one). Both checks must pass.
@@ -110,8 +110,9 @@ def _embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
     return None
 
 
-def resolve(target: Target, allowed: frozenset[str]) -> list[str]:
-    """The host's addresses, each one checked; the caller connects only to these."""
+def resolve(target: Target, exemptions: Exemptions) -> list[str]:
+    """The host's addresses, each one checked unless the caller exempts the target; the caller
+    connects only to these."""
     try:
         infos = socket.getaddrinfo(
             target.hostname, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
@@ -132,7 +133,7 @@ def resolve(target: Target, allowed: frozenset[str]) -> list[str]:
             addresses.append(address)
     if not addresses:
         raise FetchError("dns_failed", f"could not resolve the host {target.hostname}")
-    if target.hostname in allowed:
+    if exemptions.skip_address_policy(target):
         return addresses
     # Every address, not just the first: a name answering with [public, internal] would
     # otherwise reach the internal one whenever the public one is down or sorted second.

@@ -1,4 +1,5 @@
-"""FetchError, the one exception a fetch raises, and the errors more than one stage builds."""
+"""FetchError, the one exception fetch and post raise, and the errors more than one stage
+builds."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 
 class FetchError(Exception):
-    """A fetch that did not produce a body.
+    """A fetch that did not produce a body, or a post that got no HTTP answer.
 
     `code` is a short machine code; `retryable` says whether trying again later can help
-    (timeouts, connection failures, 5xx and 429). The message is safe to show the tenant: it
-    names only hosts from the URLs it was given or redirected to, never a resolved address.
+    (timeouts, connection failures, and for fetch 5xx and 429). The message is safe to show the
+    tenant: it names only hosts from the URLs it was given or redirected to, never a resolved
+    address.
     """
 
     def __init__(

@@ -1,8 +1,11 @@
-"""Stage 4 of a hop: the server's answer read into a body, or the redirect it points to."""
+"""Stage 4 of a hop: the server's answer read into a body, or the redirect it points to (GET);
+or, for a POST, whatever it answered, with an excerpt of its body."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -21,6 +24,14 @@ class Fetched:
     url: str  # after redirects
     content_type: str  # the Content-Type header as sent, "" when absent
     data: bytes
+
+
+@dataclass(frozen=True)
+class Sent:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes  # at most max_response_bytes; the rest is not read
+    latency_s: float  # from the call to the end of the read, DNS and connect included
 
 
 def read_response(
@@ -63,22 +74,54 @@ def _redirect_location(target: Target, response: urllib3.BaseHTTPResponse) -> st
     return urljoin(target.url, location.strip())
 
 
+def read_sent(
+    target: Target,
+    response: urllib3.BaseHTTPResponse,
+    *,
+    max_bytes: int,
+    started: float,
+    deadline: float,
+) -> Sent:
+    """Any status, with at most `max_bytes` of the body: the rest is left unread. The body is an
+    excerpt for the log, so a body that breaks off or outlasts the deadline is cut there rather
+    than turning an answer into an error."""
+    chunks: list[bytes] = []
+    with contextlib.suppress(FetchError):
+        for chunk in _body_chunks(target, response, limit=max_bytes, deadline=deadline):
+            chunks.append(chunk)
+    return Sent(
+        status=response.status,
+        # HTTPHeaderDict joins a repeated header's values with ", " under its first spelling.
+        headers={name.lower(): response.headers[name] for name in response.headers},
+        body=b"".join(chunks),
+        latency_s=time.monotonic() - started,
+    )
+
+
 def _read_body(
     target: Target, response: urllib3.BaseHTTPResponse, *, max_bytes: int, deadline: float
 ) -> bytes:
-    chunks: list[bytes] = []
+    # One byte past the cap tells "too large" from "exactly the cap" without reading on.
+    data = b"".join(_body_chunks(target, response, limit=max_bytes + 1, deadline=deadline))
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes)
+    return data
+
+
+def _body_chunks(
+    target: Target, response: urllib3.BaseHTTPResponse, *, limit: int, deadline: float
+) -> Iterator[bytes]:
+    """The body as it arrives, up to `limit` bytes, then stops; FetchError at the deadline."""
     received = 0
     try:
-        while True:
+        while received < limit:
             # read1 returns what has arrived instead of waiting for a full chunk, so the
             # deadline is checked while a slow server trickles.
-            chunk = response.read1(CHUNK_BYTES, decode_content=False)
+            chunk = response.read1(min(CHUNK_BYTES, limit - received), decode_content=False)
             if not chunk:
-                break
+                return
             received += len(chunk)
-            if received > max_bytes:
-                raise _too_large(max_bytes)
-            chunks.append(chunk)
+            yield chunk
             if time.monotonic() > deadline:
                 raise timeout_error(target.hostname)
     except HTTPError as exc:
@@ -87,7 +130,6 @@ def _read_body(
         raise FetchError(
             "connect_failed", f"the connection to {target.hostname} broke", retryable=True
         ) from exc
-    return b"".join(chunks)
 
 
 def _too_large(max_bytes: int) -> FetchError:

@@ -84,7 +84,14 @@ def _finish(
     return True
 
 
-def _announce(job: Job, status: str, attempt: int, *, at: dt.datetime) -> None:
+def _announce(
+    job: Job,
+    status: str,
+    attempt: int,
+    *,
+    at: dt.datetime,
+    progress: tuple[int, int] | None = None,
+) -> None:
     change = JobStateChange(
         job_pk=job.pk,
         job_id=job.public_id,
@@ -92,6 +99,7 @@ def _announce(job: Job, status: str, attempt: int, *, at: dt.datetime) -> None:
         status=status,
         attempt=attempt,
         at=at,
+        progress=progress,
     )
     job_state_changed(change)
 
@@ -172,12 +180,17 @@ def job_mark_started(*, job_public_id: str, attempt: int, load_s: float) -> bool
     return bool(changed)
 
 
+@transaction.atomic
 def job_mark_progress(*, job_public_id: str, attempt: int, step: int, total: int) -> bool:
-    return bool(
-        Job.objects.filter(
-            public_id=job_public_id, status=Job.Status.PROCESSING, attempt=attempt
-        ).update(progress_step=step, progress_total=total)
+    changed = (
+        Job.objects.filter(public_id=job_public_id, status=Job.Status.PROCESSING, attempt=attempt)
+        .exclude(progress_step=step, progress_total=total)
+        .update(progress_step=step, progress_total=total)
     )
+    if changed:
+        job = Job.objects.get(public_id=job_public_id)
+        _announce(job, Job.Status.PROCESSING, attempt, at=timezone.now(), progress=(step, total))
+    return bool(changed)
 
 
 @transaction.atomic

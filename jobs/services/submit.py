@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from integrations.safe_http import address_is_public
+from integrations.safe_http import FetchError, address_is_public, check_url
 from jobs import selectors
 from jobs.models import DiffusionModel, IdempotencyRecord, Job, LoraAdapter, public_id
 from jobs.services.common import lock_tenant, record_event
@@ -151,6 +151,17 @@ def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
     )
 
 
+def _webhook_url(url: str) -> str:
+    """https (or http to an allowed local host:port), and no private address now; checked again
+    at every delivery, since DNS can change."""
+    if url:
+        try:
+            check_url(url, allow_http_hosts=settings.WEBHOOK_ALLOW_HOSTS)
+        except FetchError as exc:
+            raise InvalidInput("webhook", exc.message) from None
+    return url
+
+
 def job_submit(
     *, tenant: Tenant, data: dict[str, Any], idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
@@ -173,6 +184,8 @@ def job_submit(
             input=resolved.input,
             init_image_key=resolved.init_image_key,
             init_image_url=resolved.init_image_url,
+            webhook_url=_webhook_url(data.get("webhook") or ""),
+            webhook_events=sorted(set(data.get("webhook_events_filter") or [])),
             credits_reserved=amount,
             credit_month=month,
         )

@@ -45,6 +45,11 @@ def control_queue_name() -> str:
     return contract.control_queue_name(settings.SQS_QUEUE_PREFIX)
 
 
+def webhooks_queue_name() -> str:
+    """This deployment's queue of the webhook senders."""
+    return contract.webhooks_queue_name(settings.SQS_QUEUE_PREFIX)
+
+
 def model_queue_name(model_slug: str) -> str:
     """This deployment's queue of one base model's GPU pool."""
     return contract.model_queue_name(settings.SQS_QUEUE_PREFIX, model_slug)

@@ -1,20 +1,41 @@
-"""Real processes: a control worker and a GPU worker (CPU, tiny model) beside the test process."""
+"""Real processes: a control worker and a GPU worker (CPU, tiny model) beside the test process.
+
+Also the pools of GPU workers of their own that the tests of worker failures start and kill
+(`pool`), and the tiny model and a tenant for the tests that run jobs on the session's workers.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.db import connection
+from PIL import Image
+from rest_framework.test import APIClient
 
+from jobs.models import DiffusionModel, Job
+from sdsaas.broker.sqs import ensure_model_queue, model_queue_name
+from tenants.models import Tenant
 from tests.support.aws import LocalAws
+from tests.support.factories import (
+    DiffusionModelFactory,
+    PlanFactory,
+    TenantFactory,
+    api_client_for,
+)
 from tests.support.https import Tls
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +182,137 @@ def finished(client: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
 
     result: dict[str, Any] = wait_for(poll, timeout, f"job {job_id} to finish")
     return result
+
+
+def download(url: str) -> Image.Image:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        image = Image.open(io.BytesIO(response.read()))
+        image.load()
+        return image
+
+
+def log_time(log: str, pattern: str) -> float:
+    """When the worker logged a line (Celery's `[YYYY-MM-DD HH:MM:SS,mmm: ...]`, local time)."""
+    match = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]*\] " + pattern, log)
+    assert match, f"no log line matching {pattern!r}"
+    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+# --- the tiny model on the session's workers -------------------------------------------------
+
+
+def tiny_model(tiny_model_dir: Path, **fields: Any) -> DiffusionModel:
+    """The session's tiny pipeline in the catalog, as the GPU workers load it."""
+    defaults = {
+        "slug": "tiny",
+        "source_uri": str(tiny_model_dir),
+        "revision": "tiny-1",
+        "min_side": 32,
+        "max_side": 256,
+    }
+    return DiffusionModelFactory(**{**defaults, **fields})  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def model(workers: Workers, tiny_model_dir: Path) -> DiffusionModel:
+    """The tiny model, which the session's workers serve."""
+    return tiny_model(tiny_model_dir)
+
+
+@pytest.fixture
+def tenant() -> Tenant:
+    """A tenant with room for four jobs at once; `client` is its API client."""
+    return TenantFactory(plan=PlanFactory(max_concurrent_jobs=4))  # type: ignore[no-any-return]
+
+
+# --- GPU workers of a test's own, to kill and stop (test_worker_failures.py, test_worker_cancel.py)
+
+VISIBILITY_S = 6
+# A job that must end (stop grace, time limit, cancel) ends within this of its bound, whatever
+# its step time: a check (0.2 s), the runner's chance to end it (1 s), then the hand-back.
+STOP_MARGIN_S = 3.0
+# On the tiny model a step takes tens of milliseconds: these jobs run for seconds.
+LONG_JOB = {"width": 256, "height": 256, "steps": 150, "scheduler": "euler"}
+# More than 5 x VISIBILITY_S (about 50 s on two idle CPU cores, longer on busy ones).
+LONGER_JOB = {"width": 1024, "height": 1024, "steps": 150, "scheduler": "euler", "num_outputs": 4}
+SHORT_JOB = {"width": 64, "height": 64, "steps": 2}
+# Steps of several seconds each (four 2048x2048 images): a step outlasts every bound tested.
+LONG_STEP_JOB = {"width": 2048, "height": 2048, "steps": 3, "num_outputs": 4, "scheduler": "euler"}
+
+
+@dataclass
+class Pool:
+    """One model, its queue and the GPU worker serving it; a tenant with a client.
+
+    Its workers have a short base visibility timeout (extended by their heartbeat while they
+    hold a job), so that redelivery takes seconds.
+    """
+
+    workers: Workers
+    slug: str
+    client: APIClient
+    tenant: Tenant
+
+    @property
+    def queue(self) -> str:
+        return model_queue_name(self.slug)
+
+    @property
+    def worker(self) -> str:
+        return f"gpu-{self.slug}"
+
+    def start_worker(self, name: str = "", **env: str) -> None:
+        # The workers extend messages by the base timeout the queue was created with.
+        env = {"SDSAAS_SQS_VISIBILITY_TIMEOUT": str(VISIBILITY_S), **env}
+        self.workers.start_gpu(name or self.worker, queues=self.queue, **env)
+
+    def wait_ready(self, *names: str) -> None:
+        for name in names:
+            wait_for(lambda n=name: " ready." in self.workers.log(n), 90, f"{name} to be ready")
+
+    def submit(self, **fields: Any) -> str:
+        body = {"model": self.slug, "prompt": "a lighthouse", **fields}
+        response = self.client.post("/v1/jobs", body, format="json")
+        assert response.status_code == 202, response.content
+        return str(response.json()["id"])
+
+    def job(self, job_id: str) -> Job:
+        return Job.objects.get(public_id=job_id)
+
+    def wait_processing(self, job_id: str, attempt: int = 1, timeout: float = 90) -> None:
+        def running() -> bool:
+            job = self.job(job_id)
+            return job.status == Job.Status.PROCESSING and job.attempt == attempt
+
+        wait_for(running, timeout, f"{job_id} to be processing as attempt {attempt}")
+
+    def log(self, name: str = "") -> str:
+        return self.workers.log(name or self.worker)
+
+    def holder(self, job_id: str, attempt: int, names: tuple[str, ...]) -> str:
+        """Which of the named workers received the job as `attempt`."""
+        line = f"job {job_id} attempt {attempt}"
+        return str(
+            wait_for(lambda: next((n for n in names if line in self.log(n)), None), 30, line)
+        )
+
+    def deliveries(self, job_id: str) -> list[int]:
+        """The attempt of each delivery, from the job's history."""
+        received = self.job(job_id).events.filter(kind="received")
+        return list(received.values_list("attempt", flat=True))
+
+
+@pytest.fixture
+def pool(workers: Workers, tiny_model_dir: Path, settings: Any) -> Iterator[Pool]:
+    """A pool on a model of its own, with no worker yet; its workers are stopped after the test."""
+    settings.SQS_VISIBILITY_TIMEOUT = VISIBILITY_S
+    slug = f"tiny{uuid.uuid4().hex[:6]}"
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2, max_pixels=2048**2))
+    tiny_model(tiny_model_dir, slug=slug, max_side=2048)
+    # The queue exists with its redrive policy and timeout before a worker would create it bare.
+    ensure_model_queue(slug)
+    made = Pool(workers, slug, api_client_for(tenant), tenant)
+    yield made
+    for name in [name for name in workers.processes if name.startswith(made.worker)]:
+        workers.stop(name)

@@ -17,10 +17,9 @@ import pytest
 
 from jobs.models import Job
 from sdsaas.broker.sqs import _ensure_queue, ensure_model_queue
-from tests.e2e.conftest import Workers, wait_for
+from tests.e2e.conftest import FINAL, Workers, tiny_model, wait_for
 from tests.support.aws import LocalAws, TcpProxy
 from tests.support.factories import (
-    DiffusionModelFactory,
     PlanFactory,
     TenantFactory,
     api_client_for,
@@ -31,7 +30,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 PREFIX = "outage"
 OUTAGE_S = 30  # required by the issue
-FINAL = {"succeeded", "failed", "canceled"}
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +72,7 @@ def test_every_job_of_a_stream_completes_after_a_30s_outage(  # type: ignore[no-
 ):
     settings.SQS_QUEUE_PREFIX = PREFIX  # the API publishes to the partitioned workers' queues
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
-    DiffusionModelFactory(
-        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
-    )
+    tiny_model(tiny_model_dir)
     client = api_client_for(tenant)
     body = {"model": "tiny", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 
@@ -127,9 +123,7 @@ def client(partitioned_workers, tiny_model_dir, settings):  # type: ignore[no-un
     """A tenant's API client whose jobs go to the partitioned workers' queues."""
     settings.SQS_QUEUE_PREFIX = PREFIX
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
-    DiffusionModelFactory(
-        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
-    )
+    tiny_model(tiny_model_dir)
     return api_client_for(tenant)
 
 

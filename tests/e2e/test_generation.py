@@ -1,43 +1,18 @@
 from __future__ import annotations
 
-import io
 import json
-import urllib.request
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image
 
 from tenants.models import UsageRecord
-from tests.e2e.conftest import finished
-from tests.support.factories import (
-    DiffusionModelFactory,
-    PlanFactory,
-    TenantFactory,
-    api_client_for,
-)
+from tests.e2e.conftest import download, finished
+from tests.support.images import image_bytes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
 
 
-def download(url: str) -> Image.Image:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        image = Image.open(io.BytesIO(response.read()))
-        image.load()
-        return image
-
-
-@pytest.fixture
-def setup(workers, tiny_model_dir):  # type: ignore[no-untyped-def]
-    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=4))
-    DiffusionModelFactory(
-        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
-    )
-    return tenant, api_client_for(tenant)
-
-
-def test_txt2img_succeeds_with_a_reproducible_png(setup, workers):  # type: ignore[no-untyped-def]
-    tenant, client = setup
+def test_txt2img_succeeds_with_a_reproducible_png(tenant, model, client, workers):  # type: ignore[no-untyped-def]
     body = {"model": "tiny", "prompt": "a red fox", "width": 64, "height": 96, "steps": 4}
     # when a job is submitted twice with the same seed
     first = client.post("/v1/jobs", {**body, "seed": 1234}, format="json").json()
@@ -58,12 +33,10 @@ def test_txt2img_succeeds_with_a_reproducible_png(setup, workers):  # type: igno
     assert UsageRecord.objects.filter(tenant=tenant).count() == 2
 
 
-def test_img2img_from_an_upload_succeeds_and_records_its_strength(setup, workers):  # type: ignore[no-untyped-def]
-    _, client = setup
+def test_img2img_from_an_upload_succeeds_and_records_its_strength(model, client, workers):  # type: ignore[no-untyped-def]
     # given an uploaded photo
-    buffer = io.BytesIO()
-    Image.new("RGB", (80, 64), (30, 90, 200)).save(buffer, "JPEG")
-    photo = SimpleUploadedFile("photo.jpg", buffer.getvalue(), content_type="image/jpeg")
+    jpeg = image_bytes("JPEG", (80, 64), (30, 90, 200))
+    photo = SimpleUploadedFile("photo.jpg", jpeg, content_type="image/jpeg")
     upload = client.post("/v1/uploads", {"file": photo}, format="multipart").json()
     # when an img2img job uses it, as WebP output
     body = {"model": "tiny", "prompt": "as a watercolour", "image": upload["id"], "strength": 0.5}

@@ -6,39 +6,26 @@ The control worker of the session allows exactly one host, `localhost`, with the
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from jobs.models import Job
 from tests.e2e.conftest import finished
-from tests.support.factories import (
-    DiffusionModelFactory,
-    PlanFactory,
-    TenantFactory,
-    api_client_for,
-)
-from tests.support.https import HttpsServer, Tls, serve_https
+from tests.support.https import HttpsServer, QuietHandler, Tls, serve_https
+from tests.support.images import image_bytes
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("e2e_prefix", "model"),
+]
 
 
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 40), (240, 200, 10)).save(buffer, "PNG")
-    return buffer.getvalue()
+CAT = image_bytes("PNG", (48, 40), (240, 200, 10))
 
 
-class ImageHost(BaseHTTPRequestHandler):
-    server: HttpsServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
+class ImageHost(QuietHandler):
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
         port = self.server.port
@@ -48,17 +35,9 @@ class ImageHost(BaseHTTPRequestHandler):
             "/to-cat": "/cat.png",
         }
         if self.path == "/cat.png":
-            body = _png()
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, CAT, "image/png")
         elif self.path in targets:
-            self.send_response(302)
-            self.send_header("Location", targets[self.path])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.redirect(302, targets[self.path])
         else:
             self.send_error(404)
 
@@ -67,15 +46,6 @@ class ImageHost(BaseHTTPRequestHandler):
 def image_host(tls: Tls) -> Iterator[HttpsServer]:
     with serve_https(ImageHost, tls) as httpd:
         yield httpd
-
-
-@pytest.fixture
-def client(workers: Any, tiny_model_dir: Any) -> Any:
-    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=4))
-    DiffusionModelFactory(
-        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
-    )
-    return api_client_for(tenant)
 
 
 def submit(client: Any, url: str) -> str:

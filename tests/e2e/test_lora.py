@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, finished
-from tests.e2e.test_generation import download
+from tests.e2e.conftest import ROOT, download, finished
 from tests.support.factories import (
-    DiffusionModelFactory,
     LoraFactory,
-    PlanFactory,
-    TenantFactory,
-    api_client_for,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
@@ -33,14 +28,9 @@ def build_lora_file(out: Path) -> str:
 
 
 def test_lora_job_succeeds_and_its_record_names_the_lora(  # type: ignore[no-untyped-def]
-    workers, tiny_model_dir, tmp_path
+    workers, model, client, tmp_path
 ):
     # given the tiny model, and a LoRA for it in the catalog: a local file with its digest
-    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=4))
-    client = api_client_for(tenant)
-    model = DiffusionModelFactory(
-        slug="tiny", source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=256
-    )
     lora_file = tmp_path / "e2e-style.safetensors"
     LoraFactory(
         slug="e2e-style",

@@ -1,131 +1,41 @@
-"""GPU workers that die, stop, run out of memory or get bad input, and jobs canceled on them.
+"""GPU workers that die, stop, run out of memory or get bad input; the jobs they held.
 
 Real processes: the control worker of the session, and GPU workers per test on a model queue of
-their own (CPU, tiny model), with a short base visibility timeout (extended by the workers'
-heartbeat while they hold a job) so that redelivery takes seconds.
+their own (CPU, tiny model; the `pool` of tests/e2e/conftest.py), with a short base visibility
+timeout (extended by the workers' heartbeat while they hold a job) so that redelivery takes
+seconds. Jobs canceled on such workers: test_worker_cancel.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import io
 import re
 import resource
 import signal
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
-from PIL import Image
 
-from jobs.models import DiffusionModel, Job, Upload
+from jobs.models import DiffusionModel, Job
 from jobs.services.lifecycle import jobs_fail_dead_lettered
-from sdsaas.broker.sqs import decode_task, ensure_model_queue, model_queue_name, sqs_client
-from tenants.models import CreditPeriod, UsageRecord
-from tests.e2e.conftest import Workers, finished, wait_for
-from tests.support.factories import (
-    DiffusionModelFactory,
-    PlanFactory,
-    TenantFactory,
-    api_client_for,
+from sdsaas.broker.sqs import decode_task, ensure_model_queue, sqs_client
+from tenants.models import UsageRecord
+from tests.e2e.conftest import (
+    LONG_JOB,
+    LONG_STEP_JOB,
+    LONGER_JOB,
+    SHORT_JOB,
+    STOP_MARGIN_S,
+    VISIBILITY_S,
+    Pool,
+    finished,
+    log_time,
+    wait_for,
 )
+from tests.support.api import credits
+from tests.support.factories import stored_upload
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
-
-VISIBILITY_S = 6
-# A job that must end (stop grace, time limit, cancel) ends within this of its bound, whatever
-# its step time: a check (0.2 s), the runner's chance to end it (1 s), then the hand-back.
-STOP_MARGIN_S = 3.0
-# On the tiny model a step takes tens of milliseconds: these jobs run for seconds.
-LONG_JOB = {"width": 256, "height": 256, "steps": 150, "scheduler": "euler"}
-# More than 5 x VISIBILITY_S (about 50 s on two idle CPU cores, longer on busy ones).
-LONGER_JOB = {"width": 1024, "height": 1024, "steps": 150, "scheduler": "euler", "num_outputs": 4}
-SHORT_JOB = {"width": 64, "height": 64, "steps": 2}
-# Steps of several seconds each (four 2048x2048 images): a step outlasts every bound below.
-LONG_STEP_JOB = {"width": 2048, "height": 2048, "steps": 3, "num_outputs": 4, "scheduler": "euler"}
-
-
-@dataclass
-class Pool:
-    """One model, its queue and the GPU worker serving it; a tenant with a client."""
-
-    workers: Workers
-    slug: str
-    client: Any
-    tenant: Any
-
-    @property
-    def queue(self) -> str:
-        return model_queue_name(self.slug)
-
-    @property
-    def worker(self) -> str:
-        return f"gpu-{self.slug}"
-
-    def start_worker(self, name: str = "", **env: str) -> None:
-        # The workers extend messages by the base timeout the queue was created with.
-        env = {"SDSAAS_SQS_VISIBILITY_TIMEOUT": str(VISIBILITY_S), **env}
-        self.workers.start_gpu(name or self.worker, queues=self.queue, **env)
-
-    def wait_ready(self, *names: str) -> None:
-        for name in names:
-            wait_for(lambda n=name: " ready." in self.workers.log(n), 90, f"{name} to be ready")
-
-    def submit(self, **fields: Any) -> str:
-        body = {"model": self.slug, "prompt": "a lighthouse", **fields}
-        response = self.client.post("/v1/jobs", body, format="json")
-        assert response.status_code == 202, response.content
-        return str(response.json()["id"])
-
-    def job(self, job_id: str) -> Job:
-        return Job.objects.get(public_id=job_id)
-
-    def wait_processing(self, job_id: str, attempt: int = 1, timeout: float = 90) -> None:
-        def running() -> bool:
-            job = self.job(job_id)
-            return job.status == Job.Status.PROCESSING and job.attempt == attempt
-
-        wait_for(running, timeout, f"{job_id} to be processing as attempt {attempt}")
-
-    def log(self, name: str = "") -> str:
-        return self.workers.log(name or self.worker)
-
-    def holder(self, job_id: str, attempt: int, names: tuple[str, ...]) -> str:
-        """Which of the named workers received the job as `attempt`."""
-        line = f"job {job_id} attempt {attempt}"
-        return str(
-            wait_for(lambda: next((n for n in names if line in self.log(n)), None), 30, line)
-        )
-
-    def deliveries(self, job_id: str) -> list[int]:
-        """The attempt of each delivery, from the job's history."""
-        received = self.job(job_id).events.filter(kind="received")
-        return list(received.values_list("attempt", flat=True))
-
-
-@pytest.fixture
-def pool(workers: Workers, tiny_model_dir: Any, settings: Any) -> Any:
-    settings.SQS_VISIBILITY_TIMEOUT = VISIBILITY_S
-    slug = f"tiny{uuid.uuid4().hex[:6]}"
-    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2, max_pixels=2048**2))
-    DiffusionModelFactory(
-        slug=slug, source_uri=str(tiny_model_dir), revision="tiny-1", min_side=32, max_side=2048
-    )
-    # The queue exists with its redrive policy and timeout before a worker would create it bare.
-    ensure_model_queue(slug)
-    made = Pool(workers, slug, api_client_for(tenant), tenant)
-    yield made
-    for name in [name for name in workers.processes if name.startswith(made.worker)]:
-        workers.stop(name)
-
-
-def credits(tenant: Any) -> tuple[int, int]:
-    period = CreditPeriod.objects.get(tenant=tenant)
-    return period.reserved, period.used
 
 
 def test_kill_9_mid_job_is_taken_over_within_two_base_timeouts_metered_once(pool: Pool) -> None:
@@ -143,14 +53,14 @@ def test_kill_9_mid_job_is_taken_over_within_two_base_timeouts_metered_once(pool
     pool.workers.kill(holder)
     # then the other worker receives the job as attempt 2 within two base timeouts
     pool.holder(job_id, 2, (other,))
-    recovery_s = _log_time(pool.log(other), f"job {job_id} attempt 2") - killed_at
+    recovery_s = log_time(pool.log(other), f"job {job_id} attempt 2") - killed_at
     print(f"recovered {recovery_s:.1f}s after SIGKILL (base visibility timeout {VISIBILITY_S}s)")
     assert recovery_s < 2 * VISIBILITY_S
     # and it succeeds as attempt 2, its image metered once, each delivery in its history
     job = finished(pool.client, job_id)
     assert (job["status"], job["attempt"]) == ("succeeded", 2), pool.log(other)
     assert UsageRecord.objects.filter(job__public_id=job_id).count() == 1
-    assert credits(pool.tenant) == (0, 1)
+    assert credits(pool.tenant) == (1, 0)
     assert pool.deliveries(job_id) == [1, 2]
     starts = pool.job(job_id).events.filter(kind="started").values_list("attempt", flat=True)
     assert list(starts) == [1, 2]
@@ -237,7 +147,7 @@ def test_a_job_past_its_time_limit_fails_as_timeout_and_the_worker_starts_again_
     job = finished(pool.client, job_id, timeout=90)
     # then it fails as timeout, within the limit and the stated margin of its receive
     assert (job["status"], job["error"]["code"]) == ("failed", "timeout"), pool.log()
-    ran_s = _log_time(pool.log(), f"job {job_id} abandoned") - _log_time(
+    ran_s = log_time(pool.log(), f"job {job_id} abandoned") - log_time(
         pool.log(), f"job {job_id} attempt 1"
     )
     assert ran_s <= 3 + STOP_MARGIN_S
@@ -287,7 +197,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_within_three_base_timeouts
     for attempt in (1, 2, 3):
         wait_for(lambda a=attempt: a in pool.deliveries(job_id), 60, f"delivery {attempt}")
         holder = pool.holder(job_id, attempt, names)
-        delivered = _log_time(pool.log(holder), f"job {job_id} attempt {attempt}")
+        delivered = log_time(pool.log(holder), f"job {job_id} attempt {attempt}")
         if attempt == 1:
             first_delivery = delivered
         lived_s.append(time.time() - delivered)
@@ -313,66 +223,6 @@ def test_a_job_that_kills_its_worker_every_time_fails_within_three_base_timeouts
     assert not UsageRecord.objects.filter(job__public_id=job_id).exists()
 
 
-def _log_time(log: str, pattern: str) -> float:
-    """When the worker logged a line (Celery's `[YYYY-MM-DD HH:MM:SS,mmm: ...]`, local time)."""
-    match = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]*\] " + pattern, log)
-    assert match, f"no log line matching {pattern!r}"
-    stamp = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
-    return stamp.timestamp()
-
-
-def test_cancel_while_queued_never_runs_and_cancel_while_running_stops_within_2s(
-    pool: Pool,
-) -> None:
-    # given a tenant with one slot: a long job running and a second one queued behind it
-    pool.tenant.plan.max_concurrent_jobs = 1
-    pool.tenant.plan.save()
-    pool.start_worker()
-    running = pool.submit(**LONG_JOB)
-    queued = pool.submit(**SHORT_JOB)
-    assert pool.job(queued).status == Job.Status.QUEUED
-    # when the queued job is canceled
-    assert pool.client.post(f"/v1/jobs/{queued}/cancel").json()["status"] == "canceled"
-    # and the running one is canceled a second into its denoising
-    pool.wait_processing(running)
-    time.sleep(1)
-    canceled_at = time.time()
-    response = pool.client.post(f"/v1/jobs/{running}/cancel")
-    # then both are canceled, their credits released
-    assert response.json().get("status") == "canceled", response.json()
-    stopped = wait_for(
-        lambda: re.search(f"job {running} canceled during inference", pool.log()),
-        10,
-        "the worker to stop the canceled job",
-    )
-    assert stopped
-    assert _log_time(pool.log(), f"job {running} canceled during inference") - canceled_at < 2.0
-    assert credits(pool.tenant) == (0, 0)
-    # and the queued one never reached a worker
-    assert queued not in pool.log()
-    assert list(pool.job(queued).events.values_list("kind", flat=True)) == [
-        "created",
-        "canceled",
-    ]
-
-
-def test_cancel_during_a_step_of_seconds_takes_effect_within_a_bound(pool: Pool) -> None:
-    # given a worker in the first of its job's steps of several seconds
-    pool.start_worker()
-    job_id = pool.submit(**LONG_STEP_JOB)
-    pool.wait_processing(job_id)
-    # when the job is canceled
-    canceled_at = time.time()
-    assert pool.client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
-    # then the worker lets go of it within the stated margin, not at the end of the step
-    wait_for(lambda: f"job {job_id} abandoned" in pool.log(), 30, "the job to be abandoned")
-    assert _log_time(pool.log(), rf"job {job_id} abandoned \(canceled\)") - canceled_at < (
-        STOP_MARGIN_S
-    )
-    # and it starts again for the next job
-    assert finished(pool.client, pool.submit(**SHORT_JOB))["status"] == "succeeded"
-
-
 def test_out_of_memory_and_an_undecodable_input_fail_final_and_the_worker_goes_on(
     pool: Pool, local_aws: Any
 ) -> None:
@@ -392,23 +242,11 @@ def test_out_of_memory_and_an_undecodable_input_fail_final_and_the_worker_goes_o
     job = finished(pool.client, big)
     assert (job["status"], job["error"]["code"], job["attempt"]) == ("failed", "out_of_memory", 1)
     # given an img2img job whose input image in S3 is no longer an image
-    upload = pool.client.post(
-        "/v1/uploads",
-        {"file": ContentFile(_png(), name="in.png")},
-        format="multipart",
-    ).json()
-    key = Upload.objects.get(public_id=upload["id"]).storage_key
-    default_storage.save(key, ContentFile(b"not an image any more"))
-    bad = pool.submit(image=upload["id"], strength=0.5, **SHORT_JOB)
+    upload = stored_upload(b"not an image any more", tenant=pool.tenant)
+    bad = pool.submit(image=upload.public_id, strength=0.5, **SHORT_JOB)
     # then it fails as invalid_input
     job = finished(pool.client, bad)
     assert (job["status"], job["error"]["code"], job["attempt"]) == ("failed", "invalid_input", 1)
     # and the same worker still serves the next job, and no credit was used by the failures
     assert finished(pool.client, pool.submit(**SHORT_JOB))["status"] == "succeeded"
-    assert credits(pool.tenant) == (0, 2)
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (20, 120, 200)).save(buffer, "PNG")
-    return buffer.getvalue()
+    assert credits(pool.tenant) == (2, 0)

@@ -3,7 +3,6 @@ page (images, metrics, timeline)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -17,7 +16,6 @@ from django.core.files.storage import default_storage
 from django.core.signals import setting_changed
 from django.test import Client
 from django.utils.timezone import localtime
-from PIL import Image
 
 from jobs.models import Job, JobEvent
 from jobs.services.submit import job_submit
@@ -25,6 +23,7 @@ from tenants.models import CreditPeriod
 from tests.support.admin import World, admin_url, page_messages
 from tests.support.aws import LocalAws
 from tests.support.factories import TenantFactory
+from tests.support.images import image_bytes
 
 
 class Page(HTMLParser):
@@ -77,12 +76,6 @@ def parse_page(response: Any) -> Page:
     page = Page()
     page.feed(response.content.decode())
     return page
-
-
-def png_bytes(color: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.mark.django_db
@@ -195,7 +188,7 @@ def test_a_job_page_shows_its_images_as_thumbnails_that_download(
 ) -> None:
     # given a succeeded job whose two output PNGs are in the bucket
     job = world.succeeded
-    pngs = [png_bytes((200, 30, 30)), png_bytes((30, 30, 200))]
+    pngs = [image_bytes("PNG", (8, 8), (200, 30, 30)), image_bytes("PNG", (8, 8), (30, 30, 200))]
     keys = [
         default_storage.save(
             f"tenants/{world.tenant.pk}/jobs/{job.public_id}/{i}.png", ContentFile(data)
@@ -222,7 +215,7 @@ def test_an_img2img_job_page_shows_its_input_image(
 ) -> None:
     # given an img2img job whose uploaded input is in the bucket, and no outputs yet
     job = world.starting
-    data = png_bytes((10, 200, 30))
+    data = image_bytes("PNG", (8, 8), (10, 200, 30))
     default_storage.save(job.init_image_key, ContentFile(data))
     # when its page is opened
     response = staff.get(admin_url(Job, "change", job.pk))

@@ -6,14 +6,11 @@ SQS; the fetch service runs in this process as the control worker would run it.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 from django.conf import settings
-from PIL import Image
 
 from integrations.safe_http import FetchError
 from jobs.models import Job
@@ -22,32 +19,22 @@ from sdsaas.broker.sqs import control_queue_name, model_queue_name
 from sdsaas.contract import TASK_FETCH_INPUT_IMAGE
 from tenants.models import CreditPeriod
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
-from tests.support.https import HttpsServer, Tls, serve_https
+from tests.support.https import HttpsServer, QuietHandler, Tls, serve_https
+from tests.support.images import image_bytes
 
 pytestmark = [pytest.mark.usefixtures("local_aws"), pytest.mark.django_db(transaction=True)]
 
 
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (200, 100, 0)).save(buffer, "PNG")
-    return buffer.getvalue()
+CAT = image_bytes("PNG", (32, 32), (200, 100, 0))
 
 
-class Photos(BaseHTTPRequestHandler):
-    server: HttpsServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
+class Photos(QuietHandler):
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
-        status = {"/cat.png": 200, "/busy.png": 503}.get(self.path, 404)
-        body = _png() if status == 200 else b"no"
-        self.send_response(status)
-        self.send_header("Content-Type", "image/png" if status == 200 else "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        if self.path == "/cat.png":
+            self.reply(200, CAT, "image/png")
+        else:
+            self.reply(503 if self.path == "/busy.png" else 404, b"no", "text/plain")
 
 
 @pytest.fixture

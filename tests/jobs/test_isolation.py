@@ -24,6 +24,7 @@ from jobs.models import (
 )
 from jobs.services.submit import job_submit
 from tenants.models import CreditPeriod, Tenant, UsageRecord
+from tests.support.api import assert_error
 from tests.support.factories import (
     DiffusionModelFactory,
     LoraFactory,
@@ -233,14 +234,6 @@ def test_usage_counts_only_the_callers_jobs(alice: Side, bob: Side) -> None:
 # --- the other tenant's objects as job input -----------------------------------------------------
 
 
-def assert_400_naming(response: Response, field: str) -> None:
-    assert response.status_code == 400, response.content
-    error = response.json()["error"]
-    assert error["code"] == "invalid_input"
-    assert error["message"].startswith(f"{field}:"), error
-    assert field in error["details"], error
-
-
 def message_without(response: Response, value: str) -> str:
     return str(response.json()["error"]["message"]).replace(value, "<id>")
 
@@ -272,8 +265,8 @@ def test_using_another_tenants_object_as_input_is_400_and_creates_nothing(
     )
     absent = bob.client.post("/v1/jobs", {**body, **missing}, format="json")
     # then both are the same 400 naming the field, and nothing was created or changed
-    assert_400_naming(theirs, field)
-    assert_400_naming(absent, field)
+    assert_error(theirs, 400, "invalid_input", field)
+    assert_error(absent, 400, "invalid_input", field)
     value = re.findall(r"'([^']+)'", theirs.json()["error"]["message"])[0]
     other = re.findall(r"'([^']+)'", absent.json()["error"]["message"])[0]
     assert message_without(theirs, value) == message_without(absent, other)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -24,7 +23,8 @@ from jobs.services.reconcile import RECONCILE_CONFIRM_S, Reconciled, jobs_reconc
 from jobs.tasks import reconcile_lost
 from sdsaas.broker.sqs import dead_letter_queue_name, model_queue_name
 from sdsaas.contract import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST
-from tenants.models import CreditPeriod, UsageRecord, month_of
+from tenants.models import UsageRecord
+from tests.support.api import credits, submit_job
 from tests.support.aws import LocalAws
 from tests.support.concurrency import run_parallel
 from tests.support.factories import (
@@ -44,13 +44,6 @@ def setup():  # type: ignore[no-untyped-def]
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2, monthly_credits=10))
     DiffusionModelFactory(slug="tiny")
     return tenant, api_client_for(tenant)
-
-
-def submit(client, **fields: Any) -> str:  # type: ignore[no-untyped-def]
-    body = {"model": "tiny", "prompt": "a kettle", **fields}
-    response = client.post("/v1/jobs", body, format="json")
-    assert response.status_code == 202, response.json()
-    return str(response.json()["id"])
 
 
 def queue() -> str:
@@ -102,11 +95,6 @@ def published(aws: LocalAws, name: str) -> dict[str, int]:
     }
 
 
-def credits(tenant) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    period = CreditPeriod.objects.get(tenant=tenant, month=month_of(timezone.now()))
-    return period.used, period.reserved
-
-
 def state(job_id: str) -> tuple[str, int]:
     job = Job.objects.get(public_id=job_id)
     return job.status, job.attempt
@@ -120,7 +108,7 @@ def kinds(job_id: str) -> list[tuple[str, int]]:
 
 def test_a_lost_message_is_published_again_and_a_late_original_changes_nothing(setup, local_aws):  # type: ignore[no-untyped-def]
     tenant, client = setup
-    first, second = submit(client), submit(client)
+    first, second = submit_job(client), submit_job(client)
     # given two admitted jobs whose messages are gone (one had started), silent for 5 minutes
     assert job_mark_started(job_public_id=second, attempt=1, load_s=0.1)
     originals = lose_messages(local_aws, queue())
@@ -178,7 +166,7 @@ def test_a_lost_message_is_published_again_and_a_late_original_changes_nothing(s
 
 def test_a_backlog_a_held_message_or_a_dead_letter_is_never_touched(setup, local_aws):  # type: ignore[no-untyped-def]
     _tenant, client = setup
-    jobs = [submit(client), submit(client)]
+    jobs = [submit_job(client), submit_job(client)]
     age()
     nothing = Reconciled(unseen=[], republished=[], failed=[])
     # given old jobs whose messages wait in the queue (no worker for the model): untouched
@@ -213,7 +201,7 @@ def test_a_backlog_a_held_message_or_a_dead_letter_is_never_touched(setup, local
 
 def test_a_recent_job_or_one_with_a_recent_event_is_not_taken_for_lost(setup, local_aws):  # type: ignore[no-untyped-def]
     _tenant, client = setup
-    quiet, busy = submit(client), submit(client)
+    quiet, busy = submit_job(client), submit_job(client)
     lose_messages(local_aws, queue())
     # given jobs admitted and published a moment ago: untouched
     assert look_twice() == Reconciled(unseen=[], republished=[], failed=[])
@@ -226,7 +214,7 @@ def test_a_recent_job_or_one_with_a_recent_event_is_not_taken_for_lost(setup, lo
 
 def test_a_job_that_progresses_or_finishes_between_two_looks_is_left_alone(setup, local_aws):  # type: ignore[no-untyped-def]
     tenant, client = setup
-    job_id = submit(client)
+    job_id = submit_job(client)
     # given a job denoising for minutes (progress writes no event) whose worker has just deleted
     # its message after sending its success, which is not applied yet
     assert job_mark_started(job_public_id=job_id, attempt=1, load_s=0.1)
@@ -250,7 +238,7 @@ def test_lost_again_after_the_last_republish_fails_and_frees_the_slot(setup, loc
     settings.RECONCILE_MAX_REPUBLISHES = 1
     tenant, client = setup
     # given two admitted jobs (the tenant's cap) and a third waiting for a slot
-    first, second, waiting = submit(client), submit(client), submit(client)
+    first, second, waiting = submit_job(client), submit_job(client), submit_job(client)
     assert state(waiting) == ("queued", 0)
     # when their messages are lost, the reconciler publishes them again; lost once more
     lose_messages(local_aws, queue())
@@ -273,12 +261,12 @@ def test_lost_again_after_the_last_republish_fails_and_frees_the_slot(setup, loc
 def test_a_deleted_queue_is_created_again_and_its_jobs_published(setup, local_aws):  # type: ignore[no-untyped-def]
     _tenant, client = setup
     sqs = local_aws.client("sqs")
-    first = submit(client)
+    first = submit_job(client)
     # given the model's queue and dead-letter queue deleted (this process cached both as existing)
     for name in (queue(), dead_letter_queue_name(queue())):
         sqs.delete_queue(QueueUrl=local_aws.queue_url(name))
     # when a job is submitted: it is published all the same, to the queue created again
-    second = submit(client)
+    second = submit_job(client)
     assert Job.objects.get(public_id=second).published_at is not None
     assert published(local_aws, queue()) == {second: 1}
     # when the queues are deleted again, with both jobs' messages, and the reconciler runs
@@ -301,7 +289,7 @@ def test_a_deleted_queue_is_created_again_and_its_jobs_published(setup, local_aw
 def test_an_image_fetch_whose_message_is_gone_is_sent_again(setup, local_aws):  # type: ignore[no-untyped-def]
     _tenant, client = setup
     # given an img2img job by URL, admitted, its fetch task lost from the control queue
-    job_id = submit(client, image="https://images.example.com/cat.png")
+    job_id = submit_job(client, image="https://images.example.com/cat.png")
     control = f"{settings.SQS_QUEUE_PREFIX}-control"
     assert len(lose_messages(local_aws, control)) == 1
     age()
@@ -315,7 +303,7 @@ def test_an_image_fetch_whose_message_is_gone_is_sent_again(setup, local_aws):  
 
 def test_two_reconcilers_at_once_publish_each_lost_job_once(setup, local_aws):  # type: ignore[no-untyped-def]
     _tenant, client = setup
-    jobs = [submit(client), submit(client)]
+    jobs = [submit_job(client), submit_job(client)]
     lose_messages(local_aws, queue())
     age()
     for _ in range(2):  # the first look, then the second
@@ -330,7 +318,7 @@ def test_two_reconcilers_at_once_publish_each_lost_job_once(setup, local_aws):  
 def test_the_scheduler_runs_the_reconciler_with_its_setting(setup, local_aws, settings):  # type: ignore[no-untyped-def]
     assert {"task": TASK_RECONCILE_LOST, "schedule": 15.0} in settings.CELERY_BEAT_SCHEDULE.values()
     _tenant, client = setup
-    job_id = submit(client)
+    job_id = submit_job(client)
     lose_messages(local_aws, queue())
     age(100)
     settings.RECONCILE_AFTER_S = 120

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-from django.utils import timezone
 
 from jobs.models import Job, JobEvent
 from jobs.services.lifecycle import (
@@ -15,7 +14,8 @@ from jobs.services.lifecycle import (
 )
 from sdsaas.broker.sqs import model_queue_name
 from sdsaas.errors import Conflict
-from tenants.models import CreditPeriod, UsageRecord, month_of
+from tenants.models import UsageRecord
+from tests.support.api import credits, submit_job
 from tests.support.factories import (
     DiffusionModelFactory,
     PlanFactory,
@@ -33,21 +33,9 @@ def setup():  # type: ignore[no-untyped-def]
     return tenant, api_client_for(tenant)
 
 
-def submit(client, **fields) -> str:  # type: ignore[no-untyped-def]
-    body = {"model": "tiny", "prompt": "a kettle", **fields}
-    response = client.post("/v1/jobs", body, format="json")
-    assert response.status_code == 202, response.json()
-    return str(response.json()["id"])
-
-
-def credits(tenant) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    period = CreditPeriod.objects.get(tenant=tenant, month=month_of(timezone.now()))
-    return period.used, period.reserved
-
-
 def test_success_meters_usage_once_even_when_the_event_is_duplicated(setup):  # type: ignore[no-untyped-def]
     tenant, client = setup
-    job_id = submit(client, num_outputs=2)
+    job_id = submit_job(client, num_outputs=2)
     assert job_mark_started(job_public_id=job_id, attempt=1, load_s=0.5)
     keys = [f"tenants/{tenant.pk}/jobs/{job_id}/{i}.png" for i in range(2)]
     # when the finished event arrives twice
@@ -63,7 +51,7 @@ def test_success_meters_usage_once_even_when_the_event_is_duplicated(setup):  # 
 
 def test_final_states_never_change(setup):  # type: ignore[no-untyped-def]
     tenant, client = setup
-    job_id = submit(client)
+    job_id = submit_job(client)
     job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
     events = JobEvent.objects.count()
     assert not job_mark_failed(job_public_id=job_id, attempt=1, code="oom", message="boom")
@@ -79,7 +67,7 @@ def test_final_states_never_change(setup):  # type: ignore[no-untyped-def]
 
 def test_events_of_an_older_attempt_change_nothing(setup):  # type: ignore[no-untyped-def]
     _tenant, client = setup
-    job_id = submit(client)
+    job_id = submit_job(client)
     # given the job was redelivered and attempt 2 has started
     assert job_mark_started(job_public_id=job_id, attempt=1, load_s=0.1)
     assert job_mark_started(job_public_id=job_id, attempt=2, load_s=0.1)
@@ -96,7 +84,7 @@ def test_events_of_an_older_attempt_change_nothing(setup):  # type: ignore[no-un
 
 def test_failure_releases_credits_and_admits_the_next_job(setup, local_aws):  # type: ignore[no-untyped-def]
     tenant, client = setup
-    first, second = submit(client, num_outputs=3), submit(client)
+    first, second = submit_job(client, num_outputs=3), submit_job(client)
     assert Job.objects.get(public_id=second).status == "queued"
     assert credits(tenant) == (0, 4)
     job_mark_failed(job_public_id=first, attempt=1, code="out_of_memory", message="CUDA OOM")
@@ -111,7 +99,7 @@ def test_failure_releases_credits_and_admits_the_next_job(setup, local_aws):  # 
 
 def test_cancel_while_queued_releases_credits_and_never_publishes(setup, local_aws):  # type: ignore[no-untyped-def]
     tenant, client = setup
-    running, waiting = submit(client), submit(client, num_outputs=2)
+    running, waiting = submit_job(client), submit_job(client, num_outputs=2)
     response = client.post(f"/v1/jobs/{waiting}/cancel")
     assert response.status_code == 200
     assert response.json()["status"] == "canceled"
@@ -125,7 +113,7 @@ def test_cancel_while_queued_releases_credits_and_never_publishes(setup, local_a
 
 def test_cancel_of_a_running_job_frees_its_slot(setup, local_aws):  # type: ignore[no-untyped-def]
     tenant, client = setup
-    running, waiting = submit(client), submit(client)
+    running, waiting = submit_job(client), submit_job(client)
     job_mark_started(job_public_id=running, attempt=1, load_s=0.2)
     assert client.post(f"/v1/jobs/{running}/cancel").json()["status"] == "canceled"
     assert Job.objects.get(public_id=waiting).status == "starting"
@@ -137,7 +125,7 @@ def test_cancel_of_a_running_job_frees_its_slot(setup, local_aws):  # type: igno
 
 def test_cancel_of_a_finished_job_is_409(setup):  # type: ignore[no-untyped-def]
     _tenant, client = setup
-    job_id = submit(client)
+    job_id = submit_job(client)
     job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
     response = client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 409
@@ -147,7 +135,7 @@ def test_cancel_of_a_finished_job_is_409(setup):  # type: ignore[no-untyped-def]
 def test_the_dead_letter_sweep_fails_lost_jobs_and_drops_what_is_no_task(setup, local_aws):  # type: ignore[no-untyped-def]
     tenant, client = setup
     # given a job whose message went to the dead-letter queue, beside a message that is no task
-    job_id = submit(client)
+    job_id = submit_job(client)
     (message,) = local_aws.client("sqs").receive_message(
         QueueUrl=local_aws.queue_url(model_queue_name("tiny")), MaxNumberOfMessages=1
     )["Messages"]
@@ -172,7 +160,7 @@ def history(job_id: str) -> list[tuple[str, int]]:
 
 def test_each_delivery_is_an_event_even_one_that_died_before_loading_the_model(setup):  # type: ignore[no-untyped-def]
     _tenant, client = setup
-    job_id = submit(client)
+    job_id = submit_job(client)
     # given attempt 1 received and started, whose worker then died
     assert job_mark_received(job_public_id=job_id, attempt=1)
     assert job_mark_started(job_public_id=job_id, attempt=1, load_s=0.1)
@@ -199,7 +187,7 @@ def test_each_delivery_is_an_event_even_one_that_died_before_loading_the_model(s
 
 def test_duplicate_and_old_received_events_change_nothing(setup):  # type: ignore[no-untyped-def]
     _tenant, client = setup
-    job_id = submit(client)
+    job_id = submit_job(client)
     assert job_mark_received(job_public_id=job_id, attempt=1)
     assert job_mark_received(job_public_id=job_id, attempt=2)
     assert job_mark_started(job_public_id=job_id, attempt=2, load_s=0.1)

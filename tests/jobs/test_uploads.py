@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import struct
-import zlib
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image
 from rest_framework.test import APIClient
 
 from jobs import apis
@@ -19,38 +15,14 @@ from jobs.models import IdempotencyRecord, Job, Upload
 from sdsaas.broker.sqs import control_queue_name, model_queue_name
 from sdsaas.contract import TASK_FETCH_INPUT_IMAGE
 from tenants.models import CreditPeriod
+from tests.support.api import assert_error
 from tests.support.factories import TenantFactory, api_client_for
+from tests.support.images import image_bytes, single_colour_png
 
 pytestmark = pytest.mark.usefixtures("local_aws")
 
 MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
-
-
-def image_bytes(fmt: str, size: tuple[int, int] = (64, 48), color: Any = (200, 30, 30)) -> bytes:
-    mode = "P" if fmt == "GIF" else "RGB"
-    buffer = io.BytesIO()
-    Image.new(mode, size, 1 if mode == "P" else color).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-def single_colour_png(width: int, height: int) -> bytes:
-    """A valid 1-bit greyscale PNG of one colour: tens of KB on disk, width x height decoded."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", body)
-        + _chunk(b"IEND", b"")
-    )
 
 
 def upload(client, data: bytes, name: str = "input.png", key: str | None = None, **extra):  # type: ignore[no-untyped-def]
@@ -68,17 +40,6 @@ def bucket_keys(local_aws) -> set[str]:  # type: ignore[no-untyped-def]
 def s3_object(local_aws, key: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     obj = local_aws.client("s3").get_object(Bucket=settings.S3_BUCKET, Key=key)
     return {"body": obj["Body"].read(), "content_type": obj["ContentType"]}
-
-
-def assert_error(response, status: int, code: str, field: str | None = None) -> None:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    if field is not None:
-        assert field in body["error"]["details"], body
-        assert body["error"]["message"].startswith(f"{field}:"), body
 
 
 # --- accepted formats ----------------------------------------------------------------------------

@@ -15,7 +15,10 @@ from django.contrib.auth.models import Group, User
 from django.db.models import Model
 from django.test import Client, RequestFactory
 from django.urls import reverse
+from django.utils import timezone
 
+from integrations.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from integrations.webhooks.services.endpoints import endpoint_create
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
 from jobs.services.lifecycle import job_mark_succeeded
 from jobs.services.submit import job_submit
@@ -72,6 +75,7 @@ def world(admin_user: User) -> World:
     assert (starting.status, queued.status) == ("starting", "queued")
     succeeded.refresh_from_db()
     group = Group.objects.create(name="support")
+    endpoint, message = webhook_endpoint_with_message(tenant, succeeded)
     objects: dict[type[Model], Model] = {
         Plan: plan,
         Tenant: tenant,
@@ -84,8 +88,29 @@ def world(admin_user: User) -> World:
         Job: succeeded,
         User: admin_user,
         Group: group,
+        WebhookEndpoint: endpoint,
+        WebhookMessage: message,
     }
     return World(admin_user, tenant, key, succeeded, starting, queued, objects)
+
+
+def webhook_endpoint_with_message(
+    tenant: Tenant, job: Job
+) -> tuple[WebhookEndpoint, WebhookMessage]:
+    """An endpoint (a public address literal: no DNS lookup) with a failed message of the job."""
+    endpoint, _ = endpoint_create(tenant=tenant, url="https://1.1.1.1/hooks", events=["job.failed"])
+    now = timezone.now()
+    message = WebhookMessage.objects.create(
+        tenant=tenant,
+        endpoint=endpoint,
+        job=job,
+        event_type="job.failed",
+        event_at=now,
+        status="failed",
+        attempts=1,
+    )
+    WebhookAttempt.objects.create(message=message, number=1, started_at=now, status_code=500)
+    return endpoint, message
 
 
 @pytest.fixture

@@ -35,16 +35,43 @@ def _name(common_name: str) -> x509.Name:
 
 def make_tls(directory: Path) -> Tls:
     """A CA and a server certificate for localhost, 127.0.0.1 and PINNED_NAME, as PEM files."""
+    ca_key, ca_cert = _make_ca()
+    key, cert = _make_server_cert(ca_key, ca_cert)
+    tls = Tls(
+        ca_file=str(directory / "ca.pem"),
+        cert_file=str(directory / "server.pem"),
+        key_file=str(directory / "server.key"),
+    )
+    Path(tls.ca_file).write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    Path(tls.cert_file).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    Path(tls.key_file).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return tls
+
+
+def _valid_for_a_day(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    # From a few minutes back, for clocks a little behind.
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
+    return (
+        builder.serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+
+
+def _make_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that may sign server certificates, and nothing below them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name("sdsaas test CA"))
         .issuer_name(_name("sdsaas test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .public_key(key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -60,51 +87,35 @@ def make_tls(directory: Path) -> Tls:
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    return key, _valid_for_a_day(builder).sign(key, hashes.SHA256())
+
+
+def _make_server_cert(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A server certificate, signed by the CA, for localhost, 127.0.0.1 and PINNED_NAME."""
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    names = [
+        x509.DNSName("localhost"),
+        x509.DNSName(PINNED_NAME),
+        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+    ]
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name("localhost"))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.DNSName(PINNED_NAME),
-                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
     )
-    ca_file = directory / "ca.pem"
-    cert_file = directory / "server.pem"
-    key_file = directory / "server.key"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Tls(ca_file=str(ca_file), cert_file=str(cert_file), key_file=str(key_file))
+    return key, _valid_for_a_day(builder).sign(ca_key, hashes.SHA256())
 
 
 class HttpsServer(ThreadingHTTPServer):
@@ -127,6 +138,29 @@ class HttpsServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler of the tests' servers: it logs nothing, and answers in one call."""
+
+    server: HttpsServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def reply_head(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.flush()
+
+    def reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.reply_head(status, {"Content-Type": content_type, "Content-Length": str(len(body))})
+        self.wfile.write(body)
+
+    def redirect(self, status: int, location: str) -> None:
+        self.reply_head(status, {"Location": location, "Content-Length": "0"})
 
 
 @contextlib.contextmanager

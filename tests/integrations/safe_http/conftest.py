@@ -1,4 +1,4 @@
-"""Fixtures for the integrations.safe_http tests: the loopback server and a connection log."""
+"""Fixtures for the integrations.safe_http tests: the loopback servers and a connection log."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import urllib3.util.connection
 
 from integrations.safe_http import address_is_public
+from tests.integrations.safe_http.receiver import ReceiverServer, serve_receiver
 from tests.integrations.safe_http.support import Handler, LocalServer
 from tests.support.https import Tls, serve_https
 
@@ -34,3 +35,17 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(urllib3.util.connection, "create_connection", create_connection)
     return seen
+
+
+@pytest.fixture
+def receiver(tls: Tls) -> Iterator[ReceiverServer]:
+    """A webhook receiver over TLS (the test CA) on loopback."""
+    with serve_receiver(tls) as httpd:
+        yield httpd
+
+
+@pytest.fixture
+def plain_receiver() -> Iterator[ReceiverServer]:
+    """A webhook receiver over plain http on loopback; a canary where nothing may connect."""
+    with serve_receiver(None) as httpd:
+        yield httpd

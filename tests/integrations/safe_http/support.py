@@ -7,65 +7,53 @@ attacker would act, and no test may need the internet. The certificates come fro
 
 from __future__ import annotations
 
-import io
 import socket
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from integrations.safe_http import fetch
-from tests.support.https import HttpsServer, Tls
+from tests.support.https import HttpsServer, QuietHandler, Tls
+from tests.support.images import image_bytes
 
 CAP = 64 * 1024
 
 
-def png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (4, 3), (10, 200, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
+PNG = image_bytes("PNG", (4, 3), (10, 200, 30))
 
 
-PNG = png_bytes()
-
-
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
-    server: HttpsServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
         self.server.hosts.append(self.headers.get("Host", ""))
         port = self.server.server_address[1]
         if self.path == "/png":
-            self._send(200, PNG, "image/png")
+            self.reply(200, PNG, "image/png")
         elif self.path == "/exact":
-            self._send(200, b"x" * CAP, "image/png")
+            self.reply(200, b"x" * CAP, "image/png")
         elif self.path == "/big-length":
             # Declares too much and then sends nothing: only a client that refuses on the
             # header returns before its timeout.
-            self._head(200, {"Content-Length": str(CAP + 1), "Content-Type": "image/png"})
+            self.reply_head(200, {"Content-Length": str(CAP + 1), "Content-Type": "image/png"})
             self.server.release.wait(10)
         elif self.path == "/big-chunked":
-            self._head(200, {"Transfer-Encoding": "chunked", "Content-Type": "image/png"})
+            self.reply_head(200, {"Transfer-Encoding": "chunked", "Content-Type": "image/png"})
             for _ in range(CAP // 4096 + 1):
                 self.wfile.write(b"1000\r\n" + b"x" * 4096 + b"\r\n")
             self.wfile.flush()
             self.server.release.wait(10)  # never ends the body: the client must stop by itself
         elif self.path == "/big-close":
-            self._head(200, {"Connection": "close", "Content-Type": "image/png"})
+            self.reply_head(200, {"Connection": "close", "Content-Type": "image/png"})
             self.wfile.write(b"x" * (CAP + 1))
             self.wfile.flush()
             self.server.release.wait(10)
             self.close_connection = True
         elif self.path == "/drip":
             # 5 s in all: a client without an overall deadline gets the whole body.
-            self._head(200, {"Content-Length": "50", "Content-Type": "image/png"})
+            self.reply_head(200, {"Content-Length": "50", "Content-Type": "image/png"})
             for _ in range(50):
                 if self.server.release.wait(0.1):
                     break
@@ -81,35 +69,21 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif self.path == "/stall":
             self.server.release.wait(10)
-            self._send(200, PNG, "image/png")
+            self.reply(200, PNG, "image/png")
         elif self.path == "/redirect-same":
-            self._redirect(302, "/png")
+            self.redirect(302, "/png")
         elif self.path == "/redirect-metadata":
-            self._redirect(302, "https://169.254.169.254/latest/meta-data/iam/")
+            self.redirect(302, "https://169.254.169.254/latest/meta-data/iam/")
         elif self.path == "/redirect-ip":
-            self._redirect(307, f"https://127.0.0.1:{port}/png")
+            self.redirect(307, f"https://127.0.0.1:{port}/png")
         elif self.path == "/redirect-http":
-            self._redirect(301, f"http://localhost:{port}/png")
+            self.redirect(301, f"http://localhost:{port}/png")
         elif self.path == "/loop":
-            self._redirect(302, "/loop")
+            self.redirect(302, "/loop")
         elif self.path.startswith("/status/"):
-            self._send(int(self.path.rsplit("/", 1)[1]), b"nope", "text/plain")
+            self.reply(int(self.path.rsplit("/", 1)[1]), b"nope", "text/plain")
         else:
-            self._send(404, b"not found", "text/plain")
-
-    def _head(self, status: int, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.flush()
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self._head(status, {"Content-Type": content_type, "Content-Length": str(len(body))})
-        self.wfile.write(body)
-
-    def _redirect(self, status: int, location: str) -> None:
-        self._head(status, {"Location": location, "Content-Length": "0"})
+            self.reply(404, b"not found", "text/plain")
 
 
 @dataclass

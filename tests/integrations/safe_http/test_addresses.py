@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from integrations.safe_http import FetchError, address_is_public, fetch
+from integrations.safe_http import Fetched, FetchError, address_is_public, fetch
 from tests.integrations.safe_http.support import CAP, PNG, FakeDns, LocalServer, fetch_local
 from tests.support.https import PINNED_NAME
 
@@ -145,6 +145,16 @@ def test_public_then_loopback_rebinding_connects_only_to_the_checked_address(
     assert server.httpd.accepted == 0
 
 
+def fetch_pinned_name(server: LocalServer) -> Fetched:
+    """Fetch /png by PINNED_NAME, the one allowed host, with the test CA."""
+    return fetch(
+        server.url("/png", host=PINNED_NAME),
+        max_bytes=CAP,
+        allow_hosts=frozenset({PINNED_NAME}),
+        ca_file=server.tls.ca_file,
+    )
+
+
 def test_connection_is_pinned_to_the_first_answer(
     server: LocalServer, monkeypatch: pytest.MonkeyPatch, connects: list[str]
 ) -> None:
@@ -152,12 +162,7 @@ def test_connection_is_pinned_to_the_first_answer(
     dns = FakeDns({PINNED_NAME: [["127.0.0.1"], ["127.0.0.2"]]})
     dns.install(monkeypatch)
     # when it is fetched
-    result = fetch(
-        server.url("/png", host=PINNED_NAME),
-        max_bytes=CAP,
-        allow_hosts=frozenset({PINNED_NAME}),
-        ca_file=server.tls.ca_file,
-    )
+    result = fetch_pinned_name(server)
     # then it succeeds through the first answer, with SNI/Host for the name, one lookup only
     assert result.data == PNG
     assert dns.lookups.count(PINNED_NAME) == 1
@@ -171,12 +176,7 @@ def test_unreachable_checked_address_falls_back_to_the_next_checked_one(
     # given an allowed name whose first address refuses connections and second is the server
     FakeDns({PINNED_NAME: [["127.0.0.3", "127.0.0.1"]]}).install(monkeypatch)
     # when it is fetched (127.0.0.3 has no listener on the server's port)
-    result = fetch(
-        server.url("/png", host=PINNED_NAME),
-        max_bytes=CAP,
-        allow_hosts=frozenset({PINNED_NAME}),
-        ca_file=server.tls.ca_file,
-    )
+    result = fetch_pinned_name(server)
     # then the second checked address serves it
     assert result.data == PNG
     assert connects == ["127.0.0.3", "127.0.0.1"]

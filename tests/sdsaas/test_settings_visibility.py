@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SHOW = (
     "from django.conf import settings as s; print(s.SQS_VISIBILITY_TIMEOUT, s.GPU_HEARTBEAT_S,"

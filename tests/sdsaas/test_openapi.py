@@ -15,6 +15,7 @@ from openapi_spec_validator import validate as validate_spec
 from rest_framework.test import APIClient
 
 from jobs.models import Job
+from tests.support.api import assert_error
 from tests.support.factories import LoraFactory, UploadFactory, api_client_for
 
 API_PATHS = {
@@ -34,16 +35,6 @@ def fetch_schema() -> dict[str, Any]:
     assert response.status_code == 200, response.content
     document: dict[str, Any] = yaml.safe_load(response.content)
     return document
-
-
-def assert_error_shape(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
 # --- the schema ----------------------------------------------------------------------------------
@@ -192,7 +183,7 @@ def test_an_unknown_path_is_a_json_404(settings, tenant, path, method, with_key,
     # when an unknown path is requested
     response = getattr(client, method)(path)
     # then the answer is a 404 in the uniform error shape, not Django's HTML page
-    assert_error_shape(response, 404, "not_found")
+    assert_error(response, 404, "not_found")
 
 
 @pytest.mark.django_db
@@ -200,7 +191,7 @@ def test_a_host_not_served_is_a_json_400(tenant):  # type: ignore[no-untyped-def
     # when a request names a host that is not in ALLOWED_HOSTS
     response = api_client_for(tenant).get("/v1/models", HTTP_HOST="evil.example")
     # then Django's own 400 comes in the uniform error shape too
-    assert_error_shape(response, 400, "bad_request")
+    assert_error(response, 400, "bad_request")
 
 
 @pytest.mark.django_db
@@ -208,7 +199,7 @@ def test_a_method_the_endpoint_does_not_have_is_405(tenant):  # type: ignore[no-
     # when a full-scope key sends DELETE to /v1/jobs
     response = api_client_for(tenant).delete("/v1/jobs")
     # then the answer is 405 in the uniform shape, not a 403 about scopes
-    assert_error_shape(response, 405, "method_not_allowed")
+    assert_error(response, 405, "method_not_allowed")
 
 
 # --- what the schema says the API enforces --------------------------------------------------------

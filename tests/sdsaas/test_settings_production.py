@@ -10,13 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # What runs behind the ALB in production: everything else is the settings' own default.
 PRODUCTION_ENV = {
     "SDSAAS_SECRET_KEY": secrets.token_urlsafe(50),
     "SDSAAS_ALLOWED_HOSTS": "api.example.com",
     "SDSAAS_PUBLIC_BASE_URL": "https://api.example.com",
+    "SDSAAS_WEBHOOK_SECRET_KEYS": Fernet.generate_key().decode(),
 }
 
 # Requests as the load balancer forwards them, answered by the app in-process.

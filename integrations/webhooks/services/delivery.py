@@ -1,0 +1,210 @@
+"""One attempt of one message: build the body, sign it, send it, log it, decide what is next.
+
+The body is `{type, timestamp, data}` (Standard Webhooks). `data` is the job as the API returns
+it at the time of the attempt, so its output URLs are presigned then and work however late the
+attempt. The `webhook-id` is the message's id on every attempt; `webhook-timestamp` is the
+attempt's own time; `webhook-signature` holds one signature per secret in use (two during a
+rotation window), made with the `standardwebhooks` library.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from integrations.safe_http import FetchError, Sent, post
+from integrations.webhooks.models import (
+    EndpointNotice,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+)
+from integrations.webhooks.secrets import secret_decrypt
+from integrations.webhooks.services.dispatch import MAX_ATTEMPTS, next_due
+from integrations.webhooks.services.endpoints import job_secret
+from jobs.serializers import JobSerializer
+
+logger = logging.getLogger(__name__)
+
+RESPONSE_EXCERPT_BYTES = 1024
+MAX_RETRY_AFTER = dt.timedelta(hours=24)
+
+
+def message_body(message: WebhookMessage) -> bytes:
+    data: dict[str, Any] = message.data
+    if message.job is not None:
+        data = dict(JobSerializer(message.job).data)
+    body = {"type": message.event_type, "timestamp": message.event_at.isoformat(), "data": data}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def signing_secrets(message: WebhookMessage, *, now: dt.datetime) -> list[str]:
+    """The current secret, and the previous one while its rotation window lasts."""
+    endpoint = message.endpoint
+    if endpoint is None:
+        return [job_secret(tenant=message.tenant)]
+    secrets = [secret_decrypt(endpoint.secret_encrypted)]
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret_encrypted and expires is not None and now < expires:
+        secrets.append(secret_decrypt(endpoint.previous_secret_encrypted))
+    return secrets
+
+
+def signed_headers(message: WebhookMessage, body: bytes, secrets: list[str]) -> dict[str, str]:
+    sent_at = dt.datetime.now(dt.UTC)  # the real time: receivers check it against theirs
+    signatures = [Webhook(s).sign(message.public_id, sent_at, body.decode()) for s in secrets]
+    return {
+        "content-type": "application/json",
+        "user-agent": "sdsaas-webhooks/1",
+        "webhook-id": message.public_id,
+        "webhook-timestamp": str(int(sent_at.timestamp())),
+        "webhook-signature": " ".join(signatures),
+    }
+
+
+def message_deliver(*, message_pk: int, now: dt.datetime | None = None) -> str:
+    """Try a message handed to the queue once; how it went: succeeded, retry, failed or gone."""
+    now = now or timezone.now()
+    message = (
+        WebhookMessage.objects.select_related("endpoint", "job", "tenant")
+        .filter(pk=message_pk, status=WebhookMessage.Status.SENDING)
+        .first()
+    )
+    if message is None:
+        return "gone"  # settled meanwhile (a duplicate task, or a lease that ran out)
+    endpoint = message.endpoint
+    if endpoint is not None and not endpoint.enabled:
+        _settle(message, WebhookMessage.Status.FAILED, now=now)
+        return "failed"
+    body = message_body(message)
+    headers = signed_headers(message, body, signing_secrets(message, now=now))
+    url = endpoint.url if endpoint is not None else message.job_url
+    started = timezone.now()
+    try:
+        sent: Sent | None = post(
+            url,
+            body=body,
+            headers=headers,
+            max_response_bytes=RESPONSE_EXCERPT_BYTES,
+            allow_http_hosts=settings.WEBHOOK_ALLOW_HOSTS,
+            ca_file=settings.WEBHOOK_CA_FILE,
+            connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT_S,
+            timeout=settings.WEBHOOK_TIMEOUT_S,
+        )
+        error = ""
+    except FetchError as exc:
+        sent, error = None, exc.message[:256]
+    return _record(message, sent, error, started=started, now=now)
+
+
+@transaction.atomic
+def _record(
+    message: WebhookMessage,
+    sent: Sent | None,
+    error: str,
+    *,
+    started: dt.datetime,
+    now: dt.datetime,
+) -> str:
+    attempt = message.attempts + 1
+    succeeded = sent is not None and 200 <= sent.status < 300
+    WebhookAttempt.objects.create(
+        message=message,
+        number=attempt,
+        started_at=started,
+        status_code=sent.status if sent else None,
+        latency_ms=round(sent.latency_s * 1000) if sent else 0,
+        response_excerpt=sent.body.decode("utf-8", "replace") if sent else "",
+        error=error,
+        succeeded=succeeded,
+    )
+    message.attempts = attempt
+    endpoint = message.endpoint
+    if succeeded:
+        _settle(message, WebhookMessage.Status.SUCCEEDED, now=now)
+        if endpoint is not None and endpoint.failing_since is not None:
+            _endpoint_recovered(endpoint)
+        return "succeeded"
+    if sent is not None and sent.status == 410 and endpoint is not None:
+        endpoint_disable(endpoint, reason="the endpoint answered 410 Gone")
+        _settle(message, WebhookMessage.Status.FAILED, now=now)
+        return "failed"
+    due = _retry_after(sent, now) or next_due(attempts=attempt, now=now)
+    if due is None:
+        _settle(message, WebhookMessage.Status.FAILED, now=now)
+        if endpoint is not None:
+            _endpoint_failed(endpoint, now=now)
+        return "failed"
+    message.status, message.due_at = WebhookMessage.Status.PENDING, due
+    message.save(update_fields=["attempts", "status", "due_at"])
+    return "retry"
+
+
+def _retry_after(sent: Sent | None, now: dt.datetime) -> dt.datetime | None:
+    """429 and 503 may say when to come back (seconds or an HTTP date), held to 24 h."""
+    if sent is None or sent.status not in (429, 503):
+        return None
+    value = sent.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        wait = dt.timedelta(seconds=int(value))
+    else:
+        try:
+            wait = email.utils.parsedate_to_datetime(value) - now
+        except (TypeError, ValueError):
+            return None
+    return now + min(max(wait, dt.timedelta(seconds=1)), MAX_RETRY_AFTER)
+
+
+def _settle(message: WebhookMessage, status: str, *, now: dt.datetime) -> None:
+    message.status = status
+    message.due_at = None
+    message.delivered_at = now if status == WebhookMessage.Status.SUCCEEDED else None
+    message.save(update_fields=["attempts", "status", "due_at", "delivered_at"])
+
+
+def _endpoint_failed(endpoint: WebhookEndpoint, *, now: dt.datetime) -> None:
+    """A message used up its schedule: the tenant is told once; failing for days disables."""
+    endpoint.refresh_from_db()
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now
+        endpoint.save(update_fields=["failing_since", "updated_at"])
+        EndpointNotice.objects.create(
+            endpoint=endpoint,
+            kind=EndpointNotice.Kind.FAILING,
+            detail=f"A message got no 2xx answer after {MAX_ATTEMPTS} attempts.",
+        )
+    elif now - endpoint.failing_since >= dt.timedelta(seconds=settings.WEBHOOK_DISABLE_AFTER_S):
+        days = settings.WEBHOOK_DISABLE_AFTER_S / 86400
+        endpoint_disable(endpoint, reason=f"every delivery failed for {days:g} days")
+
+
+def _endpoint_recovered(endpoint: WebhookEndpoint) -> None:
+    endpoint.failing_since = None
+    endpoint.save(update_fields=["failing_since", "updated_at"])
+    EndpointNotice.objects.create(
+        endpoint=endpoint, kind=EndpointNotice.Kind.RECOVERED, detail="A delivery succeeded."
+    )
+
+
+def endpoint_disable(endpoint: WebhookEndpoint, *, reason: str) -> None:
+    """Disable an endpoint, record why, tell the tenant; its waiting messages fail."""
+    changed = WebhookEndpoint.objects.filter(pk=endpoint.pk, enabled=True).update(
+        enabled=False, disabled_reason=reason[:256]
+    )
+    if not changed:
+        return
+    EndpointNotice.objects.create(
+        endpoint=endpoint, kind=EndpointNotice.Kind.DISABLED, detail=reason[:512]
+    )
+    WebhookMessage.objects.filter(endpoint=endpoint, status=WebhookMessage.Status.PENDING).update(
+        status=WebhookMessage.Status.FAILED, due_at=None
+    )
+    logger.info("webhook endpoint %s disabled: %s", endpoint.public_id, reason)

@@ -1,0 +1,119 @@
+"""The durable schedule: due messages are handed to the webhooks queue, fairly.
+
+A message is due at `due_at` (now for a new one; later after a failed attempt, by
+`RETRY_DELAYS_S`). The scheduler calls `messages_dispatch` every few seconds; new messages are
+dispatched at once after their transaction commits. Fairness: each target (an endpoint, or a
+per-job URL) has at most WEBHOOK_TARGET_CONCURRENCY messages in flight, and every target with
+room gets its oldest due messages in each round, so a dead endpoint of one tenant (whose
+attempts take up to the 15 s timeout) never holds up another's deliveries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from collections import Counter
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from integrations.webhooks.models import WebhookMessage
+from sdsaas.broker.sqs import webhooks_queue_name
+from sdsaas.celery import app as celery_app
+from sdsaas.contract import TASK_WEBHOOK_DELIVER
+
+logger = logging.getLogger(__name__)
+
+# After attempt n (1: the immediate one) the next is due RETRY_DELAYS_S[n - 1] later, +-10%:
+# 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h; about three days in all.
+RETRY_DELAYS_S = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+MAX_ATTEMPTS = 1 + len(RETRY_DELAYS_S)
+JITTER = 0.1
+# A message handed to the queue and not settled within this long (its sender died) is due again.
+SENDING_LEASE = dt.timedelta(minutes=2)
+WAITING = [WebhookMessage.Status.PENDING, WebhookMessage.Status.SENDING]
+
+Target = tuple[int | None, str]  # (endpoint id, per-job URL)
+
+
+def next_due(*, attempts: int, now: dt.datetime) -> dt.datetime | None:
+    """When the attempt after `attempts` is due; None when the schedule is used up."""
+    if attempts >= MAX_ATTEMPTS:
+        return None
+    delay = RETRY_DELAYS_S[attempts - 1]
+    return now + dt.timedelta(seconds=delay * random.uniform(1 - JITTER, 1 + JITTER))
+
+
+def messages_dispatch(
+    *, message_ids: list[int] | None = None, now: dt.datetime | None = None
+) -> int:
+    """Hand due messages to the webhooks queue; how many. Safe to run concurrently."""
+    now = now or timezone.now()
+    WebhookMessage.objects.filter(
+        status=WebhookMessage.Status.SENDING, sending_since__lt=now - SENDING_LEASE
+    ).update(status=WebhookMessage.Status.PENDING, due_at=now)
+    with transaction.atomic():
+        due = WebhookMessage.objects.filter(status=WebhookMessage.Status.PENDING, due_at__lte=now)
+        if message_ids is not None:
+            due = due.filter(pk__in=message_ids)
+        chosen = _fair_share(due)
+        WebhookMessage.objects.filter(pk__in=chosen).update(
+            status=WebhookMessage.Status.SENDING, sending_since=now
+        )
+        transaction.on_commit(lambda: _send(chosen))
+    return len(chosen)
+
+
+def _fair_share(due: QuerySet[WebhookMessage]) -> list[int]:
+    """Per target with room, its oldest due messages (locked, skipping rows another takes)."""
+    targets: set[Target] = set(due.values_list("endpoint_id", "job_url").distinct())
+    in_flight: Counter[Target] = Counter(
+        WebhookMessage.objects.filter(status=WebhookMessage.Status.SENDING)
+        .filter(_of_targets(targets))
+        .values_list("endpoint_id", "job_url")
+    )
+    chosen: list[int] = []
+    for target in targets:
+        room = settings.WEBHOOK_TARGET_CONCURRENCY - in_flight[target]
+        if room <= 0:
+            continue
+        endpoint_id, job_url = target
+        chosen += (
+            due.filter(endpoint_id=endpoint_id, job_url=job_url)
+            .select_for_update(skip_locked=True)
+            .order_by("due_at", "id")
+            .values_list("pk", flat=True)[:room]
+        )
+    return chosen
+
+
+def _of_targets(targets: set[Target]) -> Q:
+    condition = Q(pk__in=[])
+    for endpoint_id, job_url in targets:
+        condition |= Q(endpoint_id=endpoint_id, job_url=job_url)
+    return condition
+
+
+def messages_prune(*, now: dt.datetime | None = None) -> int:
+    """Delete settled messages (their attempts with them) older than WEBHOOK_LOG_DAYS."""
+    cutoff = (now or timezone.now()) - dt.timedelta(days=settings.WEBHOOK_LOG_DAYS)
+    deleted, _ = WebhookMessage.objects.filter(
+        status__in=[WebhookMessage.Status.SUCCEEDED, WebhookMessage.Status.FAILED],
+        created_at__lt=cutoff,
+    ).delete()
+    return deleted
+
+
+def _send(message_ids: list[int]) -> None:
+    """One task per message; a failed send leaves it to the lease and the next sweep."""
+    for pk in message_ids:
+        try:
+            celery_app.send_task(
+                TASK_WEBHOOK_DELIVER, kwargs={"message_pk": pk}, queue=webhooks_queue_name()
+            )
+        except Exception as exc:
+            logger.warning("could not queue webhook message %s: %s", pk, exc)
+            return

@@ -1,0 +1,216 @@
+"""Webhook delivery end to end: real HTTP on loopback to a receiver that verifies with
+`standardwebhooks`, a clock the test controls for the schedule, real S3 for the images."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import socket
+import urllib.request
+from typing import Any
+
+import pytest
+
+from integrations.webhooks.models import EndpointNotice, WebhookEndpoint, WebhookMessage
+from integrations.webhooks.services.dispatch import RETRY_DELAYS_S
+from integrations.webhooks.services.endpoints import (
+    endpoint_create,
+    endpoint_rotate_secret,
+    job_secret_issue,
+)
+from jobs.models import Job
+from sdsaas.errors import InvalidInput
+from tests.integrations.safe_http.support import FakeDns
+from tests.support.factories import PlanFactory, TenantFactory
+from tests.support.images import image_bytes
+from tests.support.webhook_receiver import Receiver
+from tests.support.webhooks import run_due, submit, succeed, tenant_with_endpoint
+
+pytestmark = [
+    pytest.mark.usefixtures("local_aws", "model"),
+    pytest.mark.django_db(transaction=True),
+]
+
+
+def test_a_succeeded_job_is_delivered_once_per_subscribed_endpoint_and_verifies(
+    receiver: Receiver,
+) -> None:
+    # given two endpoints subscribed to job.succeeded and one only to job.failed
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"], "/a")
+    _, secret = endpoint_create(
+        tenant=tenant, url=receiver.url("/b"), events=["job.succeeded", "job.started"]
+    )
+    receiver.secrets.append(secret)
+    endpoint_create(tenant=tenant, url=receiver.url("/c"), events=["job.failed"])
+    # when a job succeeds and the due messages are sent
+    job = submit(tenant)
+    succeed(job)
+    assert set(run_due(dt.datetime.now(dt.UTC))) == {"succeeded"}
+    # then each subscribed endpoint got its verified events, and /c nothing
+    by_path = sorted((r.path, r.payload["type"]) for r in receiver.received)
+    assert by_path == [("/a", "job.succeeded"), ("/b", "job.started"), ("/b", "job.succeeded")]
+    assert all(len(r.verified_by) == 1 for r in receiver.received)
+    succeeded = [r for r in receiver.received if r.payload["type"] == "job.succeeded"]
+    assert {r.payload["data"]["id"] for r in succeeded} == {job.public_id}
+    assert all(r.payload["data"]["status"] == "succeeded" for r in succeeded)
+    assert {r.verified_by[0] for r in succeeded} == set(receiver.secrets[:2])
+    assert WebhookMessage.objects.filter(endpoint__url__endswith="/c").count() == 0
+
+
+def test_a_per_job_webhook_gets_only_the_events_of_its_filter(receiver: Receiver) -> None:
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
+    receiver.secrets.append(job_secret_issue(tenant=tenant))
+    job = submit(tenant, webhook=receiver.url("/job"), webhook_events_filter=["job.succeeded"])
+    succeed(job)
+    run_due(dt.datetime.now(dt.UTC))
+    assert [(r.payload["type"], bool(r.verified_by)) for r in receiver.received] == [
+        ("job.succeeded", True)
+    ]
+
+
+def test_a_receiver_failing_three_times_gets_the_fourth_attempt_on_schedule(
+    receiver: Receiver,
+) -> None:
+    # given a receiver that answers 500, 500, 500, then 204
+    tenant, endpoint = tenant_with_endpoint(receiver, ["job.succeeded"])
+    receiver.answers.extend([(500, {}), (500, {}), (500, {})])
+    job = submit(tenant)
+    succeed(job)
+    now = dt.datetime.now(dt.UTC)
+    # when the scheduler runs at each due time
+    assert run_due(now) == ["retry"]
+    message = WebhookMessage.objects.get(endpoint=endpoint)
+    dues = []
+    for _ in range(3):
+        message.refresh_from_db()
+        assert message.due_at is not None
+        dues.append((message.due_at - now).total_seconds())
+        assert run_due(message.due_at - dt.timedelta(seconds=1)) == []  # not yet due
+        now = message.due_at
+        run_due(now)
+    # then the 4th attempt succeeded, each after its scheduled delay (+-10%), one webhook-id
+    message.refresh_from_db()
+    assert (message.status, message.attempts) == ("succeeded", 4)
+    for due, delay in zip(dues, RETRY_DELAYS_S[:3], strict=True):
+        assert delay * 0.9 <= due <= delay * 1.1
+    assert len({r.id for r in receiver.received}) == 1 and len(receiver.received) == 4
+    assert [a.status_code for a in message.log.all()] == [500, 500, 500, 204]
+
+
+def test_retry_after_is_honoured_and_a_redirect_is_a_failure(receiver: Receiver) -> None:
+    tenant, endpoint = tenant_with_endpoint(receiver, ["job.succeeded"])
+    receiver.answers.extend(
+        [(429, {"Retry-After": "120"}), (302, {"Location": receiver.url("/x")})]
+    )
+    succeed(submit(tenant))
+    now = dt.datetime.now(dt.UTC)
+    assert run_due(now) == ["retry"]
+    message = WebhookMessage.objects.get(endpoint=endpoint)
+    assert message.due_at == now + dt.timedelta(seconds=120)
+    assert run_due(message.due_at) == ["retry"]  # the 302 is not followed: a failure
+    assert [r.headers.get("webhook-id") for r in receiver.received] == [message.public_id] * 2
+    assert [r.path for r in receiver.received] == ["/hook", "/hook"]  # never /x
+
+
+def test_410_gone_disables_the_endpoint_and_tells_the_tenant(receiver: Receiver) -> None:
+    tenant, endpoint = tenant_with_endpoint(receiver, ["job.succeeded"])
+    receiver.answers.append((410, {}))
+    succeed(submit(tenant))
+    assert run_due(dt.datetime.now(dt.UTC)) == ["failed"]
+    endpoint.refresh_from_db()
+    assert not endpoint.enabled and "410" in endpoint.disabled_reason
+    assert list(endpoint.notices.values_list("kind", flat=True)) == [EndpointNotice.Kind.DISABLED]
+
+
+def test_a_receiver_down_for_six_hours_gets_every_event_once_with_working_image_urls(
+    receiver: Receiver,
+) -> None:
+    # given a receiver that is down (503, no Retry-After) while three jobs succeed
+    tenant, endpoint = tenant_with_endpoint(receiver, ["job.succeeded"])
+    receiver.default = (503, {})
+    for _ in range(3):
+        succeed(submit(tenant))
+    start = now = dt.datetime.now(dt.UTC)
+    # when the scheduler runs every minute of a simulated six hours, then the receiver is back
+    while now < start + dt.timedelta(hours=6):
+        run_due(now)
+        now += dt.timedelta(minutes=1)
+    receiver.default = (204, {})
+    while now < start + dt.timedelta(hours=12):
+        run_due(now)
+        now += dt.timedelta(minutes=10)
+    # then it has every event once (deduped on webhook-id), and the images download
+    unique = receiver.unique()
+    assert sorted(r.payload["data"]["id"] for r in unique) == sorted(
+        Job.objects.filter(tenant=tenant).values_list("public_id", flat=True)
+    )
+    assert WebhookMessage.objects.filter(endpoint=endpoint, status="succeeded").count() == 3
+    for item in unique:
+        (url,) = item.payload["data"]["output"]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.read() == image_bytes("PNG")
+    endpoint.refresh_from_db()
+    assert endpoint.enabled and endpoint.failing_since is None
+
+
+def test_after_a_rotation_both_secrets_sign_during_the_window_then_only_the_new(
+    receiver: Receiver, settings: Any
+) -> None:
+    tenant, endpoint = tenant_with_endpoint(receiver, ["job.succeeded"])
+    old = receiver.secrets[0]
+    _, new = endpoint_rotate_secret(tenant=tenant, endpoint_id=endpoint.public_id)
+    receiver.secrets.append(new)
+    succeed(submit(tenant))
+    run_due(dt.datetime.now(dt.UTC))
+    assert receiver.received[-1].verified_by == [old, new]
+    # after the window, only the new secret signs
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
+        previous_secret_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
+    succeed(submit(tenant))
+    run_due(dt.datetime.now(dt.UTC))
+    assert receiver.received[-1].verified_by == [new]
+    assert len(receiver.received[-1].headers["webhook-signature"].split(" ")) == 1
+
+
+def pending_connections(listener: socket.socket) -> int:
+    listener.setblocking(False)
+    count = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            listener.accept()[0].close()
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize(
+    "url", ["https://10.0.0.5/hook", "https://169.254.169.254/latest", "http://example.com/hook"]
+)
+def test_a_private_address_or_plain_http_is_refused_at_registration(url: str) -> None:
+    tenant = TenantFactory()
+    with pytest.raises(InvalidInput) as refused:
+        endpoint_create(tenant=tenant, url=url, events=["job.succeeded"])
+    assert "url" in refused.value.details
+    assert not WebhookEndpoint.objects.filter(tenant=tenant).exists()
+
+
+def test_an_endpoint_whose_dns_flips_to_loopback_is_refused_at_send_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a canary listening on loopback, and a name that resolves to a public address
+    with socket.socket() as canary:
+        canary.bind(("127.0.0.1", 0))
+        canary.listen(8)
+        port = canary.getsockname()[1]
+        FakeDns({"flip.test": [["93.184.216.34"], ["127.0.0.1"]]}).install(monkeypatch)
+        tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
+        endpoint, _ = endpoint_create(
+            tenant=tenant, url=f"https://flip.test:{port}/hook", events=["job.succeeded"]
+        )
+        # when the name now points to loopback and a job's event is sent
+        succeed(submit(tenant))
+        assert run_due(dt.datetime.now(dt.UTC)) == ["retry"]
+        # then nothing connected to the canary, and the attempt says why
+        assert pending_connections(canary) == 0
+        (attempt,) = WebhookMessage.objects.get(endpoint=endpoint).log.all()
+        assert attempt.status_code is None and "not allowed" in attempt.error
