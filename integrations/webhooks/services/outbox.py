@@ -22,54 +22,49 @@ logger = logging.getLogger(__name__)
 def on_job_state_change(change: JobStateChange) -> None:
     """One message per subscribed endpoint, and one for the job's own webhook if it wants it."""
     event_type = EventType(change.event_type)
-    messages = [
+    targets: list[tuple[WebhookEndpoint | None, str]] = [
+        (endpoint, "") for endpoint in _subscribed_endpoints(change, event_type)
+    ]
+    job_webhook = _job_webhook(change, event_type)
+    if job_webhook:
+        targets.append((None, job_webhook))
+    # Progress is coalesced: at most one message per job and target waits or is in flight; it
+    # carries the job as it is when it is sent, so the latest progress.
+    if event_type == EventType.JOB_PROGRESS:
+        waiting = _waiting_progress(change.job_pk)
+        targets = [(e, url) for e, url in targets if (e.pk if e else None, url) not in waiting]
+    if not targets:
+        return
+    created = WebhookMessage.objects.bulk_create(
         WebhookMessage(
             tenant_id=change.tenant_id,
             endpoint=endpoint,
+            job_url=job_url,
             job_id=change.job_pk,
             event_type=event_type,
             event_at=change.at,
             due_at=change.at,
         )
-        for endpoint in _subscribed_endpoints(change, event_type)
-    ]
-    job_webhook = _job_webhook(change, event_type)
-    if job_webhook:
-        messages.append(
-            WebhookMessage(
-                tenant_id=change.tenant_id,
-                job_url=job_webhook,
-                job_id=change.job_pk,
-                event_type=event_type,
-                event_at=change.at,
-                due_at=change.at,
-            )
-        )
-    if not messages:
-        return
-    created = WebhookMessage.objects.bulk_create(messages)
+        for endpoint, job_url in targets
+    )
     ids = [message.pk for message in created]
     transaction.on_commit(lambda: _hand_over(ids))
 
 
 def _subscribed_endpoints(change: JobStateChange, event_type: EventType) -> list[WebhookEndpoint]:
-    endpoints = [
-        endpoint
-        for endpoint in WebhookEndpoint.objects.filter(tenant_id=change.tenant_id, enabled=True)
-        if event_type in endpoint.events
-    ]
-    if event_type != EventType.JOB_PROGRESS:
-        return endpoints
-    # Progress is coalesced: at most one message per job and endpoint waits or is in flight;
-    # it carries the job as it is when it is sent, so the latest progress.
-    waiting = set(
+    endpoints = WebhookEndpoint.objects.filter(tenant_id=change.tenant_id, enabled=True)
+    return [endpoint for endpoint in endpoints if event_type in endpoint.events]
+
+
+def _waiting_progress(job_pk: int) -> set[tuple[int | None, str]]:
+    """(endpoint id, per-job URL) of the job's progress messages not yet settled."""
+    return set(
         WebhookMessage.objects.filter(
-            job_id=change.job_pk,
+            job_id=job_pk,
             event_type=EventType.JOB_PROGRESS,
             status__in=[WebhookMessage.Status.PENDING, WebhookMessage.Status.SENDING],
-        ).values_list("endpoint_id", flat=True)
+        ).values_list("endpoint_id", "job_url")
     )
-    return [endpoint for endpoint in endpoints if endpoint.pk not in waiting]
 
 
 def _job_webhook(change: JobStateChange, event_type: EventType) -> str:
@@ -78,19 +73,7 @@ def _job_webhook(change: JobStateChange, event_type: EventType) -> str:
     if not job or not job["webhook_url"]:
         return ""
     wanted = job["webhook_events"] or [t.value for t in EventType if t != EventType.TEST]
-    if event_type not in wanted:
-        return ""
-    if (
-        event_type == EventType.JOB_PROGRESS
-        and WebhookMessage.objects.filter(
-            job_id=change.job_pk,
-            endpoint__isnull=True,
-            event_type=EventType.JOB_PROGRESS,
-            status__in=[WebhookMessage.Status.PENDING, WebhookMessage.Status.SENDING],
-        ).exists()
-    ):
-        return ""
-    return str(job["webhook_url"])
+    return str(job["webhook_url"]) if event_type in wanted else ""
 
 
 def _hand_over(message_ids: list[int]) -> None:
