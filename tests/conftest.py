@@ -20,6 +20,7 @@ from sdsaas.settings import sqs_broker_url
 from tests.support.aws import LocalAws
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
 from tests.support.https import Tls, make_tls
+from tests.support.webhook_receiver import Receiver, webhook_receiver
 
 
 def pytest_report_header() -> str:
@@ -96,3 +97,11 @@ requires_postgres = pytest.mark.skipif(
     connection.vendor != "postgresql",
     reason="needs PostgreSQL row locks and concurrent transactions; set DATABASE_URL",
 )
+
+
+@pytest.fixture
+def receiver(settings: Any) -> Iterator[Receiver]:
+    """A webhook receiver that verifies with `standardwebhooks`, reachable over plain http."""
+    with webhook_receiver() as receiver:
+        settings.WEBHOOK_ALLOW_HOSTS = frozenset({receiver.host})
+        yield receiver

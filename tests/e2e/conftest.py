@@ -94,6 +94,13 @@ class Workers:
         argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", queue, "-n", f"{name}@%h"]
         self._start(name, argv, env)
 
+    def start_webhooks(self, name: str = "webhooks", **env: str) -> None:
+        """A webhook sender as `make run` starts one: its own queue, threads."""
+        queue = f"{self.prefix}-webhooks"
+        argv = ["-A", "sdsaas", "worker", "-P", "threads", "-c", "4", "-Q", queue]
+        env = {**self.env, "DATABASE_URL": _database_url(), "SDSAAS_ROLE": "control", **env}
+        self._start(name, [*argv, "-n", f"{name}@%h"], env)
+
     def start_gpu(
         self, name: str = "gpu", queues: str = f"{E2E_PREFIX}-model-tiny", **env: str
     ) -> None:
