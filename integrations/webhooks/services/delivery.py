@@ -31,6 +31,7 @@ from integrations.webhooks.secrets import secret_decrypt
 from integrations.webhooks.services.dispatch import MAX_ATTEMPTS, next_due
 from integrations.webhooks.services.endpoints import job_secret
 from jobs.serializers import JobSerializer
+from sdsaas.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +85,15 @@ def message_deliver(*, message_pk: int, now: dt.datetime | None = None) -> str:
     if endpoint is not None and not endpoint.enabled:
         _settle(message, WebhookMessage.Status.FAILED, now=now)
         return "failed"
-    body = message_body(message)
-    headers = signed_headers(message, body, signing_secrets(message, now=now))
-    url = endpoint.url if endpoint is not None else message.job_url
     started = timezone.now()
+    try:
+        secrets = signing_secrets(message, now=now)
+    except InvalidInput as exc:  # a per-job webhook of a tenant that issued no secret
+        _record(message, None, exc.message[:256], started=started, now=now, final=True)
+        return "failed"
+    body = message_body(message)
+    headers = signed_headers(message, body, secrets)
+    url = endpoint.url if endpoint is not None else message.job_url
     try:
         sent: Sent | None = post(
             url,
@@ -113,7 +119,9 @@ def _record(
     *,
     started: dt.datetime,
     now: dt.datetime,
+    final: bool = False,
 ) -> str:
+    """Log the attempt and settle what comes next; `final`: no further attempt can help."""
     attempt = message.attempts + 1
     succeeded = sent is not None and 200 <= sent.status < 300
     WebhookAttempt.objects.create(
@@ -137,7 +145,7 @@ def _record(
         endpoint_disable(endpoint, reason="the endpoint answered 410 Gone")
         _settle(message, WebhookMessage.Status.FAILED, now=now)
         return "failed"
-    due = _retry_after(sent, now) or next_due(attempts=attempt, now=now)
+    due = None if final else _retry_after(sent, now) or next_due(attempts=attempt, now=now)
     if due is None:
         _settle(message, WebhookMessage.Status.FAILED, now=now)
         if endpoint is not None:

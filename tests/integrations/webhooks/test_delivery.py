@@ -214,3 +214,15 @@ def test_an_endpoint_whose_dns_flips_to_loopback_is_refused_at_send_time(
         assert pending_connections(canary) == 0
         (attempt,) = WebhookMessage.objects.get(endpoint=endpoint).log.all()
         assert attempt.status_code is None and "not allowed" in attempt.error
+
+
+def test_a_per_job_webhook_without_a_secret_fails_once_saying_why(receiver: Receiver) -> None:
+    # given a tenant that never issued its per-job webhook secret
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
+    job = submit(tenant, webhook=receiver.url("/job"), webhook_events_filter=["job.succeeded"])
+    succeed(job)
+    # when the message is due, then it fails at once, unsent, and the log says what to do
+    assert run_due(dt.datetime.now(dt.UTC)) == ["failed"]
+    (attempt,) = WebhookMessage.objects.get(job=job).log.all()
+    assert "POST /v1/webhooks/job-secret" in attempt.error
+    assert receiver.received == []
