@@ -65,7 +65,7 @@ def reconcile_lost() -> dict[str, list[str]]:
     return {"unseen": done.unseen, "republished": done.republished, "failed": done.failed}
 
 
-# Events from GPU workers, decoded by the contract (sdsaas/contract.py): their keyword arguments
+# Events from GPU workers, decoded by the contract (sdsaas/contract/): their keyword arguments
 # are the event's fields, and fields a newer worker adds are ignored here. Each is safe to run
 # twice: the services fence by attempt and status.
 

@@ -1,0 +1,124 @@
+"""Events: GPU worker -> control plane, one task each on the control queue."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Self
+
+from sdsaas.contract.wire import CONTRACT_VERSION, known_fields, version_of, wire_dict
+
+
+class EventKind(StrEnum):
+    RECEIVED = "received"  # each delivery, before the model is loaded
+    STARTED = "started"  # the model is loaded: the job is processing
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PREEMPTED = "preempted"  # the worker stopped before the job ended: it runs again
+
+
+class FailureCode(StrEnum):
+    """`error.code` of a failed job, as the API shows it."""
+
+    INVALID_INPUT = "invalid_input"  # the request cannot be generated: retrying gives the same
+    OUT_OF_MEMORY = "out_of_memory"
+    TIMEOUT = "timeout"  # ran past its time limit
+    INTERNAL_ERROR = "internal_error"  # the worker failed unexpectedly
+    WORKER_LOST = "worker_lost"  # the worker died on each delivery (dead-lettered)
+    MESSAGE_LOST = "message_lost"  # the queue message was lost, and republishing did not help
+    IMAGE_FETCH_FAILED = "image_fetch_failed"  # img2img: the image URL could not be fetched
+
+
+class RunOutcome(StrEnum):
+    """How one run of a job on a GPU worker ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    PREEMPTED = "preempted"
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event of one attempt of one job; sent as the keyword arguments of its task."""
+
+    KIND: ClassVar[EventKind]
+    TASK: ClassVar[str]  # the control task that applies it
+
+    job_id: str  # the public id
+    attempt: int
+    v: int = field(default=CONTRACT_VERSION, kw_only=True)
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Self:
+        return cls(**{**known_fields(cls, data), "v": version_of(data)})
+
+    def to_wire(self) -> dict[str, Any]:
+        return wire_dict(self)
+
+
+@dataclass(frozen=True)
+class JobReceived(Event):
+    KIND = EventKind.RECEIVED
+    TASK = "control.job_received"
+
+
+@dataclass(frozen=True)
+class JobStarted(Event):
+    KIND = EventKind.STARTED
+    TASK = "control.job_started"
+    load_s: float
+
+
+@dataclass(frozen=True)
+class JobProgress(Event):
+    KIND = EventKind.PROGRESS
+    TASK = "control.job_progress"
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class JobSucceeded(Event):
+    KIND = EventKind.SUCCEEDED
+    TASK = "control.job_succeeded"
+    output_keys: list[str]
+    # queue_s, load_s, inference_s, encode_s, upload_s: seconds, rounded to milliseconds
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class JobFailed(Event):
+    KIND = EventKind.FAILED
+    TASK = "control.job_failed"
+    code: FailureCode
+    message: str
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Self:
+        """A code this release does not know (from a newer worker) fails the job as an internal
+        error, naming the code: clients only ever see the documented codes."""
+        event = super().from_wire(data)
+        if event.code in {code.value for code in FailureCode}:
+            return dataclasses.replace(event, code=FailureCode(event.code))
+        message = f"{event.code}: {event.message}"
+        return dataclasses.replace(event, code=FailureCode.INTERNAL_ERROR, message=message)
+
+
+@dataclass(frozen=True)
+class JobPreempted(Event):
+    KIND = EventKind.PREEMPTED
+    TASK = "control.job_preempted"
+
+
+EVENTS: tuple[type[Event], ...] = (
+    JobReceived,
+    JobStarted,
+    JobProgress,
+    JobSucceeded,
+    JobFailed,
+    JobPreempted,
+)
