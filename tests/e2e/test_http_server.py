@@ -10,12 +10,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.support.api_server import api_server
 
 MODES = {
     "debug": {"SDSAAS_DEBUG": "1"},
-    "production": {"SDSAAS_DEBUG": "0", "SDSAAS_SECRET_KEY": "test-only-secret"},
+    "production": {
+        "SDSAAS_DEBUG": "0",
+        "SDSAAS_SECRET_KEY": "test-only-secret",
+        "SDSAAS_WEBHOOK_SECRET_KEYS": Fernet.generate_key().decode(),
+    },
 }
 
 

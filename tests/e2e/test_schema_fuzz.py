@@ -71,10 +71,19 @@ values = ["{UPLOAD_ID}", "https://images.example.com/cat.png"]
 # "Schema-valid data is accepted" cannot hold where validity depends on more than the schema says:
 # which models and uploads exist, rules across fields (strength needs an image; steps x strength
 # reaches a step; each LoRA once; no private address literal), a cursor being one the API wrote,
-# an upload's bytes being an image. These operations answer such requests with a 400 naming the
-# field; every other check runs on them, and this one on every other operation.
+# an upload's bytes being an image; a webhook URL's host resolving to public addresses only. These
+# operations answer such requests with a 400 naming the field; every other check runs on them, and
+# this one on every other operation.
 [[operations]]
-include-operation-id = ["jobs_create", "jobs_list", "uploads_create"]
+include-operation-id = [
+    "jobs_create",
+    "jobs_list",
+    "uploads_create",
+    "webhook_endpoints_create",
+    "webhook_endpoints_list",
+    "webhook_endpoints_update",
+    "webhook_endpoints_deliveries",
+]
 checks.positive_data_acceptance.enabled = false
 """
 
