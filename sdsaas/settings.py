@@ -346,6 +346,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Called, in order, with each job state change a client can see, inside the transaction that makes
 # it (jobs/announcements.py). Webhooks and Discord subscribe here; code, not configuration.
 JOB_STATE_SUBSCRIBERS: list[str] = ["integrations.webhooks.services.outbox.on_job_state_change"]
+# Checks a job's own `webhook` URL at submit (InvalidInput naming `webhook` when it cannot be sent).
+JOB_WEBHOOK_VALIDATOR = "integrations.webhooks.services.endpoints.job_webhook_validate"
 
 # Webhooks (integrations/webhooks/). Signing secrets are stored encrypted with these Fernet keys,
 # never with SECRET_KEY: the first encrypts, all decrypt (rotation: see webhooks/secrets.py).

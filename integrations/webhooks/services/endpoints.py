@@ -159,6 +159,15 @@ def _due_now(message_ids: list[int]) -> None:
     transaction.on_commit(lambda: messages_dispatch(message_ids=message_ids))
 
 
+def job_webhook_validate(*, tenant: Tenant, url: str) -> None:
+    """A job's own `webhook` at submit: a URL we may send to, and a per-job secret to sign with."""
+    webhook_url_check(url, field="webhook")
+    if not JobWebhookSecret.objects.filter(tenant=tenant).exists():
+        raise InvalidInput(
+            "webhook", "issue a per-job webhook secret first: POST /v1/webhooks/job-secret"
+        )
+
+
 def job_secret_issue(*, tenant: Tenant) -> str:
     """A new secret for the tenant's per-job webhooks, shown this once (the old one stops)."""
     secret = secret_new()

@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from integrations.webhooks.models import EndpointNotice, WebhookEndpoint, WebhookMessage
+from integrations.webhooks.models import (
+    EndpointNotice,
+    JobWebhookSecret,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from integrations.webhooks.services.dispatch import RETRY_DELAYS_S
 from integrations.webhooks.services.endpoints import (
     endpoint_create,
@@ -21,7 +26,7 @@ from integrations.webhooks.services.endpoints import (
 from jobs.models import Job
 from sdsaas.errors import InvalidInput
 from tests.integrations.safe_http.support import FakeDns
-from tests.support.factories import PlanFactory, TenantFactory
+from tests.support.factories import PlanFactory, TenantFactory, api_client_for
 from tests.support.images import image_bytes
 from tests.support.webhook_receiver import Receiver
 from tests.support.webhooks import run_due, submit, succeed, tenant_with_endpoint
@@ -216,12 +221,21 @@ def test_an_endpoint_whose_dns_flips_to_loopback_is_refused_at_send_time(
         assert attempt.status_code is None and "not allowed" in attempt.error
 
 
-def test_a_per_job_webhook_without_a_secret_fails_once_saying_why(receiver: Receiver) -> None:
-    # given a tenant that never issued its per-job webhook secret
+def test_a_per_job_webhook_needs_the_per_job_secret_at_submit_and_at_send(
+    receiver: Receiver,
+) -> None:
+    # given a tenant that never issued its per-job webhook secret: a job with a webhook is a 400
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
+    body = {"model": "tiny", "prompt": "a fox", "webhook": receiver.url("/job")}
+    response = api_client_for(tenant).post("/v1/jobs", body, format="json")
+    assert response.status_code == 400
+    assert "POST /v1/webhooks/job-secret" in response.json()["error"]["details"]["webhook"][0]
+    assert not Job.objects.filter(tenant=tenant).exists()
+    # and a job whose secret is gone by the time its event is due fails once, unsent, saying why
+    job_secret_issue(tenant=tenant)
     job = submit(tenant, webhook=receiver.url("/job"), webhook_events_filter=["job.succeeded"])
+    JobWebhookSecret.objects.filter(tenant=tenant).delete()
     succeed(job)
-    # when the message is due, then it fails at once, unsent, and the log says what to do
     assert run_due(dt.datetime.now(dt.UTC)) == ["failed"]
     (attempt,) = WebhookMessage.objects.get(job=job).log.all()
     assert "POST /v1/webhooks/job-secret" in attempt.error
