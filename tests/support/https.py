@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +20,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Only in the server certificate's SANs, so that a test can pass TLS under a made-up name.
 PINNED_NAME = "pinned.test"
+
+
+S = TypeVar("S", bound="HttpsServer")
 
 
 @dataclass(frozen=True)
@@ -163,13 +166,25 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.reply_head(status, {"Location": location, "Content-Length": "0"})
 
 
+def use_tls(httpd: HttpsServer, tls: Tls) -> None:
+    """Make `httpd` answer over TLS with the test CA's server certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+
+
 @contextlib.contextmanager
 def serve_https(handler: type[BaseHTTPRequestHandler], tls: Tls) -> Iterator[HttpsServer]:
     """Serve `handler` over TLS on 127.0.0.1 in a thread until the block ends."""
     httpd = HttpsServer(handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    use_tls(httpd, tls)
+    with serving(httpd):
+        yield httpd
+
+
+@contextlib.contextmanager
+def serving(httpd: S) -> Iterator[S]:
+    """Run `httpd` in a thread until the block ends; stalled handlers are released first."""
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from integrations.safe_http import Sent, post
-from tests.support.https import HttpsServer, QuietHandler, Tls
+from tests.support.https import HttpsServer, QuietHandler, Tls, serving, use_tls
 
 BODY = b'{"type":"job.succeeded","data":{"id":"job_1"}}'
 
@@ -36,9 +34,7 @@ class ReceiverServer(HttpsServer):
         self.location = "/elsewhere"  # where /status/3xx points
         self.ca_file = tls.ca_file if tls is not None else None
         if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-            self.socket = context.wrap_socket(self.socket, server_side=True)
+            use_tls(self, tls)
 
     def url(self, path: str, host: str = "localhost") -> str:
         scheme = "http" if self.ca_file is None else "https"
@@ -99,16 +95,8 @@ class ReceiverHandler(QuietHandler):
 @contextlib.contextmanager
 def serve_receiver(tls: Tls | None) -> Iterator[ReceiverServer]:
     """A receiver on 127.0.0.1, over TLS when `tls` is given, until the block ends."""
-    httpd = ReceiverServer(tls)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving(ReceiverServer(tls)) as httpd:
         yield httpd
-    finally:
-        httpd.release.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 # --- listeners that never answer ----------------------------------------------------------
