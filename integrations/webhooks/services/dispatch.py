@@ -52,9 +52,10 @@ def messages_dispatch(
 ) -> int:
     """Hand due messages to the webhooks queue; how many. Safe to run concurrently."""
     now = now or timezone.now()
-    WebhookMessage.objects.filter(
-        status=WebhookMessage.Status.SENDING, sending_since__lt=now - SENDING_LEASE
-    ).update(status=WebhookMessage.Status.PENDING, due_at=now)
+    if message_ids is None:  # the scheduled sweep, not the hand-over of new messages
+        WebhookMessage.objects.filter(
+            status=WebhookMessage.Status.SENDING, sending_since__lt=now - SENDING_LEASE
+        ).update(status=WebhookMessage.Status.PENDING, due_at=now)
     with transaction.atomic():
         due = WebhookMessage.objects.filter(status=WebhookMessage.Status.PENDING, due_at__lte=now)
         if message_ids is not None:
