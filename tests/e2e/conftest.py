@@ -94,12 +94,12 @@ class Workers:
         argv = ["-A", "sdsaas", "worker", "-P", "solo", "-Q", queue, "-n", f"{name}@%h"]
         self._start(name, argv, env)
 
-    def start_webhooks(self, name: str = "webhooks", **env: str) -> None:
-        """A webhook sender as `make run` starts one: its own queue, threads."""
-        queue = f"{self.prefix}-webhooks"
-        argv = ["-A", "sdsaas", "worker", "-P", "threads", "-c", "4", "-Q", queue]
+    def start_sender(self, queue: str, name: str, **env: str) -> None:
+        """A sender of notifications (`webhooks` or `discord`) as `make run` starts one: its own
+        queue, threads."""
+        argv = ["-A", "sdsaas", "worker", "-P", "threads", "-c", "4", "-n", f"{name}@%h"]
         env = {**self.env, "DATABASE_URL": _database_url(), "SDSAAS_ROLE": "control", **env}
-        self._start(name, [*argv, "-n", f"{name}@%h"], env)
+        self._start(name, [*argv, "-Q", f"{self.prefix}-{queue}"], env)
 
     def start_gpu(
         self, name: str = "gpu", queues: str = f"{E2E_PREFIX}-model-tiny", **env: str
@@ -130,15 +130,6 @@ class Workers:
             stderr=subprocess.STDOUT,
         )
 
-    def stop(self, name: str, timeout: float = 20) -> None:
-        process = self.processes.pop(name)
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
@@ -157,8 +148,8 @@ def workers(
         stack.start_control()
         stack.start_gpu()
     yield stack
-    for name in list(stack.processes):
-        stack.stop(name)
+    for name in list(stack.processes):  # the session's end: nothing left to finish
+        stack.kill(name)
 
 
 @pytest.fixture
@@ -312,7 +303,7 @@ class Pool:
 
 @pytest.fixture
 def pool(workers: Workers, tiny_model_dir: Path, settings: Any) -> Iterator[Pool]:
-    """A pool on a model of its own, with no worker yet; its workers are stopped after the test."""
+    """A pool on a model of its own, with no worker yet; its workers are killed after the test."""
     settings.SQS_VISIBILITY_TIMEOUT = VISIBILITY_S
     slug = f"tiny{uuid.uuid4().hex[:6]}"
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2, max_pixels=2048**2))
@@ -321,5 +312,7 @@ def pool(workers: Workers, tiny_model_dir: Path, settings: Any) -> Iterator[Pool
     ensure_model_queue(slug)
     made = Pool(workers, slug, api_client_for(tenant), tenant)
     yield made
+    # Killed, not stopped: nothing of the pool's own model and queue outlives the test, and a
+    # warm shutdown would wait out an open long poll (10 s) for nothing.
     for name in [name for name in workers.processes if name.startswith(made.worker)]:
-        workers.stop(name)
+        workers.kill(name)

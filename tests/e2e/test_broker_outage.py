@@ -58,8 +58,8 @@ def partitioned_workers(
         stack.start_control(f"{PREFIX}-control")
         stack.start_gpu(f"{PREFIX}-gpu", queues=f"{PREFIX}-model-tiny")
     yield stack
-    for name in list(stack.processes):
-        stack.stop(name)
+    for name in list(stack.processes):  # the module's end: nothing left to finish
+        stack.kill(name)
 
 
 def statuses(ids: list[str]) -> dict[str, str]:

@@ -105,10 +105,12 @@ def submit_status(url: str, key: str, body: dict[str, Any]) -> int:
     return 202
 
 
-def test_make_run_serves_then_runs_again_at_once_with_its_demo_key_spent() -> None:
+def test_make_run_serves_completes_what_was_in_flight_when_restarted_and_runs_headless() -> None:
+    """Three runs of one stack on one database: serving, stopped with jobs in flight; serving
+    again, which completes them, until its demo key is spent; then headless, at once."""
     # given `make run` serving (no --exit-after-demo) on a fresh database, its output in a pipe
     argv, env, base = devstack_command()
-    with serving(argv, env) as (stack, output):
+    with serving(argv, env) as (first, output):
         # then its progress comes through the pipe as it is printed, while it runs: the first
         # line at once, the demo key, then the line that says it serves
         output.until("started moto_server", 60)
@@ -127,63 +129,19 @@ def test_make_run_serves_then_runs_again_at_once_with_its_demo_key_spent() -> No
         with urllib.request.urlopen(job["output"][0], timeout=10) as response:
             assert Image.open(io.BytesIO(response.read())).size == (512, 512)
 
-        # when the demo key spends its tenant's write rate limit on a burst of jobs
-        statuses = [submit_status(f"{base}/jobs", key, {"model": "tiny", "prompt": "a fox"})]
-        while statuses[-1] != 429 and len(statuses) < 200:
-            statuses.append(
-                submit_status(f"{base}/jobs", key, {"model": "tiny", "prompt": "a fox"})
-            )
-        assert statuses[-1] == 429 and set(statuses[:-1]) == {202}, statuses
-        # and it stays spent for the next minutes (the next run may begin in another window)
-        demo = Tenant.objects.get(name="demo")
-        minute = timezone.now().replace(second=0, microsecond=0)
-        for ahead in range(5):
-            RateWindow.objects.update_or_create(
-                tenant=demo,
-                window_start=minute + dt.timedelta(minutes=ahead),
-                defaults={"count": demo.plan.requests_per_minute},
-            )
-        # and the stack is stopped with Ctrl-C
-        stack.send_signal(signal.SIGINT)
-        assert stack.wait(timeout=60) == 0
-        output.until("stopping", 10)
-
-    # when it runs again at once, headless
-    done = subprocess.run(
-        [*argv, "--exit-after-demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
-    )
-    # then its demo succeeds all the same, its PNG is where it says, the model built by the
-    # first run is used as it is, and everything was stopped again
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert '"status": "succeeded"' in done.stdout
-    saved = Path(done.stdout.split("demo image saved to ")[1].split()[0])
-    with Image.open(saved) as image:
-        assert image.format == "PNG"
-        assert image.size == (64, 64)
-    assert "demo API key (shown once): sk_live_" in done.stdout
-    assert "building the tiny test model" not in done.stdout
-    assert "stopping" in done.stdout
-
-
-def test_make_run_restarted_with_jobs_in_flight_completes_them_and_its_demo() -> None:
-    # given `make run` serving on a fresh database
-    argv, env, base = devstack_command()
-    started = time.monotonic()
-    with serving(argv, env) as (first, output):
-        key = output.until("demo API key (shown once): sk_live_", 240).split(": ", 1)[1].strip()
-        output.until("serving; Ctrl-C stops everything", 30)
         # when the demo tenant submits four jobs (two admitted, its cap) and the stack's own
         # tenant one (its one slot, which the next run's demo job needs), and the stack
         # is stopped with Ctrl-C at once, while they are in flight
         _, own_key = api_key_issue(tenant=Tenant.objects.get(name="devstack"), name="test")
-        ids = [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "a fox"})["id"]]
-        ids += [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "an owl"})["id"]]
-        ids += [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "a cat"})["id"]]
-        ids += [call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": "a jay"})["id"]]
+        ids = [
+            call("POST", f"{base}/jobs", key, {"model": "tiny", "prompt": prompt})["id"]
+            for prompt in ("a fox", "an owl", "a cat", "a jay")
+        ]
         own = {"model": "tiny", "prompt": "a moth", "width": 256, "height": 256}
         ids += [call("POST", f"{base}/jobs", own_key, own)["id"]]
         first.send_signal(signal.SIGINT)
         assert first.wait(timeout=60) == 0
+        output.until("stopping", 10)
     # (the stop took their messages with it: the local SQS server keeps nothing)
     admitted = set(
         Job.objects.filter(public_id__in=ids, status__in=Job.IN_FLIGHT).values_list(
@@ -193,6 +151,7 @@ def test_make_run_restarted_with_jobs_in_flight_completes_them_and_its_demo() ->
     assert ids[-1] in admitted, "the stack's own job must hold its tenant's slot at the stop"
 
     # when it runs again
+    started = time.monotonic()
     with serving(argv, env) as (second, output):
         # then its demo job completes: the job that held its tenant's slot was published again
         # and ran (`make run` gives up on its demo after 300 s)
@@ -213,6 +172,41 @@ def test_make_run_restarted_with_jobs_in_flight_completes_them_and_its_demo() ->
             )
         )
         assert republished == admitted
+        print(f"restarted with {len(admitted)} jobs in flight: {time.monotonic() - started:.0f} s")
+
+        # when the demo key spends its tenant's write rate limit on a burst of jobs
+        output.until("serving; Ctrl-C stops everything", 30)
+        statuses_of_burst = [submit_status(f"{base}/jobs", key, {"model": "tiny", "prompt": "x"})]
+        while statuses_of_burst[-1] != 429 and len(statuses_of_burst) < 200:
+            statuses_of_burst.append(
+                submit_status(f"{base}/jobs", key, {"model": "tiny", "prompt": "x"})
+            )
+        assert statuses_of_burst[-1] == 429, statuses_of_burst
+        assert set(statuses_of_burst[:-1]) == {202}, statuses_of_burst
+        # and it stays spent for the next minutes (the next run may begin in another window)
+        demo_tenant = Tenant.objects.get(name="demo")
+        minute = timezone.now().replace(second=0, microsecond=0)
+        for ahead in range(5):
+            RateWindow.objects.update_or_create(
+                tenant=demo_tenant,
+                window_start=minute + dt.timedelta(minutes=ahead),
+                defaults={"count": demo_tenant.plan.requests_per_minute},
+            )
         second.send_signal(signal.SIGINT)
         assert second.wait(timeout=60) == 0
-    print(f"restarted with {len(admitted)} jobs in flight: {time.monotonic() - started:.0f} s")
+
+    # when it runs again at once, headless
+    done = subprocess.run(
+        [*argv, "--exit-after-demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+    # then its demo succeeds all the same, its PNG is where it says, the model built by the
+    # first run is used as it is, and everything was stopped again
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"status": "succeeded"' in done.stdout
+    saved = Path(done.stdout.split("demo image saved to ")[1].split()[0])
+    with Image.open(saved) as image:
+        assert image.format == "PNG"
+        assert image.size == (64, 64)
+    assert "demo API key (shown once): sk_live_" in done.stdout
+    assert "building the tiny test model" not in done.stdout
+    assert "stopping" in done.stdout

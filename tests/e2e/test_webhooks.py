@@ -26,7 +26,7 @@ def test_a_job_run_by_the_workers_reaches_a_verifying_receiver(  # type: ignore[
         tenant=tenant, url=receiver.url(), events=["job.started", "job.succeeded"]
     )
     receiver.secrets.append(secret)
-    workers.start_webhooks("webhooks-e2e", SDSAAS_WEBHOOK_ALLOW_HOSTS=receiver.host)
+    workers.start_sender("webhooks", "webhooks-e2e", SDSAAS_WEBHOOK_ALLOW_HOSTS=receiver.host)
     try:
         # when a job runs on the GPU worker
         body = {"model": "tiny", "prompt": "a fox", "steps": 2, "width": 64, "height": 64}
@@ -36,7 +36,7 @@ def test_a_job_run_by_the_workers_reaches_a_verifying_receiver(  # type: ignore[
         finished(client, job["id"])
         wait_for(lambda: len(receiver.unique()) == 2, 60, "two verified deliveries")
     finally:
-        workers.stop("webhooks-e2e")
+        workers.kill("webhooks-e2e")
     # then the receiver verified one job.started and one job.succeeded for it
     events = sorted((r.payload["type"], r.payload["data"]["id"]) for r in receiver.unique())
     assert events == [("job.started", job["id"]), ("job.succeeded", job["id"])]
@@ -63,7 +63,7 @@ def test_a_dead_endpoint_of_one_tenant_does_not_delay_another_tenants_deliveries
         )
         receiver.secrets.append(secret)
         allow = f"{receiver.host},{dead_host}"
-        workers.start_webhooks("webhooks-fair", SDSAAS_WEBHOOK_ALLOW_HOSTS=allow)
+        workers.start_sender("webhooks", "webhooks-fair", SDSAAS_WEBHOOK_ALLOW_HOSTS=allow)
         try:
             # a baseline: B's test event with nothing else in flight
             baseline = time_to_receive(tenant_b, live_endpoint.public_id, receiver)
@@ -82,7 +82,7 @@ def test_a_dead_endpoint_of_one_tenant_does_not_delay_another_tenants_deliveries
             # then B's next event arrives about as fast as with nothing else in flight
             contended = time_to_receive(tenant_b, live_endpoint.public_id, receiver)
         finally:
-            workers.stop("webhooks-fair")
+            workers.kill("webhooks-fair")
     print(f"B's delivery: {baseline:.2f} s alone, {contended:.2f} s beside A's dead endpoint")
     assert contended < max(3 * baseline, 3.0)  # a head-of-line block would cost A's 15 s timeout
     # and A never had more than its share in flight
