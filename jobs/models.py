@@ -149,6 +149,9 @@ class Job(models.Model):
     # every type), signed with the tenant's per-job webhook secret.
     webhook_url = models.URLField(max_length=2048, blank=True)
     webhook_events = models.JSONField(default=list, blank=True)
+    # Where the job came from, when not the REST API: {"type": "discord", "guild_id",
+    # "channel_id", "user_id"} for a Discord interaction.
+    origin = models.JSONField(default=dict, blank=True)
     attempt = models.PositiveIntegerField(default=0)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)

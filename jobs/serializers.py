@@ -46,7 +46,8 @@ class ImageSideField(StrictIntegerField):
 
 
 class ImageRefValidator(RegexValidator):
-    """An upload id, or an https URL: a host name or address literal, then printable ASCII.
+    """An upload id, a succeeded job's id (its first image), or an https URL: a host name or
+    address literal, then printable ASCII.
 
     No user info: credentials would go to whatever the name resolves to at fetch time. Address
     literals are checked at submit (services), names when the image is fetched. The pattern is
@@ -54,10 +55,10 @@ class ImageRefValidator(RegexValidator):
     """
 
     regex = (
-        r"\A(upl_[0-9a-f]{20}|https://([-a-zA-Z0-9.]+|\[[0-9a-fA-F:.]+\])(:[0-9]{1,5})?"
+        r"\A((upl|job)_[0-9a-f]{20}|https://([-a-zA-Z0-9.]+|\[[0-9a-fA-F:.]+\])(:[0-9]{1,5})?"
         r"([/?#][!-~]*)?)\Z"
     )
-    message = "Must be an upload id (upl_…) or an https URL."
+    message = "Must be an upload id (upl_…), a job id (job_…) or an https URL."
     _user_info = re.compile(r"\A[a-zA-Z][-+.a-zA-Z0-9]*://[^/?#]*@")
 
     def __call__(self, value: Any) -> None:
@@ -94,8 +95,9 @@ class JobInputSerializer(StrictSerializer):
         max_length=2048,
         required=False,
         validators=[ImageRefValidator()],
-        help_text="img2img: an upload id (`upl_` and 20 hex digits) or an https URL without "
-        "user info; a private, loopback or link-local address is refused.",
+        help_text="img2img: an upload id (`upl_` and 20 hex digits), a succeeded job's id (its "
+        "first image) or an https URL without user info; a private, loopback or link-local "
+        "address is refused.",
     )
     strength = NumberField(min_value=0.0, max_value=1.0, required=False)
     loras = serializers.ListField(child=LoraInputSerializer(), max_length=MAX_LORAS, required=False)
@@ -146,6 +148,13 @@ class JobUrlsSerializer(serializers.Serializer):
     cancel = serializers.URLField()
 
 
+class JobOriginSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["api", "discord"])
+    guild_id = serializers.CharField(required=False, help_text="Discord: the server, if any.")
+    channel_id = serializers.CharField(required=False)
+    user_id = serializers.CharField(required=False, help_text="Discord: who asked.")
+
+
 class JobSerializer(serializers.ModelSerializer):
     """The public job object (DESIGN.md section 4)."""
 
@@ -157,6 +166,7 @@ class JobSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField()
     metrics = serializers.SerializerMethodField()
     urls = serializers.SerializerMethodField()
+    origin = serializers.SerializerMethodField()
     webhook = serializers.SerializerMethodField()
     webhook_events_filter = serializers.ListField(
         source="webhook_events", child=serializers.CharField(), read_only=True
@@ -180,6 +190,7 @@ class JobSerializer(serializers.ModelSerializer):
             "completed_at",
             "metrics",
             "urls",
+            "origin",
             "webhook",
             "webhook_events_filter",
         ]
@@ -187,6 +198,10 @@ class JobSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.ListField(child=serializers.URLField(), allow_null=True))
     def get_output(self, job: Job) -> list[str] | None:
         return job_output_urls(job=job)
+
+    @extend_schema_field(JobOriginSerializer)
+    def get_origin(self, job: Job) -> dict[str, str]:
+        return job.origin or {"type": "api"}
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_webhook(self, job: Job) -> str | None:

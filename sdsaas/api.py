@@ -258,6 +258,18 @@ class NewestFirstPagination(CursorPagination):
         return cursor
 
 
+def page_schema(name: str, item: serializers.Serializer) -> serializers.Serializer:
+    """The schema of a NewestFirstPagination page of `item` (a `many=True` serializer)."""
+    return inline_serializer(
+        name,
+        {
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item,
+        },
+    )
+
+
 class PublicIdConverter:
     """A path id as the models make them (`job_…`, `whe_…`, `msg_…`). Any other segment is the
     catch-all 404 before any query: a NUL byte, which PostgreSQL refuses in a query, was a 500."""

@@ -16,7 +16,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsaas.settings")
 
 app = Celery("sdsaas")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["jobs", "integrations.webhooks"])
+app.autodiscover_tasks(["jobs", "integrations.webhooks", "integrations.discord"])
 
 
 @functools.cache

@@ -237,13 +237,24 @@ def start_control_worker(stack: Stack) -> None:
     )
 
 
-def start_webhooks_worker(stack: Stack) -> None:
-    """The webhook senders: their own queue and workers, so a slow receiver never delays job
-    events; threads, since a send mostly waits on the network."""
-    queue = f"{queue_prefix(stack)}-webhooks"
+def start_sender(stack: Stack, queue: str) -> None:
+    """The senders of one kind of notification (`webhooks`, `discord`): their own queue and
+    workers, so a slow receiver or a Discord outage never delays job events; threads, since a
+    send mostly waits on the network."""
     stack.start(
-        "webhooks-worker",
-        [*CELERY, "worker", "-Q", queue, "-P", "threads", "-c", "8", "-n", "webhooks@%h"],
+        f"{queue}-worker",
+        [
+            *CELERY,
+            "worker",
+            "-Q",
+            f"{queue_prefix(stack)}-{queue}",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "-n",
+            f"{queue}@%h",
+        ],
         {**stack.env, "SDSAAS_ROLE": "control"},
     )
 
@@ -339,7 +350,8 @@ def main() -> None:
         key, own_key = keys["demo"], keys["devstack"]
         start_api(stack, port=args.api_port)
         start_control_worker(stack)
-        start_webhooks_worker(stack)
+        start_sender(stack, "webhooks")
+        start_sender(stack, "discord")
         start_gpu_worker(stack)
         start_scheduler(stack, schedule=var / "celerybeat-schedule")
         wait_http(f"{base}/healthz", 60, stack)

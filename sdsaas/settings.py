@@ -14,6 +14,8 @@ from botocore.config import Config as BotoConfig
 from django.core.exceptions import ImproperlyConfigured
 
 from sdsaas.contract import (
+    TASK_DISCORD_DISPATCH,
+    TASK_DISCORD_PRUNE,
     TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
     TASK_SWEEP_DEAD_LETTERS,
@@ -145,6 +147,7 @@ INSTALLED_APPS = [
     "tenants",
     "jobs",
     "integrations.webhooks",
+    "integrations.discord",
 ]
 
 MIDDLEWARE = [
@@ -326,6 +329,8 @@ CELERY_BEAT_SCHEDULE = {
     "prune-records": {"task": TASK_PRUNE_RECORDS, "schedule": 3600.0},
     "dispatch-webhooks": {"task": TASK_WEBHOOKS_DISPATCH, "schedule": 5.0},
     "prune-webhook-log": {"task": TASK_WEBHOOKS_PRUNE, "schedule": 3600.0},
+    "dispatch-discord-replies": {"task": TASK_DISCORD_DISPATCH, "schedule": 2.0},
+    "prune-discord-interactions": {"task": TASK_DISCORD_PRUNE, "schedule": 3600.0},
 }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -345,7 +350,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- Notifications ------------------------------------------------------------------------------
 # Called, in order, with each job state change a client can see, inside the transaction that makes
 # it (jobs/announcements.py). Webhooks and Discord subscribe here; code, not configuration.
-JOB_STATE_SUBSCRIBERS: list[str] = ["integrations.webhooks.services.outbox.on_job_state_change"]
+JOB_STATE_SUBSCRIBERS: list[str] = [
+    "integrations.webhooks.services.outbox.on_job_state_change",
+    "integrations.discord.services.replies.on_job_state_change",
+]
 # Checks a job's own `webhook` URL at submit (InvalidInput naming `webhook` when it cannot be sent).
 JOB_WEBHOOK_VALIDATOR = "integrations.webhooks.services.endpoints.job_webhook_validate"
 
@@ -372,6 +380,30 @@ WEBHOOK_ROTATION_WINDOW_S = env_int("SDSAAS_WEBHOOK_ROTATION_WINDOW_S", 24 * 360
 # Settled messages and their attempts are kept this many days in the delivery log.
 WEBHOOK_LOG_DAYS = env_int("SDSAAS_WEBHOOK_LOG_DAYS", 30, minimum=1)
 WEBHOOK_DISABLE_AFTER_S = env_int("SDSAAS_WEBHOOK_DISABLE_AFTER_S", 5 * 24 * 3600, minimum=3600)
+
+# Discord (integrations/discord/). Bot tokens are stored encrypted with these Fernet keys, never
+# with SECRET_KEY: the first encrypts, all decrypt (rotation: `manage.py discord_tokens_reencrypt`).
+DISCORD_TOKEN_KEYS = env_list(
+    "SDSAAS_DISCORD_TOKEN_KEYS",
+    "ZGV2LW9ubHktaW5zZWN1cmUtZGlzY29yZC1rZXktMDA=" if DEBUG else "",
+)
+if not DISCORD_TOKEN_KEYS and ROLE != "gpu":  # GPU workers never call Discord
+    raise ImproperlyConfigured("SDSAAS_DISCORD_TOKEN_KEYS must be set")
+# Every Discord API call goes here; tests and the local stack point it at a stand-in.
+DISCORD_API_BASE = env_str("SDSAAS_DISCORD_API_BASE", "https://discord.com/api/v10").rstrip("/")
+DISCORD_CONNECT_TIMEOUT_S = 3.0
+DISCORD_TIMEOUT_S = 10.0
+# A rate limit that ends within this many seconds is waited out in the call; a longer one makes
+# the call fail as retryable, with the wait, and its task tries again then.
+DISCORD_MAX_WAIT_S = 5.0
+# Interactions signed more than this many seconds away from our clock are refused (replays).
+DISCORD_MAX_CLOCK_SKEW_S = 300
+# A reply is edited at most this often while its job runs (the final edit is not held back).
+DISCORD_EDIT_INTERVAL_S = env_int("SDSAAS_DISCORD_EDIT_INTERVAL_S", 2, minimum=1)
+# An image larger than this is shown as an embed with its URL instead of an attachment.
+DISCORD_ATTACHMENT_MAX_BYTES = env_int(
+    "SDSAAS_DISCORD_ATTACHMENT_MAX_BYTES", 10 * 1024 * 1024, minimum=1024
+)
 
 # --- API ----------------------------------------------------------------------------------------
 # The API's HTTP server (`gunicorn -c python:sdsaas.gunicorn_conf sdsaas.wsgi`).

@@ -46,6 +46,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
     path("v1/webhooks/", include("integrations.webhooks.urls")),
+    path("v1/discord/", include("integrations.discord.urls")),
     path(
         "v1/schema",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

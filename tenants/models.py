@@ -53,6 +53,7 @@ class ApiKey(models.Model):
         JOBS_READ = "jobs:read"
         JOBS_WRITE = "jobs:write"
         WEBHOOKS_MANAGE = "webhooks:manage"
+        DISCORD_MANAGE = "discord:manage"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=128, blank=True)

@@ -16,6 +16,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timezone import localtime
 
+from integrations.admin import ReadOnlyInline
 from integrations.webhooks.models import (
     EndpointNotice,
     WebhookAttempt,
@@ -42,21 +43,6 @@ OPERATOR_DISABLED = "disabled by an operator"
 
 def _time(value: Any) -> str:
     return localtime(value).isoformat(sep=" ", timespec="seconds") if value else MISSING
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class EndpointNoticeInline(ReadOnlyInline):

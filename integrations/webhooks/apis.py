@@ -3,8 +3,8 @@ serialize. Every operation needs the `webhooks:manage` scope."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -32,7 +32,7 @@ from integrations.webhooks.services.endpoints import (
     message_redeliver,
     messages_redeliver_failed,
 )
-from sdsaas.api import ERROR, ApiView, NewestFirstPagination, error_responses
+from sdsaas.api import ERROR, ApiView, NewestFirstPagination, error_responses, page_schema
 from tenants.authentication import request_tenant
 from tenants.models import ApiKey
 
@@ -42,17 +42,6 @@ TOO_MANY_ENDPOINTS = {
         ERROR, description=f"The tenant has {MAX_ENDPOINTS_PER_TENANT} endpoints, the most it may."
     )
 }
-
-
-def _page(name: str, item: serializers.Serializer) -> serializers.Serializer:
-    return inline_serializer(
-        name,
-        {
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item,
-        },
-    )
 
 
 class EndpointListCreateApi(ApiView):
@@ -79,7 +68,7 @@ class EndpointListCreateApi(ApiView):
     @extend_schema(
         operation_id="webhook_endpoints_list",
         responses={
-            200: _page("WebhookEndpointPage", WebhookEndpointSerializer(many=True)),
+            200: page_schema("WebhookEndpointPage", WebhookEndpointSerializer(many=True)),
             **error_responses(),
         },
     )
@@ -166,7 +155,7 @@ class EndpointDeliveriesApi(ApiView):
     @extend_schema(
         operation_id="webhook_endpoints_deliveries",
         responses={
-            200: _page("WebhookMessagePage", WebhookMessageSerializer(many=True)),
+            200: page_schema("WebhookMessagePage", WebhookMessageSerializer(many=True)),
             **error_responses(404),
         },
     )

@@ -1,21 +1,18 @@
 """Signing secrets: made here, shown once, stored encrypted with keys of our own.
 
 A secret is `whsec_` + base64 of 32 random bytes (the Standard Webhooks form). It is stored
-encrypted with SDSAAS_WEBHOOK_SECRET_KEYS (Fernet keys, never SECRET_KEY): the first key
-encrypts, every key decrypts. To rotate the keys without downtime:
-1. put a new key first, keeping the old ones after it, and restart;
-2. run `manage.py webhook_secrets_reencrypt` (every stored secret under the new key);
-3. drop the old key.
+encrypted with SDSAAS_WEBHOOK_SECRET_KEYS (integrations/sealing.py): to rotate the keys, put a new
+key first and restart, run `manage.py webhook_secrets_reencrypt`, then drop the old key.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import secrets
 
-from cryptography.fernet import Fernet, MultiFernet
 from django.conf import settings
+
+from integrations.sealing import reseal, seal, unseal
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -25,23 +22,14 @@ def secret_new() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
-@functools.cache
-def _fernet(keys: tuple[str, ...]) -> MultiFernet:
-    return MultiFernet([Fernet(key) for key in keys])
-
-
-def _keys() -> MultiFernet:
-    return _fernet(tuple(settings.WEBHOOK_SECRET_KEYS))
-
-
 def secret_encrypt(secret: str) -> str:
-    return _keys().encrypt(secret.encode()).decode()
+    return seal(settings.WEBHOOK_SECRET_KEYS, secret)
 
 
 def secret_decrypt(token: str) -> str:
-    return _keys().decrypt(token.encode()).decode()
+    return unseal(settings.WEBHOOK_SECRET_KEYS, token)
 
 
 def secret_reencrypt(token: str) -> str:
     """The same secret, encrypted under the first key."""
-    return _keys().rotate(token.encode()).decode()
+    return reseal(settings.WEBHOOK_SECRET_KEYS, token)

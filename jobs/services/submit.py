@@ -71,6 +71,16 @@ def _resolve_loras(
     return tuple(resolved)
 
 
+def _previous_output(*, tenant: Tenant, job_id: str) -> str:
+    """The first image of the tenant's succeeded job: img2img from an earlier result."""
+    previous = Job.objects.filter(
+        tenant=tenant, public_id=job_id, status=Job.Status.SUCCEEDED
+    ).first()
+    if previous is None or not previous.output_keys:
+        raise InvalidInput("image", f"no succeeded job {job_id!r} with an image")
+    return str(previous.output_keys[0])
+
+
 def _check_side(name: str, value: int, model: DiffusionModel) -> None:
     if not model.min_side <= value <= model.max_side:
         raise InvalidInput(
@@ -116,6 +126,8 @@ def job_resolve_input(*, tenant: Tenant, data: dict[str, Any]) -> ResolvedInput:
         if upload is None:
             raise InvalidInput("image", f"unknown upload {image!r}")
         init_key = upload.storage_key
+    elif image.startswith("job_"):
+        init_key = _previous_output(tenant=tenant, job_id=image)
     elif image:
         _check_image_url_host(image)
         init_url = image
@@ -161,11 +173,16 @@ def _webhook_url(*, tenant: Tenant, url: str) -> str:
 
 
 def job_submit(
-    *, tenant: Tenant, data: dict[str, Any], idempotency_key: str | None = None
+    *,
+    tenant: Tenant,
+    data: dict[str, Any],
+    idempotency_key: str | None = None,
+    origin: dict[str, str] | None = None,
 ) -> tuple[Job, bool]:
     """Create a job (credits reserved, admitted if the tenant has a free slot); (job, created).
 
-    The job is published to its model's queue only after this transaction commits.
+    `origin` marks a job that did not come from the REST API (Job.origin). The job is published
+    to its model's queue only after this transaction commits.
     """
     rate_limit_hit(tenant=tenant)
 
@@ -186,6 +203,7 @@ def job_submit(
             webhook_events=sorted(set(data.get("webhook_events_filter") or [])),
             credits_reserved=amount,
             credit_month=month,
+            origin=origin or {},
         )
         record_event(job, "created", 0)
         jobs_admit(tenant=tenant)

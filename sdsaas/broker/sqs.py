@@ -50,6 +50,11 @@ def webhooks_queue_name() -> str:
     return contract.webhooks_queue_name(settings.SQS_QUEUE_PREFIX)
 
 
+def discord_queue_name() -> str:
+    """This deployment's queue of the Discord senders."""
+    return contract.discord_queue_name(settings.SQS_QUEUE_PREFIX)
+
+
 def model_queue_name(model_slug: str) -> str:
     """This deployment's queue of one base model's GPU pool."""
     return contract.model_queue_name(settings.SQS_QUEUE_PREFIX, model_slug)

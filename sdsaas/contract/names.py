@@ -23,6 +23,14 @@ TASK_WEBHOOKS_DISPATCH = "control.webhooks_dispatch"
 TASK_WEBHOOK_DELIVER = "webhooks.deliver"
 # Retention of the delivery log: settled messages (and their attempts) past WEBHOOK_LOG_DAYS.
 TASK_WEBHOOKS_PRUNE = "control.webhooks_prune"
+# Discord: replies out of date (on the scheduler) to the discord queue, and one reply brought up to
+# date or one message deleted (on the discord queue, its own workers: a Discord outage never
+# delays job events).
+TASK_DISCORD_DISPATCH = "control.discord_dispatch"
+TASK_DISCORD_REPLY_SYNC = "discord.reply_sync"
+TASK_DISCORD_MESSAGE_DELETE = "discord.message_delete"
+# Retention of the handled interaction ids (the replay guard).
+TASK_DISCORD_PRUNE = "control.discord_prune"
 
 
 # --- Queue names. `prefix` is the deployment's (SDSAAS_SQS_QUEUE_PREFIX). ---------------------
@@ -41,6 +49,11 @@ def model_queue_name(prefix: str, model_slug: str) -> str:
 def webhooks_queue_name(prefix: str) -> str:
     """The webhook senders' queue."""
     return f"{prefix}-webhooks"
+
+
+def discord_queue_name(prefix: str) -> str:
+    """The Discord senders' queue."""
+    return f"{prefix}-discord"
 
 
 def dead_letter_queue_name(queue_name: str) -> str:

@@ -34,6 +34,10 @@ class OutputFormat(StrEnum):
     def extension(self) -> str:
         return "jpg" if self is OutputFormat.JPEG else self.value
 
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
 
 class JobKind(StrEnum):
     TXT2IMG = "txt2img"

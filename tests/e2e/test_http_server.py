@@ -20,6 +20,7 @@ MODES = {
         "SDSAAS_DEBUG": "0",
         "SDSAAS_SECRET_KEY": "test-only-secret",
         "SDSAAS_WEBHOOK_SECRET_KEYS": Fernet.generate_key().decode(),
+        "SDSAAS_DISCORD_TOKEN_KEYS": Fernet.generate_key().decode(),
     },
 }
 

@@ -67,13 +67,16 @@ values = ["{UPLOAD_ID}", "https://images.example.com/cat.png"]
 "body.model" = {{ dictionary = "models", probability = 0.9 }}
 "body.loras[*].slug" = {{ dictionary = "loras", probability = 0.9 }}
 "body.image" = {{ dictionary = "images", probability = 0.5 }}
+"body.upscale_model" = {{ dictionary = "models", probability = 0.5 }}
+"body.allowed_models[*]" = {{ dictionary = "models", probability = 0.9 }}
 
 # "Schema-valid data is accepted" cannot hold where validity depends on more than the schema says:
 # which models and uploads exist, rules across fields (strength needs an image; steps x strength
 # reaches a step; each LoRA once; no private address literal), a cursor being one the API wrote,
-# an upload's bytes being an image; a webhook URL's host resolving to public addresses only. These
-# operations answer such requests with a 400 naming the field; every other check runs on them, and
-# this one on every other operation.
+# an upload's bytes being an image; a webhook URL's host resolving to public addresses only; a
+# Discord public key being a point of the curve, an application being registered once. These
+# operations answer such requests with a 400 naming the field (a 409 for an application registered
+# already); every other check runs on them, and this one on every other operation.
 [[operations]]
 include-operation-id = [
     "jobs_create",
@@ -83,6 +86,12 @@ include-operation-id = [
     "webhook_endpoints_list",
     "webhook_endpoints_update",
     "webhook_endpoints_deliveries",
+    "discord_applications_create",
+    "discord_applications_list",
+    "discord_applications_update",
+    "discord_guild_policies_list",
+    "discord_guild_policies_put",
+    "discord_guild_policies_update",
 ]
 checks.positive_data_acceptance.enabled = false
 """

@@ -16,7 +16,7 @@ from sdsaas.broker.sqs import control_queue_name, model_queue_name
 from sdsaas.contract import TASK_FETCH_INPUT_IMAGE
 from tenants.models import CreditPeriod
 from tests.support.api import assert_error
-from tests.support.factories import TenantFactory, api_client_for
+from tests.support.factories import JobFactory, TenantFactory, api_client_for
 from tests.support.images import image_bytes, single_colour_png
 
 pytestmark = pytest.mark.usefixtures("local_aws")
@@ -389,3 +389,38 @@ def test_another_tenants_upload_is_unknown(local_aws, model):  # type: ignore[no
     assert response.json()["error"]["message"] == f"image: unknown upload {upload_id!r}"
     assert not Job.objects.exists()
     assert not CreditPeriod.objects.filter(tenant=tenant_b, reserved__gt=0).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_succeeded_jobs_id_is_img2img_from_its_first_image(local_aws, tenant, model, client):  # type: ignore[no-untyped-def]
+    # given a succeeded job of the tenant, with two images
+    keys = [f"tenants/{tenant.pk}/jobs/j/0.png", f"tenants/{tenant.pk}/jobs/j/1.png"]
+    previous = JobFactory(tenant=tenant, status=Job.Status.SUCCEEDED, output_keys=keys)
+    # when a job is submitted on its id
+    response = submit(client, image=previous.public_id, strength=0.5)
+    # then it is img2img from the first image, and the GPU gets that key
+    assert response.status_code == 202, response.content
+    job = Job.objects.get(public_id=response.json()["id"])
+    assert (job.kind, job.init_image_key, job.input["image"]) == (
+        "img2img",
+        keys[0],
+        previous.public_id,
+    )
+    (task,) = local_aws.drain_tasks(model_queue_name("tiny"))
+    assert task["kwargs"]["job"]["init_image_key"] == keys[0]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("status", ["queued", "failed"])
+def test_a_job_without_images_or_another_tenants_job_is_no_image(local_aws, model, status):  # type: ignore[no-untyped-def]
+    tenant_a, tenant_b = TenantFactory(), TenantFactory()
+    key = [f"tenants/{tenant_a.pk}/jobs/j/0.png"]
+    unfinished = JobFactory(tenant=tenant_b, status=status)
+    someone_elses = JobFactory(tenant=tenant_a, status=Job.Status.SUCCEEDED, output_keys=key)
+    for image in (unfinished.public_id, someone_elses.public_id):
+        response = submit(api_client_for(tenant_b), image=image)
+        assert_error(response, 400, "invalid_input", field="image")
+        assert response.json()["error"]["message"] == (
+            f"image: no succeeded job {image!r} with an image"
+        )
+    assert Job.objects.filter(tenant=tenant_b).count() == 1

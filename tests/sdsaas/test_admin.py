@@ -12,13 +12,20 @@ from django.db.models import Model
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from integrations.discord.models import DiscordApplication, DiscordReply
 from integrations.webhooks.models import WebhookEndpoint, WebhookMessage
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
 from jobs.services.lifecycle import job_mark_succeeded
 from jobs.services.submit import job_submit
 from tenants.models import ApiKey, CreditPeriod, Plan, Tenant, UsageRecord
 from tenants.services import api_key_issue
-from tests.support.admin import World, admin_url, can_add, webhook_endpoint_with_message
+from tests.support.admin import (
+    World,
+    admin_url,
+    can_add,
+    discord_application_with_reply,
+    webhook_endpoint_with_message,
+)
 from tests.support.factories import (
     DiffusionModelFactory,
     LoraFactory,
@@ -50,6 +57,8 @@ def test_the_admin_registers_the_expected_models() -> None:
         Group,
         WebhookEndpoint,
         WebhookMessage,
+        DiscordApplication,
+        DiscordReply,
     }
 
 
@@ -139,6 +148,7 @@ def add_one_of_each() -> None:
     for _ in range(2):
         job_submit(tenant=tenant, data=data)
     webhook_endpoint_with_message(tenant, succeeded)
+    discord_application_with_reply(tenant, succeeded)
     User.objects.create_user(f"staff-{tenant.pk}", is_staff=True)
     Group.objects.create(name=f"support-{tenant.pk}")
 

@@ -17,6 +17,7 @@ from kombu.serialization import dumps, loads
 from jobs import tasks
 from jobs.models import Job, JobEvent
 from jobs.services.dispatch import job_message
+from sdsaas import contract
 from sdsaas.broker.sqs import model_queue_name
 from sdsaas.celery import app as celery_app
 from sdsaas.contract import (
@@ -143,6 +144,16 @@ def test_every_event_decodes_to_itself_after_the_wire(kind: type[Event]) -> None
     assert kind.from_wire(over_the_wire(event.to_wire())) == event
     # and each has its own control task, registered under the contract's name
     assert celery_app.tasks[kind.TASK].name == kind.TASK
+
+
+def test_every_task_the_contract_names_for_the_control_plane_is_registered_by_a_worker() -> None:
+    # given the tasks a control-plane worker finds, as `celery worker -A sdsaas` does at start
+    celery_app.loader.import_default_modules()
+    # then every task name of the contract but the GPU's has a task behind it
+    names = {value for name, value in vars(contract).items() if name.startswith("TASK_")} - {
+        contract.TASK_GPU_GENERATE
+    }
+    assert sorted(names - set(celery_app.tasks)) == []
 
 
 def test_a_failure_code_this_release_does_not_know_is_an_internal_error_naming_it() -> None:

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from jobs.models import Job
 from tests.support.api import assert_error
-from tests.support.factories import LoraFactory, UploadFactory, api_client_for
+from tests.support.factories import JobFactory, LoraFactory, UploadFactory, api_client_for
 
 API_PATHS = {
     "/v1/jobs": {"get", "post"},
@@ -249,7 +249,7 @@ def test_the_schema_states_the_input_rules(db):  # type: ignore[no-untyped-def]
     # the image is an upload id or an https URL, and says so
     image = job_input["properties"]["image"]
     assert image["maxLength"] == 2048
-    assert image["pattern"].startswith("^(upl_[0-9a-f]{20}|https://")
+    assert image["pattern"].startswith("^((upl|job)_[0-9a-f]{20}|https://")
     assert "upload id" in image["description"] and "https URL" in image["description"]
     # the Idempotency-Key's length and characters, on both operations that take it
     for path in ("/v1/jobs", "/v1/uploads"):
@@ -281,17 +281,26 @@ IMAGES = [
     "upl_0123456789abcdef0123",
     "upl_0123456789ABCDEF0123",
     "upl_xyz",
+    "job_0123456789abcdef0123",
+    "job_xyz",
 ]
 KEYS = ["order-1", "a b", "~", "k" * 255, "k" * 256, "", " a", "a ", "a\tb", "é", "a\x7fb"]
 
 
 @pytest.mark.django_db
 def test_the_documented_formats_are_the_ones_enforced(tenant, model, client):  # type: ignore[no-untyped-def]
-    # given the schema's rules for the image and the Idempotency-Key, and an upload of that id
+    # given the schema's rules for the image and the Idempotency-Key, and an upload and a
+    # succeeded job of those ids
     document = fetch_schema()
     image_schema = document["components"]["schemas"]["JobInputRequest"]["properties"]["image"]
     (header,) = document["paths"]["/v1/jobs"]["post"]["parameters"]
     UploadFactory(public_id="upl_0123456789abcdef0123", tenant=tenant)
+    JobFactory(
+        public_id="job_0123456789abcdef0123",
+        tenant=tenant,
+        status="succeeded",
+        output_keys=[f"tenants/{tenant.pk}/jobs/x/0.png"],
+    )
     body = {"model": "tiny", "prompt": "a fox"}
     # when jobs are submitted with each value, then the API accepts exactly what the schema allows
     for image in IMAGES:

@@ -20,6 +20,7 @@ PRODUCTION_ENV = {
     "SDSAAS_ALLOWED_HOSTS": "api.example.com",
     "SDSAAS_PUBLIC_BASE_URL": "https://api.example.com",
     "SDSAAS_WEBHOOK_SECRET_KEYS": Fernet.generate_key().decode(),
+    "SDSAAS_DISCORD_TOKEN_KEYS": Fernet.generate_key().decode(),
 }
 
 # Requests as the load balancer forwards them, answered by the app in-process.

@@ -6,6 +6,7 @@ The fixtures `world` and `staff` reach those tests through their folder's confte
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,12 @@ from django.db.models import Model
 from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
+from nacl.encoding import HexEncoder
+from nacl.signing import SigningKey
 
+from integrations.discord.models import DiscordApplication, DiscordReply
+from integrations.discord.services.applications import application_create
+from integrations.discord.tokens import token_encrypt
 from integrations.webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from integrations.webhooks.services.endpoints import endpoint_create
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
@@ -76,6 +82,7 @@ def world(admin_user: User) -> World:
     succeeded.refresh_from_db()
     group = Group.objects.create(name="support")
     endpoint, message = webhook_endpoint_with_message(tenant, succeeded)
+    application, reply = discord_application_with_reply(tenant, succeeded)
     objects: dict[type[Model], Model] = {
         Plan: plan,
         Tenant: tenant,
@@ -90,6 +97,8 @@ def world(admin_user: User) -> World:
         Group: group,
         WebhookEndpoint: endpoint,
         WebhookMessage: message,
+        DiscordApplication: application,
+        DiscordReply: reply,
     }
     return World(admin_user, tenant, key, succeeded, starting, queued, objects)
 
@@ -111,6 +120,34 @@ def webhook_endpoint_with_message(
     )
     WebhookAttempt.objects.create(message=message, number=1, started_at=now, status_code=500)
     return endpoint, message
+
+
+_discord_ids = itertools.count(1_100_000_000_000_000_000)
+
+
+def discord_application_with_reply(
+    tenant: Tenant, job: Job
+) -> tuple[DiscordApplication, DiscordReply]:
+    """A Discord application (a real Ed25519 key) with the reply that follows the job."""
+    application = application_create(
+        tenant=tenant,
+        application_id=str(next(_discord_ids)),
+        public_key=SigningKey.generate().verify_key.encode(HexEncoder).decode(),
+        bot_token="bot-token-of-the-admin-world",
+    )
+    now = timezone.now()
+    reply = DiscordReply.objects.create(
+        application=application,
+        job=job,
+        interaction_id=str(next(_discord_ids)),
+        token_encrypted=token_encrypt("interaction-token"),
+        token_expires_at=now,
+        guild_id=str(next(_discord_ids)),
+        channel_id=str(next(_discord_ids)),
+        user_id=str(next(_discord_ids)),
+        changed_at=now,
+    )
+    return application, reply
 
 
 @pytest.fixture

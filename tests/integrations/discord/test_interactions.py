@@ -1,0 +1,301 @@
+"""The interactions endpoint: who may act, what each interaction does, and what is refused.
+
+The 1,000 mutated requests over real HTTP are in tests/e2e/test_discord.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from integrations.discord.models import DiscordReply, GuildPolicy, HandledInteraction
+from integrations.discord.tokens import token_decrypt
+from jobs.models import Job
+from tests.integrations.discord.conftest import Post, register, result_of
+from tests.support.discord import DiscordApp, body_of
+from tests.support.factories import DiffusionModelFactory, PlanFactory, TenantFactory
+
+pytestmark = pytest.mark.django_db
+
+GUILD, CHANNEL, USER = "111111111111111111", "222222222222222222", "333333333333333333"
+EPHEMERAL = 64
+
+
+def refusal_text(response: Any) -> str:
+    """The text of an answer seen only by the user (type 4, ephemeral)."""
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert answer["type"] == 4 and answer["data"]["flags"] == EPHEMERAL, answer
+    return str(answer["data"]["content"])
+
+
+def test_a_ping_is_answered_with_a_pong(post: Post, discord_app: DiscordApp) -> None:
+    response = post(discord_app.interaction(1))
+    assert response.status_code == 200
+    assert response.json() == {"type": 1}
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda h: h.pop("X-Signature-Ed25519"), id="no signature"),
+        pytest.param(lambda h: h.pop("X-Signature-Timestamp"), id="no timestamp"),
+        pytest.param(lambda h: h.update({"X-Signature-Ed25519": "ab" * 64}), id="bad signature"),
+        pytest.param(lambda h: h.update({"X-Signature-Ed25519": "zz"}), id="malformed"),
+        pytest.param(
+            lambda h: h.update({"X-Signature-Timestamp": str(int(h["X-Signature-Timestamp"]) + 1)}),
+            id="timestamp not the signed one",
+        ),
+    ],
+)
+def test_a_request_without_a_good_signature_is_refused_401_with_nothing_done(
+    application: Any, discord_app: DiscordApp, spoil: Any
+) -> None:
+    body = body_of(discord_app.imagine(prompt="a fox"))
+    headers = discord_app.headers(body)
+    spoil(headers)
+    response = Client().post(
+        f"/v1/discord/interactions/{application.public_id}",
+        body,
+        content_type="application/json",
+        headers={k: v for k, v in headers.items() if k != "Content-Type"},
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_interaction"
+    assert not Job.objects.exists() and not HandledInteraction.objects.exists()
+
+
+@pytest.mark.parametrize("skew", [-301, 301, -86400])
+def test_a_timestamp_more_than_five_minutes_off_is_refused(
+    post: Post, discord_app: DiscordApp, skew: int
+) -> None:
+    response = post(discord_app.imagine(prompt="a fox"), timestamp=int(time.time()) + skew)
+    assert response.status_code == 401
+    assert not Job.objects.exists()
+
+
+def test_a_replayed_interaction_is_refused_and_makes_no_second_job(
+    post: Post, discord_app: DiscordApp
+) -> None:
+    payload = discord_app.imagine(prompt="a fox")
+    assert post(payload).json() == {"type": 5}
+    again = post(payload)
+    assert again.status_code == 401
+    assert Job.objects.count() == 1
+
+
+def test_imagine_defers_and_makes_an_ordinary_job_of_the_tenant_marked_with_its_origin(
+    post: Post, discord_app: DiscordApp, application: Any, tenant: Any
+) -> None:
+    payload = discord_app.imagine(
+        prompt="a fox", negative_prompt="blur", size="768x512", steps=12, seed=42
+    )
+    response = post(payload)
+    assert response.status_code == 200
+    assert response.json() == {"type": 5}
+    job = Job.objects.get()
+    assert job.tenant == tenant and job.model.slug == "tiny"
+    assert job.origin == {
+        "type": "discord",
+        "guild_id": GUILD,
+        "channel_id": CHANNEL,
+        "user_id": USER,
+    }
+    spec = job.input
+    assert (spec["prompt"], spec["negative_prompt"], spec["seed"]) == ("a fox", "blur", 42)
+    assert (spec["width"], spec["height"], spec["steps"]) == (768, 512, 12)
+    reply = DiscordReply.objects.get(job=job)
+    assert reply.application == application and reply.user_id == USER
+    assert payload["token"] not in reply.token_encrypted
+    assert token_decrypt(reply.token_encrypted) == payload["token"]
+
+
+def test_the_job_shows_its_origin_in_the_api(post: Post, discord_app: DiscordApp, client) -> None:  # type: ignore[no-untyped-def]
+    post(discord_app.imagine(prompt="a fox"))
+    job = Job.objects.get()
+    shown = client.get(f"/v1/jobs/{job.public_id}").json()
+    assert shown["origin"]["type"] == "discord" and shown["origin"]["user_id"] == USER
+
+
+def test_an_interaction_signed_by_tenant_a_cannot_make_a_job_for_tenant_b(
+    post: Post, discord_app: DiscordApp, application: Any
+) -> None:
+    # given tenant B's application beside tenant A's
+    app_b = DiscordApp()
+    application_b = register(TenantFactory(), app_b)
+    # when A's key signs an interaction sent to B's endpoint, or carrying B's application id
+    to_b = post(discord_app.imagine(prompt="a fox"), to=application_b)
+    payload = discord_app.imagine(prompt="a fox")
+    payload["application_id"] = app_b.application_id
+    with_b_id = post(payload)
+    # then both are refused and no job exists for anyone
+    assert (to_b.status_code, with_b_id.status_code) == (401, 401)
+    assert not Job.objects.exists()
+
+
+def test_an_unknown_application_is_404(discord_app: DiscordApp, db: None) -> None:
+    body = body_of(discord_app.interaction(1))
+    response = Client().post(
+        "/v1/discord/interactions/dapp_00000000000000000000",
+        body,
+        content_type="application/json",
+        headers={k: v for k, v in discord_app.headers(body).items() if k != "Content-Type"},
+    )
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("policy", "options", "says"),
+    [
+        ({"allowed_channels": ["444444444444444444"]}, {}, "<#444444444444444444>"),
+        ({"allowed_models": ["other"]}, {"model": "tiny"}, "`other`"),
+        ({"max_steps": 10}, {"steps": 11}, "At most 10 steps"),
+        ({"max_side": 512}, {"size": "768x768"}, "at most 512 pixels"),
+    ],
+)
+def test_a_guild_policy_refuses_with_a_clear_message_and_no_job(
+    post: Post,
+    discord_app: DiscordApp,
+    application: Any,
+    policy: dict[str, Any],
+    options: dict[str, Any],
+    says: str,
+) -> None:
+    DiffusionModelFactory(slug="other")
+    GuildPolicy.objects.create(application=application, guild_id=GUILD, **policy)
+    text = refusal_text(post(discord_app.imagine(prompt="a fox", **options)))
+    assert says in text
+    assert not Job.objects.exists()
+
+
+def test_the_daily_cap_per_user_refuses_the_next_image_and_counts_per_user(
+    post: Post, discord_app: DiscordApp, application: Any
+) -> None:
+    GuildPolicy.objects.create(application=application, guild_id=GUILD, daily_images_per_user=2)
+    for _ in range(2):
+        assert post(discord_app.imagine(prompt="a fox")).json() == {"type": 5}
+    text = refusal_text(post(discord_app.imagine(prompt="a fox")))
+    assert "2 images for today" in text
+    assert post(discord_app.imagine(prompt="a fox", user_id="555555555555555555")).json() == {
+        "type": 5
+    }
+    assert Job.objects.count() == 3
+
+
+def test_the_default_negative_prompt_of_the_guild_applies(
+    post: Post, discord_app: DiscordApp, application: Any
+) -> None:
+    GuildPolicy.objects.create(
+        application=application, guild_id=GUILD, default_negative_prompt="watermark"
+    )
+    post(discord_app.imagine(prompt="a fox"))
+    assert Job.objects.get().input["negative_prompt"] == "watermark"
+
+
+def test_a_quota_refusal_is_a_clear_message_and_no_job(
+    discord_app: DiscordApp, db: None, model: Any
+) -> None:
+    tenant = TenantFactory(plan=PlanFactory(monthly_credits=0))
+    application = register(tenant, discord_app)
+    body = body_of(discord_app.imagine(prompt="a fox"))
+    response = Client().post(
+        f"/v1/discord/interactions/{application.public_id}",
+        body,
+        content_type="application/json",
+        headers={k: v for k, v in discord_app.headers(body).items() if k != "Content-Type"},
+    )
+    assert "credits" in refusal_text(response).lower()
+    assert not Job.objects.exists()
+
+
+def test_an_input_the_model_refuses_is_a_clear_message(post: Post, discord_app: DiscordApp) -> None:
+    text = refusal_text(post(discord_app.imagine(prompt="a fox", model="nope")))
+    assert "unknown model 'nope'" in text
+    assert not Job.objects.exists()
+
+
+def test_reroll_makes_one_job_with_a_new_seed_however_often_it_is_clicked(
+    post: Post, discord_app: DiscordApp, application: Any
+) -> None:
+    source = result_of(application, user_id=USER)
+    first = post(discord_app.click(f"reroll:{source.public_id}", "999"))
+    second = post(discord_app.click(f"reroll:{source.public_id}", "999"))
+    assert first.json() == {"type": 5}
+    assert "Already on it" in refusal_text(second)
+    [job] = Job.objects.exclude(pk=source.pk)
+    assert job.input["prompt"] == source.input["prompt"]
+    assert job.input["seed"] != source.input["seed"]
+    assert DiscordReply.objects.filter(job=job).exists()
+
+
+def test_vary_makes_an_img2img_job_from_the_result_at_the_chosen_strength(
+    post: Post, discord_app: DiscordApp, application: Any
+) -> None:
+    source = result_of(application, user_id=USER)
+    assert post(discord_app.click(f"vary:{source.public_id}:0.7", "999")).json() == {"type": 5}
+    job = Job.objects.exclude(pk=source.pk).get()
+    assert job.kind == "img2img" and job.init_image_key == source.output_keys[0]
+    assert (job.input["image"], job.input["strength"]) == (source.public_id, 0.7)
+
+
+def test_upscale_needs_an_upscale_model_and_doubles_the_size(
+    post: Post, discord_app: DiscordApp, application: Any
+) -> None:
+    source = result_of(application, user_id=USER)
+    refused = post(discord_app.click(f"upscale:{source.public_id}", "999"))
+    assert "not available" in refusal_text(refused)
+    DiffusionModelFactory(slug="upscaler", max_side=2048)
+    application.upscale_model = "upscaler"
+    application.save()
+    assert post(discord_app.click(f"upscale:{source.public_id}", "998")).json() == {"type": 5}
+    job = Job.objects.exclude(pk=source.pk).get()
+    assert job.model.slug == "upscaler" and job.kind == "img2img"
+    assert (job.input["width"], job.input["height"]) == (1024, 1024)
+
+
+def test_delete_is_for_the_asker_or_a_moderator(
+    post: Post, discord_app: DiscordApp, application: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    source = result_of(application, user_id=USER)
+    stranger = post(discord_app.click(f"delete:{source.public_id}", "999", user_id="7" * 18))
+    assert "Only the one who asked" in refusal_text(stranger)
+    with django_capture_on_commit_callbacks() as callbacks:
+        asker = post(discord_app.click(f"delete:{source.public_id}", "999"))
+        moderator = post(
+            discord_app.click(
+                f"delete:{source.public_id}", "999", user_id="8" * 18, permissions=1 << 13
+            )
+        )
+    assert asker.json() == {"type": 6} and moderator.json() == {"type": 6}
+    assert len(callbacks) == 2
+
+
+def test_a_button_on_another_tenants_result_does_nothing(
+    post: Post, discord_app: DiscordApp
+) -> None:
+    other = register(TenantFactory(), DiscordApp())
+    source = result_of(other, user_id=USER)
+    text = refusal_text(post(discord_app.click(f"reroll:{source.public_id}", "999")))
+    assert "no longer available" in text
+    assert Job.objects.count() == 1
+
+
+def test_autocomplete_offers_the_tenants_models_the_guild_allows(
+    post: Post, discord_app: DiscordApp, application: Any
+) -> None:
+    DiffusionModelFactory(slug="tiny-xl")
+    DiffusionModelFactory(slug="big")
+    DiffusionModelFactory(slug="tiny-private", owner=TenantFactory())
+    GuildPolicy.objects.create(
+        application=application, guild_id=GUILD, allowed_models=["tiny", "tiny-xl", "big"]
+    )
+    data = {
+        "name": "imagine",
+        "type": 1,
+        "options": [{"name": "model", "type": 3, "value": "tin", "focused": True}],
+    }
+    answer = post(discord_app.interaction(4, data)).json()
+    assert answer["type"] == 8
+    assert [c["value"] for c in answer["data"]["choices"]] == ["tiny", "tiny-xl"]
