@@ -1,10 +1,11 @@
 """Operators' pages of Discord: applications (with their guild policies) and the replies that
 follow jobs started from Discord. A bot token can be set on an application's page, never read:
 it is a write-only field, encrypted by the service that saves it. Changes go through the
-services, as the API's do."""
+services, as the API's do, and guild policies are checked by the API's own rules."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
@@ -13,13 +14,16 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from integrations.admin import ReadOnlyInline
 from integrations.discord.client import DiscordError
 from integrations.discord.models import DiscordApplication, DiscordReply, GuildPolicy
+from integrations.discord.serializers import DiscordGuildPolicyPutSerializer
 from integrations.discord.services.applications import (
     application_create,
     application_update,
     commands_register,
+    guild_policy_delete,
+    guild_policy_put,
+    models_check,
     upscale_model_check,
 )
 from integrations.discord.validators import (
@@ -75,12 +79,138 @@ class DiscordApplicationForm(forms.ModelForm):
         return cleaned
 
 
-class GuildPolicyInline(ReadOnlyInline):
-    """Read-only: the tenant owns its policies (through the API)."""
+class ListTextField(forms.Field):
+    """A list of slugs or ids, written separated by commas (spaces and new lines also separate:
+    neither can be part of one)."""
+
+    widget = forms.TextInput
+
+    def to_python(self, value: Any) -> list[str]:
+        if isinstance(value, list):
+            return value
+        return [item for item in re.split(r"[\s,]+", value or "") if item]
+
+    def prepare_value(self, value: Any) -> Any:
+        return ", ".join(value) if isinstance(value, list) else value
+
+
+def _api_messages(value: Any, errors: Any) -> list[str]:
+    """The API's messages about one field; a list's are by item, and name the item."""
+    if isinstance(errors, dict):
+        return [
+            f"{value[index]!r}: {message}" for index, item in errors.items() for message in item
+        ]
+    return [str(message) for message in errors]
+
+
+class GuildPolicyForm(forms.ModelForm):
+    """One guild's policy, checked as the API's PUT checks it: its serializer's rules, then the
+    catalog of the application's tenant."""
+
+    allowed_models = ListTextField(
+        required=False,
+        help_text="Slugs of models in the tenant's catalog, separated by commas; empty: all.",
+    )
+    allowed_channels = ListTextField(
+        required=False,
+        help_text="Channel ids, separated by commas; empty: every channel.",
+    )
+
+    class Meta:
+        model = GuildPolicy
+        fields = ["guild_id", *GuildPolicy.RULES]
+        widgets = {"default_negative_prompt": forms.Textarea(attrs={"rows": 2, "cols": 40})}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        guild = self.fields["guild_id"]
+        guild.validators.append(SNOWFLAKE)
+        if self.instance.pk is not None:
+            # As in the API, where the guild is the policy's address: to move a policy, delete
+            # it and add one for the other guild.
+            guild.disabled = True
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        if not self.has_changed():
+            return cleaned  # not saved: a row can stay as it is even if rules changed since
+        rules = {name: cleaned[name] for name in GuildPolicy.RULES if name in cleaned}
+        payload = DiscordGuildPolicyPutSerializer(data=rules)
+        if not payload.is_valid():
+            for name, errors in payload.errors.items():
+                for message in _api_messages(rules.get(name), errors):
+                    self.add_error(name, message)
+            return cleaned
+        application: DiscordApplication | None = cleaned.get("application")
+        # On the add page without a valid tenant the application is refused anyway.
+        if application is not None and application.tenant_id is not None:
+            try:
+                models_check(tenant=application.tenant, slugs=rules.get("allowed_models", []))
+            except InvalidInput as exc:
+                for texts in exc.details.values():
+                    for message in texts:
+                        self.add_error("allowed_models", message)
+        return cleaned
+
+    def validate_unique(self) -> None:
+        super().validate_unique()
+        # Django leaves the inline's foreign key out of the one-policy-per-guild check, which
+        # then checks nothing here (only between the rows posted): a row added for a guild that
+        # has a policy would replace it, the service's PUT being create-or-replace.
+        if self.instance.application_id is None or self.has_error("guild_id"):
+            return  # a new application has no policies yet
+        try:
+            self.instance.validate_constraints()
+        except ValidationError as exc:
+            self.add_error(None, exc)
+
+
+class GuildPolicyFormSet(forms.BaseInlineFormSet):
+    """Saves and deletes through the services, as the API's PUT and DELETE do."""
+
+    instance: DiscordApplication
+
+    def save_new(self, form: forms.ModelForm, commit: bool = True) -> GuildPolicy:
+        if not commit:
+            return super().save_new(form, commit=False)
+        return self._put(form)
+
+    def save_existing(
+        self, form: forms.ModelForm, obj: GuildPolicy, commit: bool = True
+    ) -> GuildPolicy:
+        if not commit:
+            return super().save_existing(form, obj, commit=False)
+        return self._put(form)
+
+    def delete_existing(self, obj: GuildPolicy, commit: bool = True) -> None:
+        if commit:
+            guild_policy_delete(
+                tenant=self.instance.tenant,
+                public_id=self.instance.public_id,
+                guild_id=obj.guild_id,
+            )
+
+    def _put(self, form: forms.ModelForm) -> GuildPolicy:
+        # The form holds every rule: a PUT, which replaces the policy whole.
+        policy, _ = guild_policy_put(
+            tenant=self.instance.tenant,
+            public_id=self.instance.public_id,
+            guild_id=form.cleaned_data["guild_id"],
+            **{name: form.cleaned_data[name] for name in GuildPolicy.RULES},
+        )
+        return policy
+
+
+class GuildPolicyInline(admin.TabularInline):
+    """The application's guild policies: added, changed and deleted here as through the API."""
 
     model = GuildPolicy
-    fields = readonly_fields = ("guild_id", *GuildPolicy.RULES, "updated_at")
+    form = GuildPolicyForm
+    formset = GuildPolicyFormSet
+    fields = ("guild_id", *GuildPolicy.RULES, "updated_at")
+    readonly_fields = ("updated_at",)
     ordering = ["-id"]
+    extra = 0
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[GuildPolicy]:
         # Each row is titled with str(policy), which names the application: not a query each.

@@ -73,7 +73,7 @@ def stack(workers: Workers, tmp_path_factory: Any, django_db_blocker: Any) -> It
             ) as base:
                 yield Stack(base, discord, urllib3.PoolManager(maxsize=8))
         finally:
-            workers.kill("discord-e2e")
+            workers.kill("discord-e2e")  # no later test consumes its queue
 
 
 @pytest.fixture

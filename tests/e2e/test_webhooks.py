@@ -36,7 +36,7 @@ def test_a_job_run_by_the_workers_reaches_a_verifying_receiver(  # type: ignore[
         finished(client, job["id"])
         wait_for(lambda: len(receiver.unique()) == 2, 60, "two verified deliveries")
     finally:
-        workers.kill("webhooks-e2e")
+        workers.stop("webhooks-e2e")  # the next test sends on the same queue
     # then the receiver verified one job.started and one job.succeeded for it
     events = sorted((r.payload["type"], r.payload["data"]["id"]) for r in receiver.unique())
     assert events == [("job.started", job["id"]), ("job.succeeded", job["id"])]
@@ -82,7 +82,7 @@ def test_a_dead_endpoint_of_one_tenant_does_not_delay_another_tenants_deliveries
             # then B's next event arrives about as fast as with nothing else in flight
             contended = time_to_receive(tenant_b, live_endpoint.public_id, receiver)
         finally:
-            workers.kill("webhooks-fair")
+            workers.stop("webhooks-fair")
     print(f"B's delivery: {baseline:.2f} s alone, {contended:.2f} s beside A's dead endpoint")
     assert contended < max(3 * baseline, 3.0)  # a head-of-line block would cost A's 15 s timeout
     # and A never had more than its share in flight

@@ -1,7 +1,7 @@
 """The operators' Discord pages: applications (a write-only bot token, saved through the
-services; guild policies shown read-only; the "Register slash commands" action) and the replies,
-read-only. A token is never on a page: not the bot's, not an interaction's, nor their encrypted
-forms."""
+services; guild policies added, changed and deleted under them by the API's rules; the "Register
+slash commands" action) and the replies, read-only. A token is never on a page: not the bot's,
+not an interaction's, nor their encrypted forms."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.html import escape
 
 from integrations.discord.models import DiscordApplication, DiscordReply, GuildPolicy
-from integrations.discord.services.applications import application_create
+from integrations.discord.services.applications import application_create, guild_policy_put
 from integrations.discord.tokens import token_decrypt, token_encrypt
 from tenants.models import Tenant
 from tests.support.admin import admin_url, page_messages
@@ -122,12 +123,12 @@ def test_the_application_page_has_a_write_only_token_and_its_policies(operator: 
     form = response.context["adminform"].form
     assert set(form.fields) == {"public_key", "bot_token", "upscale_model"}
     assert 'type="password" name="bot_token"' in response.content.decode()
-    # and its guild policy is shown, read-only
+    # and its guild policy is shown, to be changed or deleted, and others can be added
     html = response.content.decode()
     assert GUILD in html and "no watermark" in html
     (inline,) = response.context["inline_admin_formsets"]
-    assert not inline.has_add_permission and not inline.has_change_permission
-    assert not inline.has_delete_permission
+    assert inline.has_add_permission and inline.has_change_permission
+    assert inline.has_delete_permission
 
 
 def test_the_reply_pages_are_read_only_and_show_no_token(operator: Client) -> None:
@@ -269,6 +270,190 @@ def test_changing_keeps_the_token_unless_a_new_one_is_given(operator: Client) ->
     assert DiscordApplication.objects.filter(pk=other.pk).values().get() == untouched
 
 
+# --- guild policies ------------------------------------------------------------------------------
+
+CHANNEL, OTHER_CHANNEL = "222222222222222222", "333333333333333333"
+
+
+def policy_row(application: DiscordApplication, **fields: str) -> dict[str, str]:
+    """One row of the policies inline, every rule empty (no limit) unless given."""
+    return {
+        "application": str(application.pk),
+        "guild_id": GUILD,
+        "allowed_models": "",
+        "allowed_channels": "",
+        "max_steps": "",
+        "max_side": "",
+        "default_negative_prompt": "",
+        "daily_images_per_user": "",
+        **fields,
+    }
+
+
+def change_form(application: DiscordApplication, *rows: dict[str, str], initial: int = 0) -> Any:
+    """The application's page as posted: its own fields unchanged, and these policy rows."""
+    return {
+        "public_key": application.public_key,
+        "bot_token": "",
+        "upscale_model": application.upscale_model,
+        **_policy_rows(*rows, initial=initial),
+    }
+
+
+def policy_of(application: DiscordApplication) -> dict[str, Any]:
+    return GuildPolicy.objects.filter(application=application).values(*GuildPolicy.RULES).get()
+
+
+def test_an_operator_adds_a_guild_policy_on_the_application_page(operator: Client) -> None:
+    # given an application, a public model and one of its tenant's own
+    tenant = TenantFactory()
+    application, _ = new_application(tenant)
+    DiffusionModelFactory(slug="tiny")
+    DiffusionModelFactory(slug="mine", owner=tenant)
+    # when the operator adds a policy with lists written separated by commas, with repeats
+    row = policy_row(
+        application,
+        allowed_models="tiny, mine,tiny",
+        allowed_channels=f"{CHANNEL}, {OTHER_CHANNEL}, {CHANNEL}",
+        max_steps="30",
+        max_side="768",
+        default_negative_prompt="blurry",
+        daily_images_per_user="20",
+    )
+    url = admin_url(DiscordApplication, "change", application.pk)
+    response = operator.post(url, change_form(application, row))
+    # then the page saves, and the policy is stored as the API would store it
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert policy_of(application) == {
+        "allowed_models": ["tiny", "mine"],
+        "allowed_channels": [CHANNEL, OTHER_CHANNEL],
+        "max_steps": 30,
+        "max_side": 768,
+        "default_negative_prompt": "blurry",
+        "daily_images_per_user": 20,
+    }
+    assert GuildPolicy.objects.get().guild_id == GUILD
+    # and the page shows the lists as they are entered
+    html = operator.get(url).content.decode()
+    assert 'value="tiny, mine"' in html
+    assert f'value="{CHANNEL}, {OTHER_CHANNEL}"' in html
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"allowed_models": "tiny, nothing-here"}, "allowed_models", "no model 'nothing-here'"),
+        ({"allowed_models": "theirs"}, "allowed_models", "no model 'theirs' in the catalog"),
+        ({"allowed_models": "tiny, ti ny!"}, "allowed_models", "Must be a model's slug"),
+        ({"allowed_channels": f"{CHANNEL}, general"}, "allowed_channels", "Discord id"),
+        ({"max_side": "700"}, "max_side", "Must be a multiple of 8."),
+        ({"max_side": "4096"}, "max_side", "less than or equal to 2048"),
+        ({"max_steps": "0"}, "max_steps", "greater than or equal to 1"),
+        ({"max_steps": "151"}, "max_steps", "less than or equal to 150"),
+        ({"daily_images_per_user": "0"}, "daily_images_per_user", "greater than or equal to 1"),
+        ({"guild_id": "42"}, "guild_id", "Must be a Discord id: 17 to 20 digits."),
+        ({"guild_id": ""}, "guild_id", "This field is required."),
+    ],
+    ids=repr,
+)
+def test_a_bad_policy_is_refused_with_a_message_and_nothing_is_stored(
+    operator: Client, fields: dict[str, str], field: str, message: str
+) -> None:
+    # given an application, a public model, and a model private to another tenant
+    application, _ = new_application(TenantFactory())
+    DiffusionModelFactory(slug="tiny")
+    DiffusionModelFactory(slug="theirs", owner=TenantFactory())
+    before = rows()
+    # when the operator adds a policy with one bad value
+    response = operator.post(
+        admin_url(DiscordApplication, "change", application.pk),
+        change_form(application, policy_row(application, **fields)),
+    )
+    # then the page comes back with the message on the row's field, and nothing changed
+    assert response.status_code == 200
+    (inline,) = response.context["inline_admin_formsets"]
+    (errors,) = inline.formset.errors
+    assert list(errors) == [field]
+    assert any(message in text for text in errors[field]), errors
+    assert escape(errors[field][0]) in response.content.decode()
+    assert rows() == before
+
+
+@pytest.mark.parametrize("page_shows_it", [True, False], ids=["shown", "stale-page"])
+def test_a_second_policy_for_a_guild_is_refused(operator: Client, page_shows_it: bool) -> None:
+    # given an application with a policy for the guild
+    application, _ = new_application(TenantFactory())
+    policy, _ = guild_policy_put(
+        tenant=application.tenant, public_id=application.public_id, guild_id=GUILD, max_steps=30
+    )
+    before = rows()
+    # when the operator adds another for the same guild, on a page that shows the first policy
+    # or on one opened before it was made
+    existing = [policy_row(application, id=str(policy.pk), max_steps="30")] if page_shows_it else []
+    added = policy_row(application, max_steps="50")
+    response = operator.post(
+        admin_url(DiscordApplication, "change", application.pk),
+        change_form(application, *existing, added, initial=len(existing)),
+    )
+    # then the page comes back saying so, and the first policy stays as it was
+    assert response.status_code == 200
+    (inline,) = response.context["inline_admin_formsets"]
+    assert inline.formset.errors[-1] == {
+        "__all__": ["Guild policy with this Application and Guild id already exists."]
+    }
+    assert rows() == before
+
+
+def test_a_policy_is_changed_and_deleted_on_the_application_page(operator: Client) -> None:
+    # given two applications with a policy each
+    tenant = TenantFactory()
+    application, _ = new_application(tenant)
+    other, _ = new_application(TenantFactory())
+    DiffusionModelFactory(slug="tiny")
+    for app in (application, other):
+        guild_policy_put(
+            tenant=app.tenant,
+            public_id=app.public_id,
+            guild_id=GUILD,
+            allowed_channels=[CHANNEL],
+            max_steps=30,
+        )
+    policy = GuildPolicy.objects.get(application=application)
+    untouched = GuildPolicy.objects.filter(application=other).values().get()
+    url = admin_url(DiscordApplication, "change", application.pk)
+    existing = {"id": str(policy.pk), "allowed_channels": CHANNEL, "max_steps": "30"}
+    # when the operator changes its rules (and tries to move it to another guild)
+    changed = policy_row(
+        application,
+        **{
+            **existing,
+            "guild_id": "999999999999999999",
+            "allowed_models": "tiny",
+            "max_steps": "",
+            "max_side": "512",
+        },
+    )
+    response = operator.post(url, change_form(application, changed, initial=1))
+    # then the rules are the new ones, the guild the same
+    assert response.status_code == 302, response.context and response.context["errors"]
+    assert policy_of(application) == {
+        "allowed_models": ["tiny"],
+        "allowed_channels": [CHANNEL],
+        "max_steps": None,
+        "max_side": 512,
+        "default_negative_prompt": "",
+        "daily_images_per_user": None,
+    }
+    assert GuildPolicy.objects.get(pk=policy.pk).guild_id == GUILD
+    # when the operator deletes it
+    deleted = policy_row(application, **existing, DELETE="on")
+    response = operator.post(url, change_form(application, deleted, initial=1))
+    # then it is gone, and the other application's policy stayed as it was
+    assert response.status_code == 302
+    assert not GuildPolicy.objects.filter(application=application).exists()
+    assert GuildPolicy.objects.filter(application=other).values().get() == untouched
+
+
 # --- registering the slash commands --------------------------------------------------------------
 
 
@@ -305,11 +490,20 @@ def test_the_register_action_registers_each_selected_application(
 
 
 def _no_inline_changes() -> dict[str, str]:
-    """The management form of the read-only policies inline, as the page posts it."""
+    """The management form of the policies inline with no rows, as the page posts it."""
+    return _policy_rows()
+
+
+def _policy_rows(*rows: dict[str, str], initial: int = 0) -> dict[str, str]:
+    """The policies inline as the page posts it: the management form, then each row (the first
+    `initial` ones are existing policies, with their "id")."""
     prefix = "guild_policies"
-    return {
-        f"{prefix}-TOTAL_FORMS": "0",
-        f"{prefix}-INITIAL_FORMS": "0",
+    data = {
+        f"{prefix}-TOTAL_FORMS": str(len(rows)),
+        f"{prefix}-INITIAL_FORMS": str(initial),
         f"{prefix}-MIN_NUM_FORMS": "0",
         f"{prefix}-MAX_NUM_FORMS": "1000",
     }
+    for index, row in enumerate(rows):
+        data.update({f"{prefix}-{index}-{name}": value for name, value in row.items()})
+    return data

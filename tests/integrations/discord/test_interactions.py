@@ -117,6 +117,8 @@ def test_the_job_shows_its_origin_in_the_api(post: Post, discord_app: DiscordApp
     job = Job.objects.get()
     shown = client.get(f"/v1/jobs/{job.public_id}").json()
     assert shown["origin"]["type"] == "discord" and shown["origin"]["user_id"] == USER
+    by_api = client.post("/v1/jobs", {"model": "tiny", "prompt": "a fox"}, format="json").json()
+    assert by_api["origin"] == {"type": "api"}
 
 
 def test_an_interaction_signed_by_tenant_a_cannot_make_a_job_for_tenant_b(

@@ -11,12 +11,18 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
-from integrations.discord.models import DiscordApplication, DiscordReply
-from integrations.discord.services.replies import on_job_state_change, replies_dispatch
+from integrations.discord.models import DiscordApplication, DiscordReply, HandledInteraction
+from integrations.discord.services.replies import (
+    handled_interactions_prune,
+    on_job_state_change,
+    replies_dispatch,
+)
 from integrations.discord.services.sync import message_delete, reply_sync
 from integrations.discord.tokens import token_encrypt
 from jobs.announcements import JobStateChange
 from jobs.models import Job
+from sdsaas.broker.sqs import discord_queue_name
+from sdsaas.contract import TASK_DISCORD_REPLY_SYNC
 from tests.support.discord import DiscordApp
 from tests.support.discord_api import FakeDiscord
 from tests.support.factories import JobFactory
@@ -214,3 +220,54 @@ def test_delete_removes_the_message_with_the_bot_token_once(
     fake_discord.fail_next("DELETE", rf"/channels/{CHANNEL}/messages/77", 404)
     again = message_delete(application_pk=application.pk, channel_id=CHANNEL, message_id="77")
     assert again == "already deleted"
+
+
+def test_the_sweep_sends_each_reply_out_of_date_and_free_once(
+    application: DiscordApplication, local_aws: Any
+) -> None:
+    # given replies: never synced, synced since their change, leased now, leased long ago,
+    # waiting to be retried later
+    now = timezone.now()
+    new = reply_for(application, status=Job.Status.PROCESSING)
+    synced = reply_for(application, status=Job.Status.PROCESSING)
+    DiscordReply.objects.filter(pk=synced.pk).update(synced_at=now + dt.timedelta(seconds=1))
+    leased = reply_for(application, status=Job.Status.PROCESSING)
+    DiscordReply.objects.filter(pk=leased.pk).update(sending_since=now)
+    stale = reply_for(application, status=Job.Status.PROCESSING)
+    DiscordReply.objects.filter(pk=stale.pk).update(sending_since=now - dt.timedelta(minutes=3))
+    later = reply_for(application, status=Job.Status.PROCESSING)
+    DiscordReply.objects.filter(pk=later.pk).update(retry_at=now + dt.timedelta(seconds=30))
+    # when the sweep runs
+    sent = replies_dispatch(now=now)
+    # then the new and the stale one were sent to the discord queue, nothing else
+    assert sent == 2
+    tasks = local_aws.drain_tasks(discord_queue_name())
+    assert sorted(t["kwargs"]["reply_pk"] for t in tasks) == sorted([new.pk, stale.pk])
+    assert {t["task"] for t in tasks} == {TASK_DISCORD_REPLY_SYNC}
+
+
+def test_the_sweep_looks_again_at_replies_of_queued_jobs_for_their_position(
+    application: DiscordApplication, local_aws: Any
+) -> None:
+    # given a queued job's reply shown 11 s ago, and a processing job's reply shown as long ago
+    now = timezone.now()
+    queued = reply_for(application, status=Job.Status.QUEUED)
+    running = reply_for(application, status=Job.Status.PROCESSING)
+    shown = now - dt.timedelta(seconds=11)
+    DiscordReply.objects.update(changed_at=shown, synced_at=shown)
+    # when a new reply is handed over, nothing else is looked at; when the sweep runs, the
+    # queued job's reply is due again (its position may have moved), the other is not
+    assert replies_dispatch(reply_ids=[queued.pk, running.pk], now=now) == 0
+    assert replies_dispatch(now=now) == 1
+    [task] = local_aws.drain_tasks(discord_queue_name())
+    assert task["kwargs"] == {"reply_pk": queued.pk}
+
+
+def test_handled_interaction_ids_are_forgotten_after_a_day(application: DiscordApplication) -> None:
+    old = HandledInteraction.objects.create(interaction_id="1", application=application)
+    HandledInteraction.objects.filter(pk=old.pk).update(
+        received_at=timezone.now() - dt.timedelta(days=1, minutes=1)
+    )
+    recent = HandledInteraction.objects.create(interaction_id="2", application=application)
+    assert handled_interactions_prune() == 1
+    assert list(HandledInteraction.objects.values_list("pk", flat=True)) == [recent.pk]

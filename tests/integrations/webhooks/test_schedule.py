@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from integrations.webhooks.models import EndpointNotice, WebhookMessage
-from integrations.webhooks.services.dispatch import MAX_ATTEMPTS, messages_prune
+from integrations.webhooks.services.dispatch import (
+    JITTER,
+    MAX_ATTEMPTS,
+    RETRY_DELAYS_S,
+    messages_prune,
+)
 from integrations.webhooks.services.endpoints import message_redeliver, messages_redeliver_failed
 from jobs.services import lifecycle
 from tests.support.webhook_receiver import Receiver
@@ -73,7 +78,8 @@ def test_a_used_up_schedule_marks_the_endpoint_failing_and_tells_the_tenant_once
     for message in (first, second):
         message.refresh_from_db()
         assert (message.status, message.attempts) == ("failed", MAX_ATTEMPTS)
-    assert dt.timedelta(days=2, hours=16) < end - start < dt.timedelta(days=3, hours=7)
+    schedule = dt.timedelta(seconds=sum(RETRY_DELAYS_S))  # 3 days 3 h 35 min, +-10% each
+    assert schedule * (1 - JITTER) <= end - start <= schedule * (1 + JITTER)
     endpoint.refresh_from_db()
     assert endpoint.enabled and endpoint.failing_since is not None
     assert list(endpoint.notices.values_list("kind", flat=True)) == ["failing"]
