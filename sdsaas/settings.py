@@ -296,6 +296,9 @@ def sqs_broker_url(endpoint_url: str) -> str:
 CELERY_BROKER_URL = sqs_broker_url(SQS_ENDPOINT_URL)
 # Seconds to reach SQS when publishing from a request: past it the job is left to the sweeper.
 PUBLISH_CONNECT_TIMEOUT = env_int("SDSAAS_PUBLISH_TIMEOUT", 3, minimum=1)
+# Admitted jobs are published by a background thread of the process that admitted them, off the
+# request's path (jobs/services/dispatch.py); off, the caller publishes them after its commit.
+PUBLISH_IN_BACKGROUND = env_bool("SDSAAS_PUBLISH_IN_BACKGROUND", True)
 # kombu's SQS consumer stops polling for good after an endpoint outage; this one keeps polling.
 CELERY_BROKER_TRANSPORT = "sdsaas.broker.transport:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -69,8 +69,11 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 
 @pytest.fixture(autouse=True)
 def _queue_prefix(settings: Any) -> None:
-    """Each test gets its own queues, so no test reads another one's messages."""
+    """Each test gets its own queues, so no test reads another one's messages; and the test
+    process publishes admitted jobs itself, so a test reads its queue right after a submit (the
+    background publisher has tests of its own; the processes of tests/e2e/ use it)."""
     settings.SQS_QUEUE_PREFIX = f"t{uuid.uuid4().hex[:10]}"
+    settings.PUBLISH_IN_BACKGROUND = False
 
 
 @pytest.fixture

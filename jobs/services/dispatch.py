@@ -2,16 +2,27 @@
 publish it after commit, and sweep up the admitted jobs whose publish failed.
 
 Admission locks the tenant row first (`jobs.services.common.lock_tenant`).
+
+Publishing leaves the caller's path (settings.PUBLISH_IN_BACKGROUND, on by default): after the
+commit, the admitted ids go to this process's background publisher, whose thread publishes them
+at once, so an API request never waits on SQS. Nothing is lost if the process dies with ids in
+hand: their jobs are committed and unpublished, and the sweeper publishes them.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import functools
 import logging
+import os
+import queue
+import threading
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
 from jobs import selectors
@@ -62,8 +73,83 @@ def jobs_admit(*, tenant: Tenant) -> list[int]:
         status=Job.Status.STARTING, admitted_at=timezone.now(), attempt=1
     )
     JobEvent.objects.bulk_create([JobEvent(job_id=i, kind="admitted", attempt=1) for i in ids])
-    transaction.on_commit(lambda: jobs_publish(job_ids=ids))
+    transaction.on_commit(lambda: publish_after_commit(job_ids=ids))
     return ids
+
+
+def publish_after_commit(*, job_ids: list[int]) -> None:
+    """Publish admitted jobs: by this process's background publisher, or here."""
+    if settings.PUBLISH_IN_BACKGROUND:
+        background_publisher().submit(job_ids)
+    else:
+        jobs_publish(job_ids=job_ids)
+
+
+class BackgroundPublisher:
+    """One thread per process that publishes the ids handed to it, in batches, as they come.
+
+    Started on first use in the process that uses it (a forked process starts its own), it keeps
+    its database connection between batches (CONN_MAX_AGE) until `stop`.
+    """
+
+    def __init__(self) -> None:
+        self._ids: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def submit(self, job_ids: list[int]) -> None:
+        with self._changed:
+            forked = self._pid != os.getpid()
+            if forked or self._thread is None or not self._thread.is_alive():
+                if forked:  # what the parent held is the parent's to publish
+                    self._pid, self._pending, self._ids = os.getpid(), 0, queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._run, name="job-publisher", daemon=True)
+                self._thread.start()
+            self._pending += len(job_ids)
+        for job_id in job_ids:
+            self._ids.put(job_id)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every id handed over so far was published (or failed); whether it was."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Publish what was handed over, then end the thread and close its connection."""
+        thread = self._thread
+        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+            self._ids.put(None)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._ids.get()]
+            while not self._ids.empty():
+                batch.append(self._ids.get_nowait())
+            ids = [job_id for job_id in batch if job_id is not None]
+            try:
+                if ids:
+                    jobs_publish(job_ids=ids)
+            except Exception:  # the jobs stay unpublished: the sweeper publishes them
+                logger.exception("background publish of %d jobs failed", len(ids))
+            finally:
+                with self._changed:
+                    self._pending -= len(ids)
+                    self._changed.notify_all()
+            if len(ids) < len(batch):  # stopped
+                connections.close_all()
+                return
+            close_old_connections()
+
+
+@functools.cache
+def background_publisher() -> BackgroundPublisher:
+    publisher = BackgroundPublisher()
+    # A process that ends normally (a gunicorn worker recycled) publishes what it holds first.
+    atexit.register(publisher.stop, timeout=5)
+    return publisher
 
 
 def job_time_limit_s(*, model: DiffusionModel, params: GenerationInput) -> float:

@@ -187,8 +187,9 @@ def job_submit(
     rate_limit_hit(tenant=tenant)
 
     def create() -> Job:
-        lock_tenant(tenant)
+        # Reads first: the tenant's lock (which serialises its submits) is held for the writes.
         resolved = job_resolve_input(tenant=tenant, data=data)
+        lock_tenant(tenant)
         amount = resolved.input["num_outputs"]
         month = credits_reserve(tenant=tenant, amount=amount)
         job = Job.objects.create(
@@ -207,7 +208,8 @@ def job_submit(
         )
         record_event(job, "created", 0)
         jobs_admit(tenant=tenant)
-        job.refresh_from_db()
+        # What admission may have changed; the model and tenant read above stay cached.
+        job.refresh_from_db(fields=["status", "attempt", "admitted_at"])
         return job
 
     return idempotent_create(

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from jobs.models import Job
+from jobs.services import dispatch
 from jobs.services.lifecycle import job_mark_succeeded
 from jobs.tasks import sweep_unpublished
 from sdsaas.broker.sqs import model_queue_name
@@ -100,3 +102,32 @@ def test_publish_failure_is_repaired_by_the_sweeper_exactly_once(local_aws, sett
     # and when one finishes, the third is admitted and published right away
     job_mark_succeeded(job_public_id=ids[0], attempt=1, output_keys=["k.png"], metrics={})
     assert [t["kwargs"]["job"]["job_id"] for t in local_aws.drain_tasks(queue)] == [ids[2]]
+
+
+def test_the_background_publisher_publishes_admitted_jobs_off_the_requests_thread(  # type: ignore[no-untyped-def]
+    local_aws, settings, monkeypatch
+):
+    # given publishing in the background (the deployed default), and a record of which thread
+    # sends each task to SQS
+    settings.PUBLISH_IN_BACKGROUND = True
+    senders: list[str] = []
+    send = dispatch._send
+
+    def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        senders.append(threading.current_thread().name)
+        send(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "_send", recorded)
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=3))
+    DiffusionModelFactory(slug="tiny")
+    client = api_client_for(tenant)
+    # when three jobs are submitted
+    ids = [submit(client, "tiny").json()["id"] for _ in range(3)]
+    # then, once the publisher has caught up, each is in its queue once, sent by its thread
+    publisher = dispatch.background_publisher()
+    assert publisher.flush(timeout=30)
+    publisher.stop(timeout=10)  # its database connection closed before the test database goes
+    tasks = local_aws.drain_tasks(model_queue_name("tiny"))
+    assert sorted(t["kwargs"]["job"]["job_id"] for t in tasks) == sorted(ids)
+    assert senders == ["job-publisher"] * 3
+    assert not Job.objects.filter(public_id__in=ids, published_at__isnull=True).exists()
