@@ -15,6 +15,7 @@ import base64
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +31,23 @@ logger = logging.getLogger(__name__)
 
 
 def sqs_client(*, fail_fast: bool = False) -> Any:
-    """A boto3 SQS client; `fail_fast` for calls on a request's path (one try, short connect)."""
+    """A boto3 SQS client; `fail_fast` for calls on a request's path (one try, short connect).
+
+    One per process and configuration: making one costs milliseconds (a GPU worker asked for
+    three per job). boto3's clients may be shared between threads, not across a fork.
+    """
     attempts, connect = (1, settings.PUBLISH_CONNECT_TIMEOUT) if fail_fast else (2, 3)
+    return _client(
+        settings.AWS_REGION, settings.SQS_ENDPOINT_URL or None, connect, attempts, os.getpid()
+    )
+
+
+@functools.cache
+def _client(region: str, endpoint_url: str | None, connect: int, attempts: int, pid: int) -> Any:
     return boto3.client(
         "sqs",
-        region_name=settings.AWS_REGION,
-        endpoint_url=settings.SQS_ENDPOINT_URL or None,
+        region_name=region,
+        endpoint_url=endpoint_url,
         config=Config(connect_timeout=connect, read_timeout=10, retries={"max_attempts": attempts}),
     )
 
