@@ -9,7 +9,7 @@ UV_COMPILE := --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
 	--custom-compile-command "make lock"
 
-.PHONY: run test lint lock upgrade manage soak
+.PHONY: run test lint lock upgrade manage soak bench
 
 # A changed lock rebuilds the environment from scratch, so nothing outside the lock survives.
 $(STAMP): $(LOCK)/dev.txt pyproject.toml
@@ -41,6 +41,13 @@ run: $(STAMP)
 # JSON. Flags go through ARGS, e.g. make soak ARGS='--jobs 40 --keep'.
 soak: $(STAMP)
 	SDSAAS_DEBUG=1 $(BIN)/python -m bench.soak $(ARGS)
+
+# The CPU set of benchmarks (bench/README.md): each starts what it needs, prints a table and one
+# JSON line last, and a failing one stops the rest. One line per benchmark: add yours below.
+BENCH := SDSAAS_DEBUG=1 $(BIN)/python -m
+bench: $(STAMP)
+	$(BENCH) bench.worker --quick
+	$(BENCH) bench.api --quick
 
 # Administration against the local stack's database, with its settings (debug on):
 #   make manage ARGS='tenant_create acme --plan pro'

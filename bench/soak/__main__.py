@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
-from pathlib import Path
 
 import bench.soak as package
 from bench.soak.chaos import soak
 from bench.soak.report import report
-from bench.soak.stack import free_port, soak_env, start_stack
+from bench.soak.stack import soak_env, start_stack
+from bench.stack import Home, use_env
 from sdsaas import devstack
 
 
@@ -47,28 +44,23 @@ def main() -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     rng = random.Random(args.seed)
-    home = Path(tempfile.mkdtemp(prefix="sdsaas-soak-"))
-    logs = home / "logs"
-    logs.mkdir()
-    aws_port, api_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{api_port}"
-    env, database = soak_env(args, home, aws_port=aws_port, base=base)
+    home = Home.create("soak")
+    env, database = soak_env(args, home)
     # This process reads the database with the stack's settings (the chaos, the final checks).
-    os.environ.update(env)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "sdsaas.settings"
-    stack = devstack.Stack(env, logs)
+    use_env(env)
+    stack = devstack.Stack(env, home.logs)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    print(f"sdsaas chaos soak (database: {database}); logs in {home}, kept unless it passes")
+    print(f"sdsaas chaos soak (database: {database}); logs in {home.path}, kept unless it passes")
     ok = False
     try:
-        slots, keys = start_stack(args, stack, home, aws_port=aws_port, api_port=api_port)
-        result = soak(args, rng, stack, slots, keys, base)
+        slots, keys = start_stack(args, stack, home)
+        result = soak(args, rng, stack, slots, keys, home.base)
         ok = report(result)
         return 0 if ok else 1
     finally:
         stack.stop()
         if ok and not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
+            home.remove()
 
 
 if __name__ == "__main__":

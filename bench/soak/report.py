@@ -9,6 +9,7 @@ from typing import Any
 from bench.soak.chaos import Result
 from bench.soak.checks import Outcome, TenantRow, job_outcome, tenant_credits
 from bench.soak.timings import Timings, measure
+from bench.stats import percentile
 
 
 def report(result: Result) -> bool:
@@ -24,15 +25,6 @@ def report(result: Result) -> bool:
             print(f"FAIL {problem}")
     print(json.dumps(summary))
     return not problems and len(outcome.jobs) == result.args.jobs
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return round(ordered[rank - 1], 2)
 
 
 def summarize(

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import worker_log
 from sdsaas import devstack
-
-# Celery's log lines: `[2026-01-31 12:00:00,123: INFO/MainProcess] job job_… attempt 2` when the
-# GPU task takes a job, `Task gpu.generate[<id>] succeeded in …` (raised, retry…) when it ends,
-# `gpu-a@host ready.` when the worker (re)starts (a watchdog restart execs in the same process).
-LOG_LINE = re.compile(
-    r"^\[(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]*\] "
-    r"(?:job (?P<job>job_\w+) attempt (?P<attempt>\d+)|(?P<ready>\S+ ready\.$)"
-    r"|Task gpu\.generate\[[^\]]+\] (?!received))",
-    re.MULTILINE,
-)
 
 
 @dataclass
@@ -67,25 +56,15 @@ class Slot:
 
     def read_log(self, logs: Path) -> None:
         """What the worker logged since the last read: the runs it began and ended, readiness."""
-        try:
-            with (logs / f"{self.process}.log").open("rb") as log:
-                log.seek(self.offset)
-                chunk = log.read()
-        except FileNotFoundError:
-            return
-        end = chunk.rfind(b"\n") + 1  # whole lines only
-        self.offset += end
-        text = chunk[:end].decode(errors="replace")
-        for match in LOG_LINE.finditer(text):
-            at = dt.datetime.strptime(match.group("at"), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            if match.group("job"):
-                attempt = int(match.group("attempt"))
-                self.current = Run(match.group("job"), attempt, self.process, at)
+        entries, self.offset = worker_log.read_new(logs / f"{self.process}.log", self.offset)
+        for entry in entries:
+            if entry.kind == "start":
+                self.current = Run(entry.job, entry.attempt, self.process, entry.at)
                 self.runs.append(self.current)
-            elif match.group("ready"):
+            elif entry.kind == "ready":
                 self.current = None  # a run cut short by a restart has no end
                 if not self.ready:
                     self.ready = True
                     self.boot_s.append(time.monotonic() - self.started_at)
             elif self.current is not None:
-                self.current.end, self.current = at, None
+                self.current.end, self.current = entry.at, None

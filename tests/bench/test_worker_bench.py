@@ -1,0 +1,41 @@
+"""`python -m bench.worker` at its smallest: a smoke test of the harness, not a benchmark.
+
+It starts the whole local stack, runs a backlog of 2 jobs (3 sent) once against the baseline loop
+and sends 2 jobs to the idle worker; only the shape of the last line is asserted (it parses, it
+has the figures and their inputs, they are positive numbers). No figure is compared with its
+goal: on a busy 2-core machine the figures say nothing, and a timed assertion would be flaky.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.bench import bench_result
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FIGURES = (
+    "backlog_ratio",
+    "gap_ms_p50",
+    "idle_queue_ms_p95",
+    "sdsaas_images_per_s",
+    "baseline_images_per_s",
+    "jobs",
+    "repeats",
+    "cores",
+)
+
+
+@pytest.mark.bench_smoke
+def test_worker_bench_runs_end_to_end_and_prints_its_json_line_last() -> None:
+    # Given the benchmark at its smallest, on a SQLite file of its own (not the session's database)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    argv = ["-m", "bench.worker", "--quick", "--jobs", "2", "--repeats", "1", "--idle-jobs", "2"]
+
+    # When it runs, then it succeeds, its last line the JSON object, every figure positive
+    result = bench_result(argv, env, FIGURES)
+    assert (result["jobs"], result["repeats"], result["idle_jobs"]) == (2, 1, 2)
+    assert len(result["ratio_per_repeat"]) == 1
