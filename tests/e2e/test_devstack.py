@@ -149,16 +149,23 @@ def test_make_run_serves_completes_what_was_in_flight_when_restarted_and_runs_he
         )
     )
     assert ids[-1] in admitted, "the stack's own job must hold its tenant's slot at the stop"
+    # (an admitted job whose background publish the stop cut short is the sweeper's to publish;
+    # the others' messages are gone, and the reconciler publishes them again)
+    unpublished = set(
+        Job.objects.filter(public_id__in=admitted, published_at__isnull=True).values_list(
+            "public_id", flat=True
+        )
+    )
 
     # when it runs again
     started = time.monotonic()
     with serving(argv, env) as (second, output):
-        # then its demo job completes: the job that held its tenant's slot was published again
+        # then its demo job completes: the job that held its tenant's slot was published (again)
         # and ran (`make run` gives up on its demo after 300 s)
         demo = output.until("demo job job_", 240).split()[2]
         output.until("demo image saved to", 180)
         assert Job.objects.get(public_id=demo).status == Job.Status.SUCCEEDED
-        # and every job of the first run completes: the admitted ones published again, the
+        # and every job of the first run completes: the admitted ones published (again), the
         # queued ones admitted in their turn
         deadline = time.monotonic() + 120
         while Job.objects.filter(public_id__in=ids).exclude(status__in=Job.FINAL).exists():
@@ -171,7 +178,7 @@ def test_make_run_serves_completes_what_was_in_flight_when_restarted_and_runs_he
                 "job__public_id", flat=True
             )
         )
-        assert republished == admitted
+        assert republished == admitted - unpublished
         print(f"restarted with {len(admitted)} jobs in flight: {time.monotonic() - started:.0f} s")
 
         # when the demo key spends its tenant's write rate limit on a burst of jobs
