@@ -115,7 +115,6 @@ def _result(*, job: Job, head: str, upscale_model: str) -> Rendered:
         f" · {spec['steps']} steps"
     )
     payload = message(f"{head}\n{details}")
-    payload["allowed_mentions"] = {"parse": []}
     payload["components"] = [{"type": 1, "components": _buttons(job, upscale_model)}]
     key = job.output_keys[0]
     extension = OutputFormat(spec.get("output_format") or "png")

@@ -21,7 +21,6 @@ from PIL import Image
 
 from integrations.discord.models import DiscordApplication, HandledInteraction
 from integrations.discord.services.replies import replies_dispatch
-from integrations.discord.tokens import token_encrypt
 from jobs.models import DiffusionModel, Job
 from tests.e2e.conftest import Workers, _database_url, wait_for
 from tests.support.api_server import api_server
@@ -84,15 +83,6 @@ def model(model: DiffusionModel) -> DiffusionModel:
     return model
 
 
-def register(tenant: Any, app: DiscordApp) -> DiscordApplication:
-    return DiscordApplication.objects.create(  # type: ignore[no-any-return]
-        tenant=tenant,
-        application_id=app.application_id,
-        public_key=app.public_key,
-        bot_token_encrypted=token_encrypt(app.bot_token),
-    )
-
-
 def _mutations(app: DiscordApp, other: DiscordApp, rng: random.Random) -> Iterator[tuple]:
     """(body, headers) of requests Discord never sent: each breaks the signature or its age."""
     kinds = ["body", "signature", "no-signature", "no-timestamp", "other-key", "stale", "retimed"]
@@ -126,7 +116,7 @@ def test_a_thousand_mutated_requests_are_refused_401_and_make_no_job(
 ) -> None:
     # given an application, and requests that each break its signature or its age
     app = DiscordApp()
-    application = register(TenantFactory(), app)
+    application = app.register(TenantFactory())
     requests = _mutations(app, DiscordApp(), random.Random(1234))
     # when they are all POSTed to its endpoint
     statuses = []
@@ -152,8 +142,8 @@ def test_imagine_is_deferred_in_under_half_a_second_at_p99_while_other_requests_
     # the server busy with pings and refused requests, and the Discord sender editing replies
     DiffusionModelFactory(slug="idle")
     app = DiscordApp()
-    application = register(
-        TenantFactory(plan=PlanFactory(monthly_credits=10**6, requests_per_minute=10**6)), app
+    application = app.register(
+        TenantFactory(plan=PlanFactory(monthly_credits=10**6, requests_per_minute=10**6))
     )
     stop = threading.Event()
     loaded = []
@@ -206,7 +196,7 @@ def test_imagine_runs_a_job_whose_reply_shows_progress_then_the_image_and_its_bu
     # given a tenant's application
     app = DiscordApp()
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=4))
-    application = register(tenant, app)
+    application = app.register(tenant)
     # when a member asks for an image
     command = app.imagine(prompt="a fox", model="tiny", size="512x512", steps=2)
     assert stack.send(application, app, command).json() == {"type": 5}

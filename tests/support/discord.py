@@ -11,6 +11,10 @@ from typing import Any
 from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
+from integrations.discord.models import DiscordApplication
+from integrations.discord.tokens import token_encrypt
+from tenants.models import Tenant
+
 _ids = itertools.count(int(time.time() * 1000) << 22)
 
 
@@ -30,6 +34,16 @@ class DiscordApp:
     @property
     def public_key(self) -> str:
         return self.signing_key.verify_key.encode(HexEncoder).decode()
+
+    def register(self, tenant: Tenant, **fields: Any) -> DiscordApplication:
+        """This application registered by `tenant`, as the API registers it."""
+        return DiscordApplication.objects.create(  # type: ignore[no-any-return]
+            tenant=tenant,
+            application_id=self.application_id,
+            public_key=self.public_key,
+            bot_token_encrypted=token_encrypt(self.bot_token),
+            **fields,
+        )
 
     def headers(self, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
         """Discord's signature headers over timestamp + body."""

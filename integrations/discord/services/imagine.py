@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import logging
 from typing import TYPE_CHECKING, Any
 
 from discord_interactions import InteractionResponseType
@@ -34,8 +33,6 @@ from sdsaas.errors import ServiceError
 
 if TYPE_CHECKING:
     from integrations.discord.services.interactions import Interaction
-
-logger = logging.getLogger(__name__)
 
 # Discord's interaction tokens live 15 minutes; edits are not tried in the last seconds of it.
 TOKEN_LIFETIME = dt.timedelta(minutes=15)

@@ -19,17 +19,6 @@ from tests.support.factories import JobFactory
 Post = Callable[..., Any]
 
 
-def register(tenant: Tenant, app: DiscordApp, **fields: Any) -> DiscordApplication:
-    """The tenant's application as the API registers it."""
-    return DiscordApplication.objects.create(  # type: ignore[no-any-return]
-        tenant=tenant,
-        application_id=app.application_id,
-        public_key=app.public_key,
-        bot_token_encrypted=token_encrypt(app.bot_token),
-        **fields,
-    )
-
-
 @pytest.fixture
 def discord_app() -> DiscordApp:
     return DiscordApp()
@@ -37,7 +26,7 @@ def discord_app() -> DiscordApp:
 
 @pytest.fixture
 def application(tenant: Tenant, model: Any, discord_app: DiscordApp) -> DiscordApplication:
-    return register(tenant, discord_app)
+    return discord_app.register(tenant)
 
 
 @pytest.fixture

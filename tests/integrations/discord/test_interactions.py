@@ -13,7 +13,7 @@ from django.test import Client
 from integrations.discord.models import DiscordReply, GuildPolicy, HandledInteraction
 from integrations.discord.tokens import token_decrypt
 from jobs.models import Job
-from tests.integrations.discord.conftest import Post, register, result_of
+from tests.integrations.discord.conftest import Post, result_of
 from tests.support.discord import DiscordApp, body_of
 from tests.support.factories import DiffusionModelFactory, PlanFactory, TenantFactory
 
@@ -126,7 +126,7 @@ def test_an_interaction_signed_by_tenant_a_cannot_make_a_job_for_tenant_b(
 ) -> None:
     # given tenant B's application beside tenant A's
     app_b = DiscordApp()
-    application_b = register(TenantFactory(), app_b)
+    application_b = app_b.register(TenantFactory())
     # when A's key signs an interaction sent to B's endpoint, or carrying B's application id
     to_b = post(discord_app.imagine(prompt="a fox"), to=application_b)
     payload = discord_app.imagine(prompt="a fox")
@@ -200,7 +200,7 @@ def test_a_quota_refusal_is_a_clear_message_and_no_job(
     discord_app: DiscordApp, db: None, model: Any
 ) -> None:
     tenant = TenantFactory(plan=PlanFactory(monthly_credits=0))
-    application = register(tenant, discord_app)
+    application = discord_app.register(tenant)
     body = body_of(discord_app.imagine(prompt="a fox"))
     response = Client().post(
         f"/v1/discord/interactions/{application.public_id}",
@@ -277,7 +277,7 @@ def test_delete_is_for_the_asker_or_a_moderator(
 def test_a_button_on_another_tenants_result_does_nothing(
     post: Post, discord_app: DiscordApp
 ) -> None:
-    other = register(TenantFactory(), DiscordApp())
+    other = DiscordApp().register(TenantFactory())
     source = result_of(other, user_id=USER)
     text = refusal_text(post(discord_app.click(f"reroll:{source.public_id}", "999")))
     assert "no longer available" in text
