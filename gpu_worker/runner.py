@@ -101,10 +101,13 @@ def run_job(
     storage: Storage,
     abandon: Callable[[Reason], None],
     send: Callable[[Event], None] = send_event,
+    work_done: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run one job message; return how it ended.
 
-    `abandon` is what the watchdog does when the work does not stop in time.
+    `abandon` is what the watchdog does when the work does not stop in time; `work_done` is
+    called when the images are stored and only the report of the job's success remains (the
+    worker takes its next message ahead then).
     """
     run = JobRun(message=message, attempt=attempt, storage=storage, send=send)
     cancel_check = partial(canceled, storage, cancel_marker_key(message.output_prefix))
@@ -128,6 +131,8 @@ def run_job(
             keys = upload(run, encode(run, images))
     except Exception as exc:
         return _ended(run, exc)
+    if work_done is not None:
+        work_done()
     metrics = {"queue_s": round(queue_s, 3), **run.timings}
     send(JobSucceeded(message.job_id, attempt, output_keys=keys, metrics=metrics))
     return RunOutcome.SUCCEEDED
@@ -148,8 +153,11 @@ def load(run: JobRun) -> tuple[inference.LoadedModel, inference.LoraFiles]:
 def generate(
     run: JobRun, model: inference.LoadedModel, loras: inference.LoraFiles, watchdog: JobWatchdog
 ) -> list[Image.Image]:
-    """Denoise, reporting progress at most once a second; ends at a step when the watchdog says."""
-    message, last_progress = run.message, 0.0
+    """Denoise, reporting progress once a second; ends at a step when the watchdog says.
+
+    The first report comes a second into the run: the `started` event just said it began.
+    """
+    message, last_progress = run.message, time.monotonic()
 
     def on_step(step: int, total: int) -> None:
         nonlocal last_progress

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NoReturn
 
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 
 class SqsRequest(Request):
-    """Keeps what Celery drops from SQS's delivery info: the receive count and the receipt."""
+    """Keeps what Celery drops from SQS's delivery info: the receive count and the receipt; and
+    how to take the queue's next message ahead (sdsaas/broker/transport.py: `take_ahead`)."""
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(message, *args, **kwargs)
@@ -47,6 +49,7 @@ class SqsRequest(Request):
         delivery_info["receive_count"] = int(count)
         delivery_info["receipt_handle"] = sqs_message.get("ReceiptHandle")
         delivery_info["queue_url"] = raw.get("sqs_queue")
+        delivery_info["take_ahead"] = getattr(message.channel, "take_ahead", None)
 
 
 class GenerateTask(Task):
@@ -61,6 +64,12 @@ class GenerateTask(Task):
 
 def receive_count(delivery_info: Any) -> int:
     return int((delivery_info or {}).get("receive_count", 1))
+
+
+def take_ahead_of(delivery_info: Any) -> Callable[[], None] | None:
+    """How to take the queue's next message ahead of this one's report (None outside SQS)."""
+    take_ahead: Callable[[], None] | None = (delivery_info or {}).get("take_ahead")
+    return take_ahead
 
 
 def attempt_of(message: JobMessage, delivery_info: Any) -> int:
@@ -139,7 +148,13 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
         # The heartbeat stops when the job ends, before any hand-back, ack or reject below.
         with held(delivery_info) as heartbeat:
             abandon = partial(abandon_job, message, attempt, delivery_info, heartbeat)
-            outcome = run_job(message, attempt=attempt, storage=default_storage, abandon=abandon)
+            outcome = run_job(
+                message,
+                attempt=attempt,
+                storage=default_storage,
+                abandon=abandon,
+                work_done=take_ahead_of(delivery_info),
+            )
     except Exception as exc:
         if not is_transient(exc):
             raise

@@ -47,6 +47,18 @@ ReceiveRequestAttemptId recovery of such receives exists for FIFO queues only). 
 
 Each handed-back message has used one receive of the queue's redrive count: SQS counts every
 receive, and a poll that is already waiting cannot be withdrawn.
+
+A busy GPU worker takes its next message ahead (issue 14): under a backlog, a worker waited
+after each job for its ack, kombu's next poll (scheduled for the event loop's next turn, which
+sleeps up to 100 ms while no socket is open: kombu/asynchronous/hub.py, "no sockets yet") and
+that poll's round trip. Now the running task calls `Channel.take_ahead` (through its delivery
+info) once its job's work is done and only its report remains: a short ReceiveMessage
+(WaitTimeSeconds 0, one message) runs on a thread while the task reports, and when the task has
+been acked the message is delivered at once from the same callback (`_on_messages_ready`), as if
+the poll had returned two. The message is held only for the job's report; a worker that stops
+meanwhile hands it back at once, as it hands back a poll's answer. Taken ahead only while no
+other queue of the channel has a poll open (whose answer would wait behind the backlog), and
+never by an idle worker: an idle one long-polls as before.
 """
 
 from __future__ import annotations
@@ -54,10 +66,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from celery.exceptions import WorkerShutdown, WorkerTerminate
 from celery.worker import state as worker_state
+from kombu.asynchronous.aws.sqs.message import AsyncMessage
 from kombu.transport import SQS
 from vine import promise
 
@@ -98,6 +112,10 @@ class Channel(_SqsChannel):
         # (one at a time, unless a queue is consumed again before its old poll answered).
         self._open_polls: dict[str, list[float]] = {}
         self._awaiting_answer = False
+        # The receive of the next message started by `take_ahead`: (queue name, its answer).
+        self._ahead: tuple[str, Future[tuple[list[dict[str, Any]], float]]] | None = None
+        self._ahead_thread: ThreadPoolExecutor | None = None
+        self._delivering: str | None = None  # the queue whose message's task runs now
 
     def _schedule_queue(self, queue: str) -> None:
         if queue not in self._active_queues or worker_stopping():
@@ -191,13 +209,86 @@ class Channel(_SqsChannel):
         failed = self._failed_polls.pop(qname, 0)
         if failed:
             logger.warning("SQS receive on %s works again after %d failed polls", qname, failed)
-        received = messages.get("Messages")
-        if received and (self._awaiting_answer or worker_stopping()):
+        delivered = self._deliver(queue, qname, messages.get("Messages"))
+        # The solo pool ran each message's task in that call: one may have taken the next ahead.
+        while self._ahead is not None:
+            delivered += self._deliver_ahead()
+        return delivered
+
+    def _deliver_ahead(self) -> int:
+        """Deliver what `take_ahead` received, once the task's ack, which Celery leaves to the
+        event loop's next turn (Consumer.call_soon_ack), has been run here."""
+        assert self._ahead is not None
+        qname, answer = self._ahead
+        self._ahead = None
+        received, asked_at = answer.result()
+        if not received:
+            return 0
+        age_s = time.monotonic() - asked_at
+        if age_s > self.visibility_timeout / 2:
+            # The task's report outlasted half of the message's invisibility (an outage): it may
+            # be another worker's by now. SQS delivers it again after its timeout.
+            logger.warning("dropped a message of %s taken ahead %.0fs ago", qname, age_s)
+            return 0
+        if self.hub is not None:
+            for callback in self.hub._pop_ready():
+                callback()
+        return self._deliver(self._new_queue(qname), qname, received)
+
+    def _deliver(self, queue: str, qname: str, received: list[dict[str, Any]] | None) -> int:
+        if not received:
+            return 0
+        if self._awaiting_answer or worker_stopping() or not self.qos.can_consume():
             # Received after the worker stopped taking work: visible again at once. (A cancelled
             # queue's answer takes the same path inside kombu: it has no callback any more.)
             self._release_messages(queue, qname, received)
             return 0
-        return int(_SqsChannel._on_messages_ready(self, queue, qname, messages))
+        self._delivering = qname
+        try:
+            return int(_SqsChannel._on_messages_ready(self, queue, qname, {"Messages": received}))
+        finally:
+            self._delivering = None
+
+    def take_ahead(self) -> None:
+        """Receive the next message of the running task's queue on a thread now; it is delivered
+        once the task has been settled (see the module docstring). Called by the task."""
+        qname = self._delivering
+        if qname is None or self._ahead is not None or worker_stopping():
+            return
+        if any(polls for queue, polls in self._open_polls.items() if queue != qname):
+            return
+        if self._ahead_thread is None:
+            self._ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="sqs-take-ahead")
+        self._ahead = (qname, self._ahead_thread.submit(self._receive_now, qname))
+
+    def _receive_now(self, qname: str) -> tuple[list[dict[str, Any]], float]:
+        """At most one message of `qname` that is visible now (no long poll), and when it was
+        asked for; none on failure: the event loop's next poll receives what this did not."""
+        attributes, asked_at = self.get_message_attributes, time.monotonic()
+        try:
+            answer = self.sqs(queue=qname).receive_message(
+                QueueUrl=self._new_queue(qname),
+                MaxNumberOfMessages=1,
+                WaitTimeSeconds=0,
+                MessageSystemAttributeNames=attributes["MessageSystemAttributeNames"],
+                **(
+                    {"MessageAttributeNames": names}
+                    if (names := attributes["MessageAttributeNames"])
+                    else {}
+                ),
+            )
+        except Exception as exc:
+            logger.warning("SQS receive ahead on %s failed: %r", qname, exc)
+            return [], asked_at
+        received: list[dict[str, Any]] = answer.get("Messages") or []
+        for message in received:  # as kombu's own synchronous receive decodes them (_get_bulk)
+            message["Body"] = AsyncMessage(body=message["Body"]).decode()
+        return received, asked_at
+
+    def close(self) -> None:
+        if self._ahead_thread is not None:
+            self._ahead_thread.shutdown(wait=False)
+        _SqsChannel.close(self)
 
     def _poll_failed(self, queue: str, exc: BaseException) -> None:
         self._poll_settled(queue)

@@ -39,3 +39,6 @@ def test_worker_bench_runs_end_to_end_and_prints_its_json_line_last() -> None:
     result = bench_result(argv, env, FIGURES)
     assert (result["jobs"], result["repeats"], result["idle_jobs"]) == (2, 1, 2)
     assert len(result["ratio_per_repeat"]) == 1
+    # and every job ran on its first receive: the next message taken ahead under the backlog
+    # (sdsaas/broker/transport.py) was delivered, not handed back and received again
+    assert result["extra_receives"] == 0

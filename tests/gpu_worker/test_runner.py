@@ -10,6 +10,7 @@ import datetime as dt
 import io
 import itertools
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +23,9 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
 
+from gpu_worker import events as worker_events
 from gpu_worker import inference, runner, watchdog
-from gpu_worker.events import send_event
+from gpu_worker.events import publish, send_event
 from sdsaas.broker.sqs import control_queue_name
 from sdsaas.contract import (
     CONTRACT_VERSION,
@@ -128,10 +130,13 @@ def test_progress_is_reported_at_most_once_a_second(tiny_model_dir: Path) -> Non
         == "succeeded"
     )
     elapsed = time.monotonic() - began
-    # then it reported progress, not more than once a second, with growing steps
+    # then it reported progress, not more than once a second (the first a second after it
+    # started), with growing steps
     progress = [(at, kw["step"]) for at, name, kw in events if name == JobProgress.TASK]
-    assert 1 <= len(progress) <= elapsed / runner.PROGRESS_INTERVAL_S + 1
-    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(progress)]
+    assert 1 <= len(progress) <= elapsed / runner.PROGRESS_INTERVAL_S
+    started = next(at for at, name, _ in events if name == JobStarted.TASK)
+    times = [started, *(at for at, _ in progress)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert all(gap >= runner.PROGRESS_INTERVAL_S for gap in gaps), gaps
     steps = [step for _, step in progress]
     assert steps == sorted(steps) and steps[-1] <= 40
@@ -226,14 +231,37 @@ def test_an_event_to_a_control_queue_deleted_meanwhile_creates_it_and_arrives(
     local_aws: Any,
 ) -> None:
     # given a worker that sent an event (kombu now caches the control queue's URL)
-    send_event(JobReceived("job_queue_gone", 1))
+    publish(JobReceived("job_queue_gone", 1))
     url = local_aws.queue_url(control_queue_name())
     assert url is not None
     # when the queue is deleted (a purge by re-creation, a local SQS server started anew)
     local_aws.client("sqs").delete_queue(QueueUrl=url)
     # then the next event is not lost: the queue is created again and holds it
-    send_event(JobFailed("job_queue_gone", 1, code=FailureCode.INTERNAL_ERROR, message="y"))
+    publish(JobFailed("job_queue_gone", 1, code=FailureCode.INTERNAL_ERROR, message="y"))
     tasks = local_aws.drain_tasks(control_queue_name())
     assert [(t["task"], t["kwargs"]["job_id"]) for t in tasks] == [
         (JobFailed.TASK, "job_queue_gone")
     ]
+
+
+def test_interim_events_leave_the_jobs_path_and_its_outcome_is_sent_after_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a control queue that answers only when let
+    sent: list[str] = []
+    answer = threading.Event()
+
+    def slow_publish(event: Event) -> None:
+        assert answer.wait(10)
+        sent.append(event.TASK)
+
+    monkeypatch.setattr(worker_events, "publish", slow_publish)
+    # when a job reports received, started and progress, then they are not waited for
+    send_event(JobReceived("job_events_order", 1))
+    send_event(JobStarted("job_events_order", 1, load_s=0.1))
+    send_event(JobProgress("job_events_order", 1, step=1, total=2))
+    assert sent == []
+    # when its outcome is sent, then it goes once the interim events went, all in order
+    answer.set()
+    send_event(JobSucceeded("job_events_order", 1, output_keys=["k"], metrics={}))
+    assert sent == [JobReceived.TASK, JobStarted.TASK, JobProgress.TASK, JobSucceeded.TASK]

@@ -1,8 +1,9 @@
 """kombu's private SQS internals that sdsaas/broker/transport.py overrides keep their shape.
 
-The transport replaces three private methods of kombu's SQS channel, wraps its basic_cancel and a
-private callback of its async connection, and turns kombu's curl client itself while a stopping
-worker waits for an open poll (the module docstring says why). pyproject.toml holds kombu to the
+The transport replaces three private methods of kombu's SQS channel, wraps its basic_cancel, its
+close and a private callback of its async connection, turns kombu's curl client itself while a
+stopping worker waits for an open poll, and runs the event loop's ready callbacks before it
+delivers a message taken ahead (the module docstring says why). pyproject.toml holds kombu to the
 minor version this was written against; this test fails loudly when even a patch release changes
 any of them. When it does: read the new kombu code, check whether the bug is fixed upstream (then
 drop the override) or re-fit the override, and update the digests below in the same commit.
@@ -18,8 +19,10 @@ from typing import Any
 import kombu
 import pytest
 from celery.worker import state as worker_state
+from celery.worker.consumer.consumer import Consumer
 from kombu.asynchronous.aws.connection import AsyncAWSQueryConnection, AsyncConnection
 from kombu.asynchronous.http.curl import CurlClient
+from kombu.asynchronous.hub import Hub
 from kombu.transport import SQS
 from kombu.transport.virtual import base as virtual
 
@@ -31,6 +34,7 @@ REPLACED_SOURCE_DIGESTS: dict[str, tuple[Callable[..., Any], str]] = {
     "Channel._on_messages_ready": (SQS.Channel._on_messages_ready, "c947764eea946906"),
     "Channel.asynsqs": (SQS.Channel.asynsqs, "66a72c972d149f1b"),
     "Channel.basic_cancel": (SQS.Channel.basic_cancel, "9bdcc2fe60e3b029"),
+    "Channel.close": (SQS.Channel.close, "7be659a7c7697a2c"),
     "AsyncAWSQueryConnection._on_list_ready": (
         AsyncAWSQueryConnection._on_list_ready,
         "a04054ae42c0cb21",
@@ -49,6 +53,16 @@ RELIED_ON_SOURCE_DIGESTS: dict[str, tuple[Callable[..., Any], str]] = {
     "CurlClient.close": (CurlClient.close, "c2d0e89c9ba5092d"),
     "AsyncConnection.__init__": (AsyncConnection.__init__, "43272305a6e21e53"),
     "celery.worker.state.maybe_shutdown": (worker_state.maybe_shutdown, "e15d0ed41e2cd309"),
+    # Taking the next message ahead: Celery leaves the ack of a task to the event loop's next
+    # turn, whose ready callbacks the channel runs itself before it delivers; a message received
+    # ahead is decoded as kombu's synchronous receive decodes it, with the attributes it asks for.
+    "celery Consumer.call_soon_ack": (Consumer.call_soon_ack, "39f8579d076243fc"),
+    "Hub._pop_ready": (Hub._pop_ready, "22df33da92f84b97"),
+    "Channel._get_bulk": (SQS.Channel._get_bulk, "bfafc08017df203d"),
+    "Channel.get_message_attributes": (
+        SQS.Channel.get_message_attributes.fget,
+        "8fc910dfa6010e7a",
+    ),
 }
 
 # Signatures of the private methods the override calls.
@@ -56,6 +70,8 @@ CALLED_SIGNATURES: dict[str, tuple[Callable[..., Any], str]] = {
     "Channel._loop1": (SQS.Channel._loop1, "(self, queue, messages_fetched=None)"),
     "Channel._get_bulk_async": (SQS.Channel._get_bulk_async, "(self, queue, callback=None)"),
     "Channel.canonical_queue_name": (SQS.Channel.canonical_queue_name, "(self, queue_name)"),
+    "Channel._new_queue": (SQS.Channel._new_queue, "(self, queue, **kwargs)"),
+    "Channel.sqs": (SQS.Channel.sqs, "(self, queue=None)"),
     "Channel._release_messages": (
         SQS.Channel._release_messages,
         "(self, queue, qname, messages)",
@@ -95,8 +111,8 @@ def test_replaced_kombu_method_is_unchanged(name: str) -> None:
 def test_relied_on_private_code_is_unchanged(name: str) -> None:
     func, expected = RELIED_ON_SOURCE_DIGESTS[name]
     assert _digest(func) == expected, (
-        f"{name} changed (kombu {kombu.__version__}); the stop path of "
-        "sdsaas/broker/transport.py relies on what it does: re-read both before updating the digest"
+        f"{name} changed (kombu {kombu.__version__}); sdsaas/broker/transport.py relies on what "
+        "it does (its stop path, taking a message ahead): re-read both before updating the digest"
     )
 
 

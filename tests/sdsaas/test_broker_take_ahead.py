@@ -1,0 +1,103 @@
+"""A busy worker takes its queue's next message ahead (sdsaas/broker/transport.py, `take_ahead`).
+
+Against the local SQS server, with the transport's own channel and a consumer that acks as the
+solo pool's tasks do: the message taken while a task reports is delivered from the same callback
+once that task was acked, received once; a worker that stops meanwhile hands it back at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from sdsaas.broker import transport
+from sdsaas.broker.sqs import ensure_model_queue, forget_queues, model_queue_name
+from sdsaas.celery import app as celery_app
+
+pytestmark = pytest.mark.usefixtures("local_aws")
+
+
+@pytest.fixture
+def connection() -> Iterator[Connection]:
+    forget_queues()
+    with celery_app.connection_for_read() as conn:
+        yield conn
+    forget_queues()
+
+
+class Consumer:
+    """Records each message's number and receive count, and acks it; the first one's task takes
+    the next message ahead (and, if told, the worker then stops)."""
+
+    def __init__(self, channel: Any, *, stop_after_taking_ahead: bool = False) -> None:
+        self.channel = channel
+        self.stop_after_taking_ahead = stop_after_taking_ahead
+        self.stopping = False
+        self.seen: list[tuple[int, str]] = []
+
+    def __call__(self, message: Any) -> None:
+        count = message.delivery_info["sqs_message"]["Attributes"]["ApproximateReceiveCount"]
+        self.seen.append((message.decode()[1]["n"], count))
+        if len(self.seen) == 1:
+            self.channel.take_ahead()
+            self.stopping = self.stop_after_taking_ahead
+        message.ack()
+
+
+def queue_with(messages: int, name: str) -> tuple[str, str]:
+    url = ensure_model_queue(name)
+    for n in range(messages):
+        celery_app.send_task("tests.take_ahead", kwargs={"n": n}, queue=model_queue_name(name))
+    return model_queue_name(name), url
+
+
+def consume(connection: Connection, consumer_of: Any, qname: str) -> tuple[Any, Any]:
+    channel = connection.default_channel
+    assert isinstance(channel, transport.Channel)
+    channel.basic_qos(0, 1, False)  # prefetch 1, as a GPU worker
+    consumer = consumer_of(channel)
+    channel.basic_consume(qname, no_ack=False, callback=consumer, consumer_tag="gpu")
+    return channel, consumer
+
+
+def test_the_message_taken_ahead_is_delivered_after_the_ack_received_once(
+    connection: Connection, local_aws: Any
+) -> None:
+    # given a queue of three messages and a worker whose poll returned the first
+    qname, url = queue_with(3, "ahead")
+    channel, consumer = consume(connection, Consumer, qname)
+    first, _ = channel._receive_now(qname)
+    # when its task takes the next one ahead while it reports
+    delivered = channel._on_messages_ready(url, qname, {"Messages": first})
+    # then the next one ran from the same answer, once the first was acked, each received once
+    assert delivered == 2
+    assert [count for _, count in consumer.seen] == ["1", "1"]
+    # and only the message nobody took ahead is left, never received
+    left = local_aws.client("sqs").receive_message(
+        QueueUrl=url, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in left] == ["1"]
+    assert len({n for n, _ in consumer.seen}) == 2
+
+
+def test_a_worker_that_stops_hands_the_message_taken_ahead_back_at_once(
+    connection: Connection, local_aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a worker whose first task takes the next message ahead and then is told to stop
+    qname, url = queue_with(2, "ahead-stop")
+    channel, consumer = consume(
+        connection, lambda channel: Consumer(channel, stop_after_taking_ahead=True), qname
+    )
+    monkeypatch.setattr(transport, "worker_stopping", lambda: consumer.stopping)
+    first, _ = channel._receive_now(qname)
+    # when the poll's answer is handled
+    delivered = channel._on_messages_ready(url, qname, {"Messages": first})
+    # then only the first ran, and the one taken ahead is visible again at once
+    assert delivered == 1 and len(consumer.seen) == 1
+    back = local_aws.client("sqs").receive_message(
+        QueueUrl=url, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in back] == ["2"]
