@@ -5,9 +5,10 @@ background thread, after commit: jobs/services/dispatch.py).
 
 The request's SQL statements are timed as they run (`connection.execute_wrapper` on the request's
 connection; BEGIN and COMMIT are not statements there). The publish (`jobs_publish`) and, inside
-it, the send to SQS (`send_task`) are timed by wrapping them until the submit's job is published:
-in the request when publishing is inline, else in the background thread, whose lag (the response
-to the publish's end) is measured too.
+it, the send to SQS (`_send_batch`: Celery making the messages, one SendMessageBatch call) are
+timed by wrapping them until the submit's job is published: in the request when publishing is
+inline, else in the background thread, whose lag (the response to the publish's end) is measured
+too.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _watched(sample: Sample) -> Iterator[None]:
 
     from jobs.services import dispatch
 
-    publish, send_task = dispatch.jobs_publish, dispatch.celery_app.send_task
+    publish, send_batch = dispatch.jobs_publish, dispatch._send_batch
     request_thread = threading.get_ident()
 
     def timed_execute(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
@@ -75,7 +76,7 @@ def _watched(sample: Sample) -> Iterator[None]:
     def timed_send(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         try:
-            return send_task(*args, **kwargs)
+            return send_batch(*args, **kwargs)
         finally:
             elapsed = time.perf_counter() - began
             sample.send_s += elapsed
@@ -85,7 +86,7 @@ def _watched(sample: Sample) -> Iterator[None]:
     with (
         connection.execute_wrapper(timed_execute),
         mock.patch.object(dispatch, "jobs_publish", timed_publish),
-        mock.patch.object(dispatch.celery_app, "send_task", timed_send),
+        mock.patch.object(dispatch, "_send_batch", timed_send),
     ):
         yield
 

@@ -46,8 +46,11 @@ def job_list(
     return jobs
 
 
-def jobs_in_flight_count(*, tenant: Tenant) -> int:
-    return Job.objects.filter(tenant=tenant, status__in=Job.IN_FLIGHT).count()
+def jobs_in_flight_count(*, tenant: Tenant, up_to: int | None = None) -> int:
+    """How many of the tenant's jobs are admitted and not final; counted only `up_to` that many
+    (admission needs to know no more than whether the plan's cap is reached)."""
+    jobs = Job.objects.filter(tenant=tenant, status__in=Job.IN_FLIGHT)
+    return (jobs if up_to is None else jobs.order_by()[:up_to]).count()
 
 
 def jobs_silent_in_flight(*, since: dt.datetime) -> QuerySet[Job]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import re
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -194,6 +195,17 @@ class JobSerializer(serializers.ModelSerializer):
             "webhook",
             "webhook_events_filter",
         ]
+
+    _built_fields: ClassVar[dict[str, serializers.Field] | None] = None
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # ModelSerializer builds its fields anew for every instance from the model's metadata:
+        # two thirds of serializing a job, on every poll and submit. They depend on nothing but
+        # the class, so they are built once and copied, as DRF copies declared fields.
+        cls = type(self)
+        if cls.__dict__.get("_built_fields") is None:
+            cls._built_fields = super().get_fields()
+        return copy.deepcopy(cls.__dict__["_built_fields"])
 
     @extend_schema_field(serializers.ListField(child=serializers.URLField(), allow_null=True))
     def get_output(self, job: Job) -> list[str] | None:

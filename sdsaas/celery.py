@@ -24,7 +24,10 @@ def publisher_pool() -> ConnectionPool:
     """Connections for publishing from request handlers and sweepers.
 
     They fail at once when the broker is down (`max_retries: 0`) instead of retrying for seconds
-    inside an API request: a job whose publish failed is published again by the sweeper.
+    inside an API request: a job whose publish failed is published again by the sweeper. Their
+    transport can send in batches (`sdsaas.broker.batch`).
     """
-    connection = app.connection_for_write(transport_options={"max_retries": 0})
+    connection = app.connection_for_write(
+        transport="sdsaas.broker.batch:Transport", transport_options={"max_retries": 0}
+    )
     return connection.Pool(limit=app.conf.broker_pool_limit or 10)

@@ -113,22 +113,24 @@ def credits_reserve(*, tenant: Tenant, amount: int, now: dt.datetime | None = No
     """Reserve `amount` credits in the current month; return the month they were taken from.
 
     Race-safe: one conditional UPDATE checks and takes the credits, so parallel submits can never
-    reserve more than the plan allows.
+    reserve more than the plan allows. One statement when the month's period exists.
     """
     month = month_of(now or timezone.now())
-    period = _credit_period(tenant=tenant, month=month)
     limit = tenant.plan.monthly_credits
-    taken = CreditPeriod.objects.filter(
-        pk=period.pk, reserved__lte=limit - amount - F("used")
-    ).update(reserved=F("reserved") + amount)
-    if not taken:
-        period.refresh_from_db()
-        remaining = max(0, limit - period.used - period.reserved)
-        raise QuotaExceeded(
-            f"Monthly image credits exhausted: {remaining} left, {amount} asked.",
-            details={"remaining": remaining, "requested": amount, "limit": limit},
-        )
-    return month
+    period = CreditPeriod.objects.filter(tenant=tenant, month=month)
+    enough = period.filter(reserved__lte=limit - amount - F("used"))
+    if enough.update(reserved=F("reserved") + amount):
+        return month
+    # Either the month has no period yet, or it lacks the credits: ask again once it exists.
+    _credit_period(tenant=tenant, month=month)
+    if enough.update(reserved=F("reserved") + amount):
+        return month
+    current = period.get()
+    remaining = max(0, limit - current.used - current.reserved)
+    raise QuotaExceeded(
+        f"Monthly image credits exhausted: {remaining} left, {amount} asked.",
+        details={"remaining": remaining, "requested": amount, "limit": limit},
+    )
 
 
 def credits_release(*, tenant: Tenant, month: dt.date, amount: int) -> None:

@@ -1,11 +1,12 @@
 """Dispatch: admit queued jobs into a tenant's free slots, build the message a GPU worker gets,
 publish it after commit, and sweep up the admitted jobs whose publish failed.
 
-Admission locks the tenant row first (`jobs.services.common.lock_tenant`).
+Admission runs under the tenant row lock, taken by its caller (`jobs.services.common.lock_tenant`).
 
 Publishing leaves the caller's path (settings.PUBLISH_IN_BACKGROUND, on by default): after the
 commit, the admitted ids go to this process's background publisher, whose thread publishes them
-at once, so an API request never waits on SQS. Nothing is lost if the process dies with ids in
+at once, so an API request never waits on SQS; what was handed over meanwhile goes together, up to
+10 jobs of a queue in one SQS call. Nothing is lost if the process dies with ids in
 hand: their jobs are committed and unpublished, and the sweeper publishes them.
 """
 
@@ -18,7 +19,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -28,6 +29,7 @@ from django.utils import timezone
 from jobs import selectors
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.common import lock_tenant
+from sdsaas.broker.batch import MAX_ENTRIES, collecting, send_collected
 from sdsaas.broker.sqs import (
     control_queue_name,
     ensure_model_queue,
@@ -52,28 +54,34 @@ from tenants.models import Tenant
 logger = logging.getLogger(__name__)
 
 
-def jobs_admit(*, tenant: Tenant) -> list[int]:
-    """Move the tenant's oldest queued jobs to `starting` while it is under its concurrency cap.
+def jobs_admit(
+    *, tenant: Tenant, events: Sequence[JobEvent] = (), now: dt.datetime | None = None
+) -> list[int]:
+    """Move the tenant's oldest queued jobs to `starting` while it is under its concurrency cap;
+    the ids admitted, whose `admitted_at` is `now`.
 
-    Call inside a transaction that holds the tenant lock. Publishing happens after commit.
+    Call inside a transaction that holds the tenant lock (`lock_tenant`). `events`, the caller's
+    own, are written in the same INSERT as the `admitted` ones, before them. Publishing happens
+    after commit. Costs three statements and the INSERT, each bounded by the plan's cap rather
+    than by the tenant's backlog of queued jobs.
     """
-    lock_tenant(tenant)
-    in_flight = selectors.jobs_in_flight_count(tenant=tenant)
-    free = tenant.plan.max_concurrent_jobs - in_flight
-    if free <= 0:
-        return []
-    ids = list(
-        Job.objects.filter(tenant=tenant, status=Job.Status.QUEUED)
-        .order_by("id")
-        .values_list("id", flat=True)[:free]
-    )
-    if not ids:
-        return []
-    Job.objects.filter(id__in=ids, status=Job.Status.QUEUED).update(
-        status=Job.Status.STARTING, admitted_at=timezone.now(), attempt=1
-    )
-    JobEvent.objects.bulk_create([JobEvent(job_id=i, kind="admitted", attempt=1) for i in ids])
-    transaction.on_commit(lambda: publish_after_commit(job_ids=ids))
+    cap = tenant.plan.max_concurrent_jobs
+    free = cap - selectors.jobs_in_flight_count(tenant=tenant, up_to=cap)
+    ids: list[int] = []
+    if free > 0:
+        ids = list(
+            Job.objects.filter(tenant=tenant, status=Job.Status.QUEUED)
+            .order_by("id")
+            .values_list("id", flat=True)[:free]
+        )
+    if ids:
+        Job.objects.filter(id__in=ids, status=Job.Status.QUEUED).update(
+            status=Job.Status.STARTING, admitted_at=now or timezone.now(), attempt=1
+        )
+        transaction.on_commit(lambda: publish_after_commit(job_ids=ids))
+    admitted = [JobEvent(job_id=i, kind="admitted", attempt=1) for i in ids]
+    if events or admitted:
+        JobEvent.objects.bulk_create([*events, *admitted])
     return ids
 
 
@@ -202,62 +210,107 @@ def job_message(*, job: Job) -> JobMessage:
 def jobs_publish(*, job_ids: Iterable[int]) -> int:
     """Send admitted, unpublished jobs to their model queues; return how many were sent.
 
-    A failure leaves `published_at` empty for the sweeper: the job is committed, the caller (an API
-    request after commit) must not fail, and the broker's outage must not lose it.
+    The jobs of one queue go together, in SendMessageBatch calls of up to 10 (`_send_batch`), and
+    each call's jobs are marked published in one UPDATE. A failure leaves `published_at` empty for
+    the sweeper: the job is committed, the caller (an API request after commit) must not fail,
+    and the broker's outage must not lose it.
     """
-    sent = 0
+    by_queue: dict[tuple[str, str | None], list[tuple[Job, str, dict[str, Any]]]] = {}
     jobs = Job.objects.select_related("model").filter(
         id__in=list(job_ids), status=Job.Status.STARTING, published_at__isnull=True
     )
+    for job in jobs.order_by("id"):
+        kwargs: dict[str, Any]
+        destination: tuple[str, str | None]
+        if job.init_image_url and not job.init_image_key:
+            # The control worker fetches the image into S3 first; it then marks the job
+            # unpublished again and publishes it to its model's queue.
+            task, kwargs = TASK_FETCH_INPUT_IMAGE, {"job_pk": job.pk}
+            destination = (control_queue_name(), None)
+        else:
+            task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job).to_wire()}
+            destination = (model_queue_name(job.model.slug), job.model.slug)
+        by_queue.setdefault(destination, []).append((job, task, kwargs))
+    sent = 0
     with publisher_pool().acquire(block=True, timeout=30) as connection:
-        for job in jobs.order_by("id"):
-            try:
-                kwargs: dict[str, Any]
-                if job.init_image_url and not job.init_image_key:
-                    # The control worker fetches the image into S3 first; it then marks the job
-                    # unpublished again and publishes it to its model's queue.
-                    task, kwargs = TASK_FETCH_INPUT_IMAGE, {"job_pk": job.pk}
-                    queue, model_slug = control_queue_name(), None
-                else:
-                    task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job).to_wire()}
-                    queue, model_slug = model_queue_name(job.model.slug), job.model.slug
-                _send(
-                    task, kwargs=kwargs, queue=queue, model_slug=model_slug, connection=connection
+        for (queue, model_slug), items in by_queue.items():
+            for start in range(0, len(items), MAX_ENTRIES):
+                published = _publish_chunk(
+                    items[start : start + MAX_ENTRIES],
+                    queue=queue,
+                    model_slug=model_slug,
+                    connection=connection,
                 )
-            except Exception as exc:  # any broker failure: the sweeper publishes it later
-                logger.warning(
-                    "publish of %s failed (%s: %s); the sweeper will publish it",
-                    job.public_id,
-                    exc.__class__.__name__,
-                    exc,
-                )
-                break  # the broker is down for the rest too
-            Job.objects.filter(pk=job.pk, published_at__isnull=True).update(
-                published_at=timezone.now()
-            )
-            sent += 1
+                if published is None:
+                    return sent  # the broker is down for the rest too
+                sent += published
     return sent
 
 
-def _send(
-    task: str, *, kwargs: dict[str, Any], queue: str, model_slug: str | None, connection: Any
-) -> None:
-    """Send one task; a queue that does not exist (deleted, purged by recreation, or a local SQS
-    server started anew while this process cached its URL) is created again and the send retried
-    once: a missing queue is the platform's trouble, never the job's."""
+def _publish_chunk(
+    items: list[tuple[Job, str, dict[str, Any]]],
+    *,
+    queue: str,
+    model_slug: str | None,
+    connection: Any,
+) -> int | None:
+    """Send one batch of jobs and mark those SQS took published; how many, None if it failed."""
+    try:
+        refused = _send_batch(
+            [(task, kwargs) for _, task, kwargs in items],
+            queue=queue,
+            model_slug=model_slug,
+            connection=connection,
+        )
+    except Exception as exc:  # any broker failure: the sweeper publishes them later
+        logger.warning(
+            "publish of %s failed (%s: %s); the sweeper will publish it",
+            ", ".join(job.public_id for job, _, _ in items),
+            exc.__class__.__name__,
+            exc,
+        )
+        return None
+    published = []
+    for (job, _, _), reason in zip(items, refused, strict=True):
+        if reason is None:
+            published.append(job.pk)
+        else:
+            logger.warning("SQS refused %s (%s); the sweeper publishes it", job.public_id, reason)
+    Job.objects.filter(pk__in=published, published_at__isnull=True).update(
+        published_at=timezone.now()
+    )
+    return len(published)
+
+
+def _send_batch(
+    tasks: list[tuple[str, dict[str, Any]]],
+    *,
+    queue: str,
+    model_slug: str | None,
+    connection: Any,
+) -> list[str | None]:
+    """Send up to 10 tasks to one queue in one SendMessageBatch call; for each, None if sent, else
+    why SQS refused it. The messages are the ones `send_task` makes (`sdsaas.broker.batch`).
+
+    A queue that does not exist (deleted, purged by recreation, or a local SQS server started anew
+    while this process cached its URL) is created again and the batch sent again once: a missing
+    queue is the platform's trouble, never the job's."""
     for last_try in (False, True):
         if model_slug is not None:
             ensure_model_queue(model_slug)  # with its dead-letter queue, redrive and timeout
         try:
-            celery_app.send_task(
-                task, kwargs=kwargs, queue=queue, connection=connection, retry=False
-            )
-            return
+            with collecting(connection) as collected:
+                for task, kwargs in tasks:
+                    celery_app.send_task(
+                        task, kwargs=kwargs, queue=queue, connection=connection, retry=False
+                    )
+            return send_collected(collected)
         except Exception as exc:
             if last_try or not is_missing_queue(exc):
                 raise
             logger.warning("queue %s does not exist: creating it again", queue)
             forget_queues(connection)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def jobs_sweep_unpublished(*, older_than: dt.timedelta) -> int:
@@ -277,5 +330,6 @@ def jobs_sweep_unpublished(*, older_than: dt.timedelta) -> int:
         sent = jobs_publish(job_ids=ids)
     for tenant in Tenant.objects.filter(jobs__status=Job.Status.QUEUED).distinct():
         with transaction.atomic():
+            lock_tenant(tenant)
             jobs_admit(tenant=tenant)
     return sent

@@ -1,8 +1,8 @@
 """Submitting a job: resolve and check its input against model and plan, reserve credits,
 create it (once per Idempotency-Key) and admit it.
 
-Locks the tenant row first, as every service that changes a tenant's jobs or credits does
-(`jobs.services.common.lock_tenant`).
+Inserts its own job, then locks the tenant row before it touches credits and admits, as every
+service that changes a tenant's jobs or credits does (`jobs.services.common.lock_tenant`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from integrations.safe_http import address_is_public
 from jobs import selectors
-from jobs.models import DiffusionModel, IdempotencyRecord, Job, LoraAdapter, public_id
-from jobs.services.common import lock_tenant, record_event
+from jobs.models import (
+    DiffusionModel,
+    IdempotencyRecord,
+    Job,
+    JobEvent,
+    LoraAdapter,
+    public_id,
+)
+from jobs.services.common import lock_tenant
 from jobs.services.dispatch import jobs_admit
 from jobs.services.idempotency import idempotent_create, request_fingerprint
 from sdsaas.contract import (
@@ -33,7 +41,7 @@ from sdsaas.contract import (
     Scheduler,
 )
 from sdsaas.errors import InvalidInput
-from tenants.models import Tenant
+from tenants.models import Tenant, month_of
 from tenants.services import credits_reserve, rate_limit_hit
 
 
@@ -187,11 +195,11 @@ def job_submit(
     rate_limit_hit(tenant=tenant)
 
     def create() -> Job:
-        # Reads first: the tenant's lock (which serialises its submits) is held for the writes.
+        # Reads and the job's own row first; the tenant's lock, which serialises its submits and
+        # admissions, is taken last, for the credits and the admission, and held to the commit.
         resolved = job_resolve_input(tenant=tenant, data=data)
-        lock_tenant(tenant)
         amount = resolved.input["num_outputs"]
-        month = credits_reserve(tenant=tenant, amount=amount)
+        now = timezone.now()
         job = Job.objects.create(
             public_id=public_id("job"),
             tenant=tenant,
@@ -203,13 +211,15 @@ def job_submit(
             webhook_url=_webhook_url(tenant=tenant, url=data.get("webhook") or ""),
             webhook_events=sorted(set(data.get("webhook_events_filter") or [])),
             credits_reserved=amount,
-            credit_month=month,
+            credit_month=month_of(now),
             origin=origin or {},
         )
-        record_event(job, "created", 0)
-        jobs_admit(tenant=tenant)
-        # What admission may have changed; the model and tenant read above stay cached.
-        job.refresh_from_db(fields=["status", "attempt", "admitted_at"])
+        lock_tenant(tenant)
+        credits_reserve(tenant=tenant, amount=amount, now=now)
+        created = JobEvent(job=job, kind="created", attempt=0)
+        if job.pk in jobs_admit(tenant=tenant, events=[created], now=now):
+            # What admission changed, without reading the row again.
+            job.status, job.attempt, job.admitted_at = Job.Status.STARTING, 1, now
         return job
 
     return idempotent_create(

@@ -111,13 +111,13 @@ def test_the_background_publisher_publishes_admitted_jobs_off_the_requests_threa
     # sends each task to SQS
     settings.PUBLISH_IN_BACKGROUND = True
     senders: list[str] = []
-    send = dispatch._send
+    send = dispatch._send_batch
 
-    def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
-        senders.append(threading.current_thread().name)
-        send(*args, **kwargs)
+    def recorded(tasks, **kwargs):  # type: ignore[no-untyped-def]
+        senders.extend([threading.current_thread().name] * len(tasks))
+        return send(tasks, **kwargs)
 
-    monkeypatch.setattr(dispatch, "_send", recorded)
+    monkeypatch.setattr(dispatch, "_send_batch", recorded)
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=3))
     DiffusionModelFactory(slug="tiny")
     client = api_client_for(tenant)
