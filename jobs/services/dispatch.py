@@ -16,9 +16,6 @@ import atexit
 import datetime as dt
 import functools
 import logging
-import os
-import queue
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,6 +26,7 @@ from django.utils import timezone
 from jobs import selectors
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.common import lock_tenant
+from sdsaas.background import BackgroundBatches
 from sdsaas.broker.batch import MAX_ENTRIES, collecting, send_collected
 from sdsaas.broker.sqs import (
     control_queue_name,
@@ -88,73 +86,28 @@ def jobs_admit(
 def publish_after_commit(*, job_ids: list[int]) -> None:
     """Publish admitted jobs: by this process's background publisher, or here."""
     if settings.PUBLISH_IN_BACKGROUND:
-        background_publisher().submit(job_ids)
+        background_publisher().put(job_ids)
     else:
         jobs_publish(job_ids=job_ids)
 
 
-class BackgroundPublisher:
-    """One thread per process that publishes the ids handed to it, in batches, as they come.
-
-    Started on first use in the process that uses it (a forked process starts its own), it keeps
-    its database connection between batches (CONN_MAX_AGE) until `stop`.
-    """
-
-    def __init__(self) -> None:
-        self._ids: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._pending = 0
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def submit(self, job_ids: list[int]) -> None:
-        with self._changed:
-            forked = self._pid != os.getpid()
-            if forked or self._thread is None or not self._thread.is_alive():
-                if forked:  # what the parent held is the parent's to publish
-                    self._pid, self._pending, self._ids = os.getpid(), 0, queue.SimpleQueue()
-                self._thread = threading.Thread(target=self._run, name="job-publisher", daemon=True)
-                self._thread.start()
-            self._pending += len(job_ids)
-        for job_id in job_ids:
-            self._ids.put(job_id)
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until every id handed over so far was published (or failed); whether it was."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._pending == 0, timeout=timeout)
-
-    def stop(self, timeout: float) -> None:
-        """Publish what was handed over, then end the thread and close its connection."""
-        thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
-            self._ids.put(None)
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._ids.get()]
-            while not self._ids.empty():
-                batch.append(self._ids.get_nowait())
-            ids = [job_id for job_id in batch if job_id is not None]
-            try:
-                if ids:
-                    jobs_publish(job_ids=ids)
-            except Exception:  # the jobs stay unpublished: the sweeper publishes them
-                logger.exception("background publish of %d jobs failed", len(ids))
-            finally:
-                with self._changed:
-                    self._pending -= len(ids)
-                    self._changed.notify_all()
-            if len(ids) < len(batch):  # stopped
-                connections.close_all()
-                return
-            close_old_connections()
+def _publish_in_background(job_ids: list[int]) -> None:
+    # What fails is logged by the thread; the jobs stay unpublished, for the sweeper.
+    jobs_publish(job_ids=job_ids)
 
 
 @functools.cache
-def background_publisher() -> BackgroundPublisher:
-    publisher = BackgroundPublisher()
+def background_publisher() -> BackgroundBatches[int]:
+    """This process's publisher thread: the ids handed over since its last batch go together.
+
+    It keeps its database connection between batches (CONN_MAX_AGE) until it is stopped.
+    """
+    publisher = BackgroundBatches(
+        "job-publisher",
+        _publish_in_background,
+        after_batch=close_old_connections,
+        at_stop=connections.close_all,
+    )
     # A process that ends normally (a gunicorn worker recycled) publishes what it holds first.
     atexit.register(publisher.stop, timeout=5)
     return publisher
