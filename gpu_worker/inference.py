@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -39,6 +39,7 @@ from diffusers import (
 )
 from PIL import Image, PngImagePlugin
 
+from gpu_worker import acceleration
 from gpu_worker.prompts import Pipeline, encode_prompts
 from sdsaas.contract import DEFAULT_STRENGTH, OutputFormat, Scheduler
 
@@ -122,19 +123,30 @@ def pipeline_class(path: str) -> tuple[Any, dict[str, Any]]:
     return PIPELINES[class_name]
 
 
-def load_pipeline(path: str, device: torch.device) -> Pipeline:
-    """Load a diffusers folder: fp16, SDPA attention and channels-last on CUDA; fp32 on CPU."""
+def load_pipeline(
+    path: str,
+    device: torch.device,
+    optimizations: Sequence[str] | None = None,
+    *,
+    compile_cache_dir: Path | str | None = None,
+) -> Pipeline:
+    """Load a diffusers folder onto `device` and apply `optimizations` (gpu_worker.acceleration's
+    option names; None: its default for the device, SDPA and channels-last on CUDA, none on
+    the CPU). The three steps are separate functions so that bench/load.py can time each."""
+    pipeline = read_pipeline(path, device)
+    pipeline.to(device)
+    names = acceleration.resolve(optimizations, device)
+    acceleration.apply(pipeline, names, device, compile_cache_dir=compile_cache_dir)
+    return pipeline
+
+
+def read_pipeline(path: str, device: torch.device) -> Pipeline:
+    """The pipeline of a diffusers folder in host memory: fp16 for CUDA, fp32 for the CPU."""
     cls, options = pipeline_class(path)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipeline = cls.from_pretrained(path, dtype=dtype, **options)
     pipeline.set_progress_bar_config(disable=True)
-    if device.type == "cuda":
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        pipeline.unet.set_attn_processor(AttnProcessor2_0())
-        pipeline.vae.set_attn_processor(AttnProcessor2_0())
-        pipeline.unet.to(memory_format=torch.channels_last)
-    return pipeline.to(device)
+    return pipeline
 
 
 def weights_bytes(path: str) -> int:
@@ -170,6 +182,8 @@ class LoadedModel:
         self.scheduler_config = self.pipeline.scheduler.config
 
     def apply_loras(self, loras: tuple[tuple[str, str, float], ...]) -> None:
+        if loras:
+            acceleration.prepare_for_loras(self.pipeline)
         for slug, path, _ in loras:
             if self.adapters.get(slug) != path:  # new, or its file changed in the catalog
                 if slug in self.adapters:

@@ -8,11 +8,14 @@ from pathlib import Path
 import torch
 from django.conf import settings
 
-from gpu_worker import inference, model_store
+from gpu_worker import acceleration, inference, model_store
 from sdsaas.contract import LoraRef, ModelRef
 
 MODEL_STORE = model_store.ModelStore(settings.GPU_MODEL_CACHE_DIR, model_store.s3_client_from_env)
 CACHE = inference.PipelineCache(max_bytes=settings.GPU_PIPELINE_CACHE_BYTES)
+# The speed-ups applied to each pipeline loaded (gpu_worker/acceleration.py); parsed here, at
+# the worker's start, so a typo fails then.
+OPTIMIZATIONS = acceleration.parse(settings.GPU_OPTIMIZATIONS)
 
 
 def local_copy(source_uri: str, sha256: str) -> str:
@@ -33,7 +36,9 @@ def load_model(model: ModelRef, device: torch.device) -> inference.LoadedModel:
         raise inference.InvalidRequest(f"no diffusers pipeline at {model.source_uri}")
     loaded, _ = CACHE.get(
         key,
-        lambda: inference.load_pipeline(path, device),
+        lambda: inference.load_pipeline(
+            path, device, OPTIMIZATIONS, compile_cache_dir=settings.GPU_COMPILE_CACHE_DIR
+        ),
         expected_bytes=inference.weights_bytes(path),
     )
     return loaded

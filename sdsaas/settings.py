@@ -257,6 +257,15 @@ STORAGES = {
 # Verified copies of s3:// models and LoRAs (never downloaded twice), and the in-memory LRU bound.
 GPU_MODEL_CACHE_DIR = Path(env_str("SDSAAS_MODEL_CACHE_DIR", str(BASE_DIR / "var" / "model-cache")))
 GPU_PIPELINE_CACHE_BYTES = env_int("SDSAAS_PIPELINE_CACHE_BYTES", 12 * 1024**3, minimum=1)
+# Inference speed-ups (gpu_worker/acceleration.py): "auto" (SDPA and channels-last on CUDA, none
+# on the CPU), "none", or a comma list of sdpa, fuse_qkv, channels_last, compile,
+# compile_regional, cuda_graphs. `python -m bench.inference` on the GPU says which pay.
+GPU_OPTIMIZATIONS = env_str("SDSAAS_GPU_OPTIMIZATIONS", "auto")
+# torch.compile's artefacts on disk (the instance's storage), so that a restarted worker does not
+# compile again.
+GPU_COMPILE_CACHE_DIR = Path(
+    env_str("SDSAAS_GPU_COMPILE_CACHE_DIR", str(BASE_DIR / "var" / "compile-cache"))
+)
 # On SIGTERM (spot interruption, scale-in) the current job may finish within this many seconds;
 # past it, the job is handed back to the queue for another worker (ECS stopTimeout must exceed it).
 GPU_STOP_GRACE_S = env_int("SDSAAS_GPU_STOP_GRACE_S", 25, minimum=0)
