@@ -2,7 +2,8 @@
 # The whole GPU set in one call, within 10 minutes on a fresh GPU machine (bench/README.md, "The GPU set"):
 #
 #   bash bench/gpu_all.sh            # inference sd15 + sdxl (stock vs the worker, per option),
-#                                    # cold start sd15 + sdxl (disk cold/warm, S3), one JSON line last
+#                                    # cold start sd15 + sdxl (disk cold/warm, S3), micro-batching
+#                                    # sd15 (4 jobs: batch vs one by one), one JSON line last
 #   bash bench/gpu_all.sh --quick    # the same steps on the tiny models (a CPU dry run, ~1-2 min)
 #
 # Python: $PYTHON, else the project's .venv (make .venv/.installed-from-lock), else python3 (a GPU
@@ -61,11 +62,13 @@ step() {
 if [ "$QUICK" -eq 1 ]; then
   step inference_sd15 240 bench.inference --quick --shape tiny
   step load_sd15 240 bench.load --quick --shape tiny
+  step batching_sd15 120 bench.batching --quick --shape tiny
   step inference_sdxl 240 bench.inference --quick --shape tiny-xl --variants none,all
   step load_sdxl 240 bench.load --quick --shape tiny-xl --media disk-warm
 else
   step inference_sd15 200 bench.inference --shape sd15 --repeats 5
   step load_sd15 90 bench.load --shape sd15 --repeats 1
+  step batching_sd15 60 bench.batching --shape sd15 --batch 4 --repeats 3
   step inference_sdxl 220 bench.inference --shape sdxl --repeats 3 \
     --variants none,fuse_qkv,channels_last,all
   step load_sdxl 150 bench.load --shape sdxl --repeats 1
@@ -77,7 +80,7 @@ from pathlib import Path
 
 out, quick, start = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3])
 steps = {}
-for name in ("inference_sd15", "load_sd15", "inference_sdxl", "load_sdxl"):
+for name in ("inference_sd15", "load_sd15", "batching_sd15", "inference_sdxl", "load_sdxl"):
     try:
         steps[name] = json.loads((out / f"{name}.json").read_text())
     except (OSError, ValueError) as exc:

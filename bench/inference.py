@@ -306,17 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     import diffusers
     import torch
-    import transformers
 
-    for library in (diffusers, transformers):
-        library.utils.logging.disable_progress_bar()
-        library.utils.logging.set_verbosity_error()
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+    device = models.start_torch(args.threads, args.device)
     shapes = {shape: run_shape(shape, device, args) for shape in args.shape}
     result: dict[str, Any] = {
         "benchmark": "inference",

@@ -14,6 +14,7 @@ import argparse
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "var" / "models" / "bench"
@@ -66,3 +67,20 @@ def settle(args: argparse.Namespace, *, repeats: int, quick_repeats: int) -> arg
     args.shape = args.shape or ["sd15", "sdxl"]
     args.repeats = args.repeats or repeats
     return args
+
+
+def start_torch(threads: int, device: str = "auto") -> Any:
+    """The device to run on (CUDA when there is one, for "auto"), with `threads` CPU threads on
+    the CPU, and diffusers' and transformers' progress bars and warnings off."""
+    import diffusers
+    import torch
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.disable_progress_bar()
+        library.utils.logging.set_verbosity_error()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    return torch.device(device)

@@ -282,46 +282,111 @@ def _img2img(pipeline: Pipeline) -> Any:
     return img2img
 
 
+def batch_key(request: Request) -> tuple[Any, ...] | None:
+    """What text-to-image requests must share to run as one batch (None: never batched)."""
+    if request.init_image is not None:
+        return None
+    return (
+        request.width,
+        request.height,
+        request.steps,
+        request.guidance,
+        request.scheduler,
+        request.loras,
+    )
+
+
 def generate(
     model: LoadedModel,
     request: Request,
     on_step: Callable[[int, int], None] = lambda step, total: None,
 ) -> list[Image.Image]:
     """Run one job; `on_step(step, total)` runs after each denoising step and may raise Canceled."""
+    pipeline = _prepared(model, request)
+    embeds = encode_prompts(pipeline, request.prompt, request.negative_prompt)
+    common = _denoising(request, embeds.pipeline_kwargs(request.num_outputs), _generators(request))
+    if request.init_image is None:
+        common["callback_on_step_end"] = _step_callback(request.steps, on_step)
+        result = pipeline(width=request.width, height=request.height, **common)
+    else:
+        img2img = _img2img(pipeline)
+        init = request.init_image.convert("RGB").resize((request.width, request.height))
+        total = max(1, int(request.steps * request.strength))
+        common["callback_on_step_end"] = _step_callback(total, on_step)
+        result = img2img(image=init, strength=request.strength, **common)
+    return list(result.images)
+
+
+def generate_batch(
+    model: LoadedModel,
+    requests: list[Request],
+    on_step: Callable[[int, int], None] = lambda step, total: None,
+) -> list[list[Image.Image]]:
+    """Run text-to-image jobs of one `batch_key` as one denoising loop: each job's images, in
+    order, as `generate` would have made them alone (the same seeds; numerically close, not
+    bit for bit, since batched kernels sum in another order).
+
+    Prompts that embed to different lengths (over 75 tokens: more windows) cannot share a batch
+    without changing what they condition on, so each length runs as its own batch.
+    """
+    keys = {batch_key(request) for request in requests}
+    if len(keys) != 1 or None in keys:
+        raise InvalidRequest("these jobs cannot run as one batch")
+    pipeline = _prepared(model, requests[0])
+    embeds = [encode_prompts(pipeline, r.prompt, r.negative_prompt) for r in requests]
+    images: list[list[Image.Image]] = [[] for _ in requests]
+    by_length: dict[tuple[int, ...], list[int]] = {}
+    for index, embed in enumerate(embeds):
+        by_length.setdefault(tuple(embed.positive.shape), []).append(index)
+    for indexes in by_length.values():
+        parts = [embeds[i].pipeline_kwargs(requests[i].num_outputs) for i in indexes]
+        stacked = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+        generators = [g for i in indexes for g in _generators(requests[i])]
+        common = _denoising(requests[0], stacked, generators)
+        common["callback_on_step_end"] = _step_callback(requests[0].steps, on_step)
+        result = list(pipeline(width=requests[0].width, height=requests[0].height, **common).images)
+        for i in indexes:
+            images[i], result = result[: requests[i].num_outputs], result[requests[i].num_outputs :]
+    return images
+
+
+def _prepared(model: LoadedModel, request: Request) -> Pipeline:
+    """The model's pipeline with the request's scheduler and LoRAs."""
     if request.scheduler not in SCHEDULERS:
         raise InvalidRequest(f"unknown scheduler {request.scheduler!r}")
     scheduler_class, options = SCHEDULERS[request.scheduler]
     pipeline = model.pipeline
     pipeline.scheduler = scheduler_class.from_config(model.scheduler_config, **options)
     model.apply_loras(request.loras)
-    embeds = encode_prompts(pipeline, request.prompt, request.negative_prompt)
-    generators = [
-        torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.num_outputs)
-    ]
-    common: dict[str, Any] = {
-        **embeds.pipeline_kwargs(request.num_outputs),
+    return pipeline
+
+
+def _generators(request: Request) -> list[torch.Generator]:
+    """One per image: image i of a job is seeded with its seed + i (its reproducibility record)."""
+    seeds = range(request.seed, request.seed + request.num_outputs)
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def _denoising(
+    request: Request, embeds: dict[str, torch.Tensor], generators: list[torch.Generator]
+) -> dict[str, Any]:
+    return {
+        **embeds,
         "num_inference_steps": request.steps,
         "guidance_scale": request.guidance,
         "generator": generators,
         "output_type": "pil",
     }
-    total = request.steps
 
+
+def _step_callback(total: int, on_step: Callable[[int, int], None]) -> Callable[..., Any]:
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         # Second-order schedulers (heun) call back twice per step: report steps, not calls.
         calls = max(1, int(getattr(pipe, "num_timesteps", total) or total))
         on_step(min(total, math.ceil((step + 1) * total / calls)), total)
         return kwargs
 
-    common["callback_on_step_end"] = callback
-    if request.init_image is None:
-        result = pipeline(width=request.width, height=request.height, **common)
-    else:
-        img2img = _img2img(pipeline)
-        init = request.init_image.convert("RGB").resize((request.width, request.height))
-        total = max(1, int(request.steps * request.strength))
-        result = img2img(image=init, strength=request.strength, **common)
-    return list(result.images)
+    return callback
 
 
 def encode_image(image: Image.Image, fmt: OutputFormat, record: dict[str, Any]) -> bytes:

@@ -35,6 +35,7 @@ from sdsaas.contract import (
     Event,
     FailureCode,
     JobFailed,
+    JobKind,
     JobMessage,
     JobPreempted,
     JobProgress,
@@ -94,6 +95,23 @@ class JobRun:
         self.timings[name] = round(time.monotonic() - started, 3)
 
 
+def batch_key(message: JobMessage) -> tuple[Any, ...] | None:
+    """What jobs must share to run as one micro-batch (`inference.batch_key`, on the messages):
+    the model, text to image, size, steps, guidance, scheduler and LoRAs. None: never batched."""
+    params = message.input
+    if message.kind != JobKind.TXT2IMG or message.init_image_key:
+        return None
+    return (
+        message.model,
+        params.width,
+        params.height,
+        params.steps,
+        params.guidance,
+        params.scheduler,
+        message.loras,
+    )
+
+
 def run_job(
     message: JobMessage,
     *,
@@ -103,76 +121,138 @@ def run_job(
     send: Callable[[Event], None] = send_event,
     work_done: Callable[[], None] | None = None,
 ) -> RunOutcome:
-    """Run one job message; return how it ended.
+    """Run one job message; return how it ended (`run_jobs` of one)."""
+    [outcome] = run_jobs(
+        [(message, attempt)], storage=storage, abandon=abandon, send=send, work_done=work_done
+    )
+    return outcome
+
+
+def run_jobs(
+    members: list[tuple[JobMessage, int]],
+    *,
+    storage: Storage,
+    abandon: Callable[[Reason], None],
+    send: Callable[[Event], None] = send_event,
+    work_done: Callable[[], None] | None = None,
+) -> list[RunOutcome]:
+    """Run job messages (each with its attempt) as one batch; how each ended, in order.
+
+    More than one: text-to-image jobs of one `inference.batch_key`, micro-batched by the worker
+    (gpu_worker/tasks.py). Each job is reported as if it ran alone: its own events, images and
+    metrics (load and inference are the batch's). The batch is watched as one: its time limit
+    is the sum of the jobs' (held to the worker's ceiling), it ends as canceled only once every
+    job was canceled (a job canceled alone is reported at its end, and the control plane, for
+    which it is final, drops the report), and it is preempted as a whole. A batch that fails for
+    what one job could cause (invalid input, out of memory) runs its jobs again one by one, so
+    that each succeeds or fails on its own.
 
     `abandon` is what the watchdog does when the work does not stop in time; `work_done` is
-    called when the images are stored and only the report of the job's success remains (the
+    called when the images are stored and only the report of the jobs' success remains (the
     worker takes its next message ahead then).
     """
-    run = JobRun(message=message, attempt=attempt, storage=storage, send=send)
-    cancel_check = partial(canceled, storage, cancel_marker_key(message.output_prefix))
-    if cancel_check():
-        logger.info("job %s was canceled before it started", message.job_id)
-        return RunOutcome.CANCELED
-    # Before anything that may kill the worker (loading the model): every delivery is counted.
-    send(JobReceived(message.job_id, attempt))
-    created = dt.datetime.fromisoformat(message.created_at)
-    queue_s = (dt.datetime.now(dt.UTC) - created).total_seconds()
+    runs = [JobRun(message=m, attempt=a, storage=storage, send=send) for m, a in members]
+    outcomes: dict[int, RunOutcome] = {}
+    live: list[JobRun] = []
+    for index, run in enumerate(runs):
+        if cancel_check(run)():
+            logger.info("job %s was canceled before it started", run.message.job_id)
+            outcomes[index] = RunOutcome.CANCELED
+        else:
+            # Before anything that may kill the worker (loading the model): every delivery counts.
+            send(JobReceived(run.message.job_id, run.attempt))
+            live.append(run)
+    if live:
+        for run, outcome in zip(live, _run_live(live, abandon, work_done), strict=True):
+            outcomes[runs.index(run)] = outcome
+    return [outcomes[index] for index in range(len(runs))]
+
+
+def cancel_check(run: JobRun) -> Callable[[], bool]:
+    return partial(canceled, run.storage, cancel_marker_key(run.message.output_prefix))
+
+
+def _run_live(
+    runs: list[JobRun], abandon: Callable[[Reason], None], work_done: Callable[[], None] | None
+) -> list[RunOutcome]:
+    now = dt.datetime.now(dt.UTC)
+    created = [dt.datetime.fromisoformat(run.message.created_at) for run in runs]
+    queue_s = [(now - at).total_seconds() for at in created]
+    checks = [cancel_check(run) for run in runs]
     watchdog = JobWatchdog(
-        time_limit_s=time_limit_s(message),
+        time_limit_s=min(
+            float(settings.GPU_JOB_TIME_LIMIT_S), sum(time_limit_s(run.message) for run in runs)
+        ),
         stop_passed=STOP.passed,
-        canceled=cancel_check,
+        canceled=lambda: all(check() for check in checks),
         abandon=abandon,
     )
     try:
         with watchdog:
-            model, loras = load(run)
-            images = generate(run, model, loras, watchdog)
-            keys = upload(run, encode(run, images))
+            model, loras = load(runs)
+            images = generate(runs, model, loras, watchdog)
+            keys = [upload(run, encode(run, mine)) for run, mine in zip(runs, images, strict=True)]
     except Exception as exc:
-        return _ended(run, exc)
+        if len(runs) > 1 and _one_jobs_fault(exc):
+            logger.info("batch of %d failed (%r): its jobs run one by one", len(runs), exc)
+            return [_run_live([run], abandon, work_done)[0] for run in runs]
+        return [_ended(run, exc) for run in runs]
     if work_done is not None:
         work_done()
-    metrics = {"queue_s": round(queue_s, 3), **run.timings}
-    send(JobSucceeded(message.job_id, attempt, output_keys=keys, metrics=metrics))
-    return RunOutcome.SUCCEEDED
+    for run, waited, stored in zip(runs, queue_s, keys, strict=True):
+        metrics = {"queue_s": round(waited, 3), **run.timings}
+        run.send(JobSucceeded(run.message.job_id, run.attempt, output_keys=stored, metrics=metrics))
+    return [RunOutcome.SUCCEEDED] * len(runs)
 
 
-def load(run: JobRun) -> tuple[inference.LoadedModel, inference.LoraFiles]:
-    """The model and LoRAs on this worker; reports the job as started."""
+def _one_jobs_fault(exc: Exception) -> bool:
+    return isinstance(exc, inference.InvalidRequest) or inference.out_of_memory(exc)
+
+
+def load(runs: list[JobRun]) -> tuple[inference.LoadedModel, inference.LoraFiles]:
+    """The model and LoRAs on this worker (the jobs share them); reports each job as started."""
     if STOP.passed():  # delivered while the worker stops: not worth starting
         raise Preempted
+    first = runs[0]
     started = time.monotonic()
-    model = load_model(run.message.model, run.device)
-    loras = local_loras(run.message.loras)
-    run.timed("load_s", started)
-    run.send(JobStarted(run.message.job_id, run.attempt, load_s=run.timings["load_s"]))
+    model = load_model(first.message.model, first.device)
+    loras = local_loras(first.message.loras)
+    for run in runs:
+        run.timed("load_s", started)
+        run.send(JobStarted(run.message.job_id, run.attempt, load_s=run.timings["load_s"]))
     return model, loras
 
 
 def generate(
-    run: JobRun, model: inference.LoadedModel, loras: inference.LoraFiles, watchdog: JobWatchdog
-) -> list[Image.Image]:
-    """Denoise, reporting progress once a second; ends at a step when the watchdog says.
-
-    The first report comes a second into the run: the `started` event just said it began.
+    runs: list[JobRun],
+    model: inference.LoadedModel,
+    loras: inference.LoraFiles,
+    watchdog: JobWatchdog,
+) -> list[list[Image.Image]]:
+    """Denoise, reporting each job's progress once a second; ends at a step when the watchdog
+    says. The first report comes a second into the run: the `started` event just said it began.
     """
-    message, last_progress = run.message, time.monotonic()
+    last_progress = time.monotonic()
 
     def on_step(step: int, total: int) -> None:
         nonlocal last_progress
-        # The watchdog decides; at a step boundary the job ends in-process.
+        # The watchdog decides; at a step boundary the jobs end in-process.
         if watchdog.reason is not None:
             raise ENDED_BY[watchdog.reason]
         now = time.monotonic()
         if now - last_progress >= PROGRESS_INTERVAL_S:
             last_progress = now
-            run.send(JobProgress(message.job_id, run.attempt, step=step, total=total))
+            for run in runs:
+                run.send(JobProgress(run.message.job_id, run.attempt, step=step, total=total))
 
-    request = _request(run, loras)
+    requests = [_request(run, loras) for run in runs]
     started = time.monotonic()
-    images = inference.generate(model, request, on_step)
-    run.timed("inference_s", started)
+    if len(runs) == 1:
+        images = [inference.generate(model, requests[0], on_step)]
+    else:
+        images = inference.generate_batch(model, requests, on_step)
+    for run in runs:
+        run.timed("inference_s", started)
     return images
 
 

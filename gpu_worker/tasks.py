@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NoReturn
 
@@ -21,9 +22,10 @@ from gpu_worker.app import app
 from gpu_worker.events import send_event
 from gpu_worker.heartbeat import VisibilityHeartbeat
 from gpu_worker.retry import is_transient
-from gpu_worker.runner import run_job, time_limit_s, timeout_message
+from gpu_worker.runner import batch_key, run_jobs, time_limit_s, timeout_message
 from gpu_worker.watchdog import STOP, Reason
 from sdsaas.broker.sqs import model_queue_name, sqs_client
+from sdsaas.broker.transport import Channel, Taken
 from sdsaas.contract import (
     TASK_GPU_GENERATE,
     FailureCode,
@@ -38,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 class SqsRequest(Request):
     """Keeps what Celery drops from SQS's delivery info: the receive count and the receipt; and
-    how to take the queue's next message ahead (sdsaas/broker/transport.py: `take_ahead`)."""
+    the transport's channel, which takes the queue's next messages for the task
+    (sdsaas/broker/transport.py: `take_ahead`, `take_now`)."""
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(message, *args, **kwargs)
@@ -49,7 +52,7 @@ class SqsRequest(Request):
         delivery_info["receive_count"] = int(count)
         delivery_info["receipt_handle"] = sqs_message.get("ReceiptHandle")
         delivery_info["queue_url"] = raw.get("sqs_queue")
-        delivery_info["take_ahead"] = getattr(message.channel, "take_ahead", None)
+        delivery_info["channel"] = message.channel
 
 
 class GenerateTask(Task):
@@ -64,12 +67,6 @@ class GenerateTask(Task):
 
 def receive_count(delivery_info: Any) -> int:
     return int((delivery_info or {}).get("receive_count", 1))
-
-
-def take_ahead_of(delivery_info: Any) -> Callable[[], None] | None:
-    """How to take the queue's next message ahead of this one's report (None outside SQS)."""
-    take_ahead: Callable[[], None] | None = (delivery_info or {}).get("take_ahead")
-    return take_ahead
 
 
 def attempt_of(message: JobMessage, delivery_info: Any) -> int:
@@ -131,6 +128,15 @@ def held(delivery_info: Any) -> contextlib.AbstractContextManager[VisibilityHear
     )
 
 
+@dataclass(frozen=True)
+class Member:
+    """A job the task runs: the message it was delivered, or one of its micro-batch."""
+
+    message: JobMessage
+    attempt: int
+    delivery_info: Any
+
+
 @app.task(
     bind=True,
     base=GenerateTask,
@@ -141,66 +147,153 @@ def held(delivery_info: Any) -> contextlib.AbstractContextManager[VisibilityHear
 )
 def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
     message = JobMessage.from_wire(job)
-    attempt = attempt_of(message, self.request.delivery_info)
-    logger.info("job %s attempt %s (contract v%s)", message.job_id, attempt, message.v)
     delivery_info = self.request.delivery_info
+    attempt = attempt_of(message, delivery_info)
+    logger.info("job %s attempt %s (contract v%s)", message.job_id, attempt, message.v)
+    delivered = Member(message, attempt, delivery_info)
+    batch, later = take_batch(delivered)
+    members = [delivered, *batch]
     try:
-        # The heartbeat stops when the job ends, before any hand-back, ack or reject below.
-        with held(delivery_info) as heartbeat:
-            abandon = partial(abandon_job, message, attempt, delivery_info, heartbeat)
-            outcome = run_job(
-                message,
-                attempt=attempt,
+        # The heartbeats stop when the jobs end, before any hand-back, ack or reject below.
+        with contextlib.ExitStack() as holding:
+            infos = [m.delivery_info for m in members] + [delivery_info_of(t) for t in later]
+            heartbeats = [holding.enter_context(held(info)) for info in infos]
+            outcomes = run_jobs(
+                [(m.message, m.attempt) for m in members],
                 storage=default_storage,
-                abandon=abandon,
+                abandon=partial(abandon_jobs, members, later, heartbeats),
                 work_done=take_ahead_of(delivery_info),
             )
     except Exception as exc:
+        for member in batch:
+            settle_after_error(member, exc)
         if not is_transient(exc):
             raise
         # Not Celery's retry: it publishes a copy whose receive count starts again at 1, so the
         # copy would run under an attempt older than the one the job row holds, and be fenced.
-        hand_back(self.request.delivery_info, after_s=RETRY_AFTER_S)
+        hand_back(delivery_info, after_s=RETRY_AFTER_S)
         raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
+    for member, outcome in zip(batch, outcomes[1:], strict=True):
+        settle(member, outcome)
+    outcome = outcomes[0]
     if outcome == RunOutcome.PREEMPTED and not requeue_as_next_attempt(message, attempt):
-        hand_back(self.request.delivery_info, after_s=0)
+        hand_back(delivery_info, after_s=0)
         # Neither acked nor deleted (the model queues have a redrive policy, so kombu keeps a
         # rejected message): SQS redelivers it, and the next receive is attempt + 1.
         raise Reject("preempted: the worker is stopping", requeue=False)
     return outcome
 
 
-def abandon_job(
-    message: JobMessage,
-    attempt: int,
-    delivery_info: Any,
-    heartbeat: VisibilityHeartbeat | None,
+def take_batch(delivered: Member) -> tuple[list[Member], list[Taken]]:
+    """The jobs that run with the one delivered as a micro-batch: up to GPU_MAX_BATCH - 1 more
+    messages of its queue, received now (those already waiting: none is waited for), that share
+    its batch key (`runner.batch_key`). The others received run after it, one by one, as if
+    delivered then: the task keeps them invisible meanwhile."""
+    channel = channel_of(delivered.delivery_info)
+    key = batch_key(delivered.message)
+    if channel is None or key is None or settings.GPU_MAX_BATCH < 2 or STOP.at is not None:
+        return [], []
+    batch: list[Member] = []
+    later: list[Taken] = []
+    for taken in channel.take_now(settings.GPU_MAX_BATCH - 1):
+        message = job_of(taken)
+        if message is not None and batch_key(message) == key:
+            info = delivery_info_of(taken)
+            batch.append(Member(message, attempt_of(message, info), info))
+        else:
+            later.append(taken)
+    channel.deliver_later(later)
+    if batch:
+        jobs = ", ".join(member.message.job_id for member in batch)
+        logger.info("job %s runs in a batch with %s", delivered.message.job_id, jobs)
+    return batch, later
+
+
+def channel_of(delivery_info: Any) -> Channel | None:
+    channel = (delivery_info or {}).get("channel")
+    return channel if isinstance(channel, Channel) else None
+
+
+def take_ahead_of(delivery_info: Any) -> Callable[[], None] | None:
+    """How to take the queue's next message ahead of this one's report (None outside SQS)."""
+    channel = channel_of(delivery_info)
+    return None if channel is None else channel.take_ahead
+
+
+def job_of(taken: Taken) -> JobMessage | None:
+    if taken.task != TASK_GPU_GENERATE:
+        return None
+    try:
+        return JobMessage.from_wire(taken.kwargs["job"])
+    except Exception:  # delivered later, Celery's task fails it as it fails any bad message
+        return None
+
+
+def delivery_info_of(taken: Taken) -> dict[str, Any]:
+    """As SqsRequest keeps a delivered message's."""
+    return {
+        "queue_url": taken.queue_url,
+        "receipt_handle": taken.receipt_handle,
+        "receive_count": taken.receive_count,
+    }
+
+
+def settle(member: Member, outcome: RunOutcome) -> None:
+    """Settle the message of a batch's job as Celery settles the delivered one's."""
+    if outcome != RunOutcome.PREEMPTED or requeue_as_next_attempt(member.message, member.attempt):
+        delete_message(member.delivery_info)
+    else:
+        hand_back(member.delivery_info, after_s=0)
+
+
+def settle_after_error(member: Member, exc: Exception) -> None:
+    """A batch's job when the task raised: tried again later (transient), or failed as Celery
+    fails the delivered job (GenerateTask.on_failure), its message acked."""
+    if is_transient(exc):
+        hand_back(member.delivery_info, after_s=RETRY_AFTER_S)
+        return
+    text = f"The worker failed: {exc.__class__.__name__}."
+    job = member.message
+    send_event(JobFailed(job.job_id, member.attempt, code=FailureCode.INTERNAL_ERROR, message=text))
+    delete_message(member.delivery_info)
+
+
+def abandon_jobs(
+    members: list[Member],
+    later: list[Taken],
+    heartbeats: list[VisibilityHeartbeat | None],
     reason: Reason,
 ) -> NoReturn:
-    """Settle a job that did not end in-process when it had to, then end this process.
+    """Settle jobs that did not end in-process when they had to, then end this process.
 
-    Runs on the job's watchdog thread (gpu_worker/watchdog.py) while the job's work may still
-    be running: what the job would have reported, it reports here, and its message is settled
-    as the task would have, so that nothing waits for a visibility timeout. Then the process
-    ends: a stopping worker exits; any other starts again in place (same PID, fresh memory).
+    Runs on the jobs' watchdog thread (gpu_worker/watchdog.py) while their work may still be
+    running: what each job would have reported, it reports here, and its message is settled as
+    the task would have, so that nothing waits for a visibility timeout; the messages kept for
+    later are handed back. Then the process ends: a stopping worker exits; any other starts
+    again in place (same PID, fresh memory).
     """
-    if heartbeat is not None:
-        heartbeat.stop()  # before the message is settled: a late beat must not hide it again
-    job_id = message.job_id
+    for heartbeat in heartbeats:
+        if heartbeat is not None:
+            heartbeat.stop()  # before the messages are settled: a late beat must not hide one
+    for member in members:
+        abandon_job(member, reason)
+    for taken in later:
+        hand_back(delivery_info_of(taken), after_s=0)
+    end_process(restart=STOP.at is None)
+
+
+def abandon_job(member: Member, reason: Reason) -> None:
+    job_id, attempt, delivery_info = member.message.job_id, member.attempt, member.delivery_info
     if reason == "timeout":
-        text = timeout_message(time_limit_s(message))
+        text = timeout_message(time_limit_s(member.message))
         send_event(JobFailed(job_id, attempt, code=FailureCode.TIMEOUT, message=text))
         delete_message(delivery_info)
     elif reason == "preempted":
         send_event(JobPreempted(job_id, attempt))
-        if requeue_as_next_attempt(message, attempt):
-            delete_message(delivery_info)
-        else:
-            hand_back(delivery_info, after_s=0)
+        settle(member, RunOutcome.PREEMPTED)
     else:  # canceled: the control plane already made the job final
         delete_message(delivery_info)
     logger.warning("job %s abandoned (%s)", job_id, reason)
-    end_process(restart=STOP.at is None)
 
 
 def delete_message(delivery_info: Any) -> None:

@@ -266,6 +266,11 @@ GPU_OPTIMIZATIONS = env_str("SDSAAS_GPU_OPTIMIZATIONS", "auto")
 GPU_COMPILE_CACHE_DIR = Path(
     env_str("SDSAAS_GPU_COMPILE_CACHE_DIR", str(BASE_DIR / "var" / "compile-cache"))
 )
+# Micro-batching: a GPU worker that starts a text-to-image job also runs, in the same denoising
+# loop, up to this many - 1 jobs already waiting in its queue with the same model, size, steps,
+# guidance, scheduler and LoRAs (gpu_worker/tasks.py). 1: every job alone. `python -m
+# bench.inference` on the GPU measures what a batch pays (issue 14, item 4).
+GPU_MAX_BATCH = env_int("SDSAAS_GPU_MAX_BATCH", 1, minimum=1)
 # On SIGTERM (spot interruption, scale-in) the current job may finish within this many seconds;
 # past it, the job is handed back to the queue for another worker (ECS stopTimeout must exceed it).
 GPU_STOP_GRACE_S = env_int("SDSAAS_GPU_STOP_GRACE_S", 25, minimum=0)

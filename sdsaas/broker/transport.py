@@ -59,6 +59,12 @@ the poll had returned two. The message is held only for the job's report; a work
 meanwhile hands it back at once, as it hands back a poll's answer. Taken ahead only while no
 other queue of the channel has a poll open (whose answer would wait behind the backlog), and
 never by an idle worker: an idle one long-polls as before.
+
+A micro-batching GPU worker (settings.GPU_MAX_BATCH) receives more messages for the task it runs:
+`Channel.take_now` receives, without waiting, up to that many of the task's queue, decoded as
+Celery would get them (`Taken`); the task runs and settles those it batches, and gives the others
+to `Channel.deliver_later`, which delivers them one by one after the task, as messages taken
+ahead are (the task keeps them invisible until then).
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery.exceptions import WorkerShutdown, WorkerTerminate
@@ -95,6 +102,20 @@ def worker_stopping() -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A message that the running task received itself (`Channel.take_now`): its task's name
+    and keyword arguments ("" and {} when it is not a task of ours), where it came from and how
+    to settle it (queue URL, receipt handle), its receive count, and the message as SQS gave it."""
+
+    task: str
+    kwargs: dict[str, Any]
+    queue_url: str
+    receipt_handle: str
+    receive_count: int
+    raw: dict[str, Any] = field(repr=False)
+
+
 class Channel(_SqsChannel):
     # Floor for the retry delay: with polling_interval 0 a refused connection fails at once
     # and would spin the event loop.
@@ -115,6 +136,8 @@ class Channel(_SqsChannel):
         # The receive of the next message started by `take_ahead`: (queue name, its answer).
         self._ahead: tuple[str, Future[tuple[list[dict[str, Any]], float]]] | None = None
         self._ahead_thread: ThreadPoolExecutor | None = None
+        # Messages the running task received itself and left to run after it (`deliver_later`).
+        self._later: list[tuple[str, dict[str, Any]]] = []
         self._delivering: str | None = None  # the queue whose message's task runs now
 
     def _schedule_queue(self, queue: str) -> None:
@@ -211,24 +234,29 @@ class Channel(_SqsChannel):
             logger.warning("SQS receive on %s works again after %d failed polls", qname, failed)
         delivered = self._deliver(queue, qname, messages.get("Messages"))
         # The solo pool ran each message's task in that call: one may have taken the next ahead.
-        while self._ahead is not None:
+        while self._later or self._ahead is not None:
             delivered += self._deliver_ahead()
         return delivered
 
     def _deliver_ahead(self) -> int:
-        """Deliver what `take_ahead` received, once the task's ack, which Celery leaves to the
-        event loop's next turn (Consumer.call_soon_ack), has been run here."""
-        assert self._ahead is not None
-        qname, answer = self._ahead
-        self._ahead = None
-        received, asked_at = answer.result()
+        """Deliver the next message left for later, or else what `take_ahead` received, once the
+        task's ack, which Celery leaves to the event loop's next turn (Consumer.call_soon_ack),
+        has been run here. One message a call: each runs (and is acked) before the next."""
+        if self._later:  # kept invisible by the task's heartbeat until the task ended
+            qname, message = self._later.pop(0)
+            received = [message]
+        else:
+            assert self._ahead is not None
+            qname, answer = self._ahead
+            self._ahead = None
+            received, asked_at = answer.result()
+            age_s = time.monotonic() - asked_at
+            if received and age_s > self.visibility_timeout / 2:
+                # The task's report outlasted half of the message's invisibility (an outage):
+                # it may be another worker's by now. SQS delivers it again after its timeout.
+                logger.warning("dropped a message of %s taken ahead %.0fs ago", qname, age_s)
+                return 0
         if not received:
-            return 0
-        age_s = time.monotonic() - asked_at
-        if age_s > self.visibility_timeout / 2:
-            # The task's report outlasted half of the message's invisibility (an outage): it may
-            # be another worker's by now. SQS delivers it again after its timeout.
-            logger.warning("dropped a message of %s taken ahead %.0fs ago", qname, age_s)
             return 0
         if self.hub is not None:
             for callback in self.hub._pop_ready():
@@ -253,7 +281,7 @@ class Channel(_SqsChannel):
         """Receive the next message of the running task's queue on a thread now; it is delivered
         once the task has been settled (see the module docstring). Called by the task."""
         qname = self._delivering
-        if qname is None or self._ahead is not None or worker_stopping():
+        if qname is None or self._ahead is not None or self._later or worker_stopping():
             return
         if any(polls for queue, polls in self._open_polls.items() if queue != qname):
             return
@@ -261,14 +289,40 @@ class Channel(_SqsChannel):
             self._ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="sqs-take-ahead")
         self._ahead = (qname, self._ahead_thread.submit(self._receive_now, qname))
 
-    def _receive_now(self, qname: str) -> tuple[list[dict[str, Any]], float]:
-        """At most one message of `qname` that is visible now (no long poll), and when it was
-        asked for; none on failure: the event loop's next poll receives what this did not."""
+    def take_now(self, limit: int) -> list[Taken]:
+        """Up to `limit` messages of the running task's queue that are visible now (no long
+        poll), received for that task itself: a GPU worker's micro-batch (gpu_worker/tasks.py).
+        The task settles those it runs, and hands the others to `deliver_later`."""
+        qname = self._delivering
+        if qname is None or limit < 1 or worker_stopping():
+            return []
+        received, _ = self._receive_now(qname, limit)
+        url = self._new_queue(qname)
+        return [self._taken(qname, url, raw) for raw in received]
+
+    def _taken(self, qname: str, url: str, raw: dict[str, Any]) -> Taken:
+        try:  # as kombu delivers it to Celery: its headers, and the body Celery's protocol 2 has
+            message = self.Message(self._message_to_python(raw, qname, url), channel=self)
+            task, (_, kwargs, _) = str(message.headers["task"]), message.decode()
+        except Exception:  # not a task of ours: Celery deals with it, when it is delivered
+            task, kwargs = "", {}
+        count = raw.get("Attributes", {}).get("ApproximateReceiveCount", "1")
+        return Taken(task, kwargs, url, raw["ReceiptHandle"], int(count), raw)
+
+    def deliver_later(self, taken: list[Taken]) -> None:
+        """Deliver these messages of `take_now`, in order, once the running task was settled."""
+        qname = self._delivering
+        assert qname is not None or not taken, "deliver_later outside a delivery"
+        self._later.extend((str(qname), item.raw) for item in taken)
+
+    def _receive_now(self, qname: str, limit: int = 1) -> tuple[list[dict[str, Any]], float]:
+        """At most `limit` messages of `qname` that are visible now (no long poll), and when they
+        were asked for; none on failure: the event loop's next poll receives what this did not."""
         attributes, asked_at = self.get_message_attributes, time.monotonic()
         try:
             answer = self.sqs(queue=qname).receive_message(
                 QueueUrl=self._new_queue(qname),
-                MaxNumberOfMessages=1,
+                MaxNumberOfMessages=limit,
                 WaitTimeSeconds=0,
                 MessageSystemAttributeNames=attributes["MessageSystemAttributeNames"],
                 **(

@@ -88,6 +88,47 @@ def test_image_i_of_a_batch_is_the_single_image_of_seed_plus_i(
     assert [pixels(image) for image in again] == [pixels(image) for image in batch]
 
 
+def test_jobs_run_as_one_batch_get_the_images_each_would_get_alone(
+    model: inference.LoadedModel,
+) -> None:
+    # given three jobs of one batch key: different prompts, negatives, seeds and image counts,
+    # one prompt long enough for a second window (it cannot share the others' denoising loop)
+    long_prompt = " ".join(["a lighthouse on a cliff at dusk"] * 20)
+    jobs = [
+        request(prompt="a red fox", seed=3, num_outputs=2),
+        request(prompt="a paper boat", negative_prompt="blurry", seed=40),
+        request(prompt=long_prompt, seed=7),
+    ]
+    steps: list[tuple[int, int]] = []
+    # when they run as a batch
+    batched = inference.generate_batch(model, jobs, lambda step, total: steps.append((step, total)))
+    # then each job has its own images, as close as batching allows to its run alone
+    alone = [inference.generate(model, job) for job in jobs]
+    assert [len(images) for images in batched] == [2, 1, 1]
+    for mine, reference in zip(batched, alone, strict=True):
+        assert all(close(a, b) for a, b in zip(mine, reference, strict=True))
+    assert not close(batched[0][0], batched[1][0])
+    # and the steps were reported for each denoising loop (one per prompt length)
+    assert steps == [(1, 2), (2, 2), (1, 2), (2, 2)]
+
+
+def test_only_text_to_image_jobs_of_one_size_steps_guidance_scheduler_and_loras_batch() -> None:
+    base = inference.batch_key(request())
+    assert base is not None
+    assert inference.batch_key(request(prompt="other", seed=9, num_outputs=3)) == base
+    for different in (
+        {"width": 128},
+        {"steps": 3},
+        {"guidance": 5.0},
+        {"scheduler": "dpmpp_2m"},
+        {"loras": (("style", "/m/style.safetensors", 0.8),)},
+    ):
+        assert inference.batch_key(request(**different)) != base, different
+    assert inference.batch_key(request(init_image=Image.new("RGB", (64, 64)))) is None
+    with pytest.raises(inference.InvalidRequest):
+        inference.generate_batch(None, [request(), request(steps=3)])  # type: ignore[arg-type]
+
+
 def test_a_prompt_past_77_tokens_is_encoded_whole_not_truncated(
     model: inference.LoadedModel,
 ) -> None:

@@ -269,3 +269,57 @@ def test_interim_events_leave_the_jobs_path_and_its_outcome_is_sent_after_them(
     answer.set()
     send_event(JobSucceeded("job_events_order", 1, output_keys=["k"], metrics={}))
     assert sent == [JobReceived.TASK, JobStarted.TASK, JobProgress.TASK, JobSucceeded.TASK]
+
+
+def test_jobs_run_as_one_batch_are_each_reported_with_their_own_images(
+    tiny_model_dir: Path,
+) -> None:
+    # given three jobs of one batch key, one of them canceled before the batch starts
+    events = Events()
+    jobs = [
+        message(tiny_model_dir, "job_batch_a", seed=1, num_outputs=2),
+        message(tiny_model_dir, "job_batch_b", prompt="a paper boat", seed=2),
+        message(tiny_model_dir, "job_batch_c", seed=3),
+    ]
+    default_storage.save(cancel_marker_key(jobs[2].output_prefix), ContentFile(b"canceled"))
+    # when they run as one batch
+    outcomes = runner.run_jobs(
+        [(job, 2) for job in jobs], storage=default_storage, abandon=abandon, send=events
+    )
+    # then the canceled one never started and the others succeeded, each reported on its own
+    assert outcomes == ["succeeded", "succeeded", "canceled"]
+    reported = [(name, kw["job_id"]) for _, name, kw in events if name != JobProgress.TASK]
+    for job_id in ("job_batch_a", "job_batch_b"):
+        mine = [name for name, reported_id in reported if reported_id == job_id]
+        assert mine == [JobReceived.TASK, JobStarted.TASK, JobSucceeded.TASK]
+    assert all(job_id != "job_batch_c" for _, job_id in reported)
+    # and each one's images are under its own prefix, from its own seeds
+    succeeded = {kw["job_id"]: kw for _, name, kw in events if name == JobSucceeded.TASK}
+    for job, count in ((jobs[0], 2), (jobs[1], 1)):
+        keys = succeeded[job.job_id]["output_keys"]
+        assert keys == [f"{job.output_prefix}{index}.png" for index in range(count)]
+        for index, key in enumerate(keys):
+            with default_storage.open(key, "rb") as handle:
+                record = json.loads(Image.open(io.BytesIO(handle.read())).text["sdsaas"])
+            assert (record["job_id"], record["seed"]) == (job.job_id, job.input.seed + index)
+
+
+def test_a_batch_that_fails_for_one_jobs_reason_runs_its_jobs_one_by_one(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a batch that the pipeline refuses as a whole (as out of memory would)
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise inference.InvalidRequest("no room for this batch")
+
+    monkeypatch.setattr(inference, "generate_batch", refused)
+    events = Events()
+    jobs = [message(tiny_model_dir, f"job_fallback_{n}", seed=n) for n in range(2)]
+    # when it runs, then each job runs alone and succeeds on its own
+    outcomes = runner.run_jobs(
+        [(job, 1) for job in jobs], storage=default_storage, abandon=abandon, send=events
+    )
+    assert outcomes == ["succeeded", "succeeded"]
+    assert sorted(kw["job_id"] for _, name, kw in events if name == JobSucceeded.TASK) == [
+        "job_fallback_0",
+        "job_fallback_1",
+    ]

@@ -101,3 +101,39 @@ def test_a_worker_that_stops_hands_the_message_taken_ahead_back_at_once(
         QueueUrl=url, MessageSystemAttributeNames=["ApproximateReceiveCount"]
     )["Messages"]
     assert [m["Attributes"]["ApproximateReceiveCount"] for m in back] == ["2"]
+
+
+def test_a_task_takes_messages_now_runs_one_and_leaves_the_rest_for_after_it(
+    connection: Connection, local_aws: Any
+) -> None:
+    # given a queue of four messages and a worker whose poll returned the first
+    qname, url = queue_with(4, "take-now")
+    channel = connection.default_channel
+    assert isinstance(channel, transport.Channel)
+    channel.basic_qos(0, 1, False)
+    seen: list[tuple[int, str]] = []
+    taken: list[transport.Taken] = []
+    sqs = local_aws.client("sqs")
+
+    def on_message(message: Any) -> None:
+        count = message.delivery_info["sqs_message"]["Attributes"]["ApproximateReceiveCount"]
+        seen.append((message.decode()[1]["n"], count))
+        if len(seen) == 1:  # the first task takes three more now, runs one, leaves two
+            taken.extend(channel.take_now(3))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=taken[0].receipt_handle)
+            channel.deliver_later(taken[1:])
+        message.ack()
+
+    channel.basic_consume(qname, no_ack=False, callback=on_message, consumer_tag="gpu")
+    first, _ = channel._receive_now(qname)
+    # when the poll's answer is handled
+    delivered = channel._on_messages_ready(url, qname, {"Messages": first})
+    # then the task got them decoded as Celery gets them, each received once
+    assert [(t.task, t.receive_count) for t in taken] == [("tests.take_ahead", 1)] * 3
+    assert taken[0].queue_url == url
+    # and the two it left ran after it, in order, on their first receive
+    assert delivered == 3
+    assert [n for n, _ in seen[1:]] == [t.kwargs["n"] for t in taken[1:]]
+    assert [count for _, count in seen] == ["1", "1", "1"]
+    assert len({n for n, _ in seen} | {taken[0].kwargs["n"]}) == 4
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)

@@ -71,6 +71,10 @@ CALLED_SIGNATURES: dict[str, tuple[Callable[..., Any], str]] = {
     "Channel._get_bulk_async": (SQS.Channel._get_bulk_async, "(self, queue, callback=None)"),
     "Channel.canonical_queue_name": (SQS.Channel.canonical_queue_name, "(self, queue_name)"),
     "Channel._new_queue": (SQS.Channel._new_queue, "(self, queue, **kwargs)"),
+    "Channel._message_to_python": (
+        SQS.Channel._message_to_python,
+        "(self, message, queue_name, q_url)",
+    ),
     "Channel.sqs": (SQS.Channel.sqs, "(self, queue=None)"),
     "Channel._release_messages": (
         SQS.Channel._release_messages,
