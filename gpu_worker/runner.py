@@ -112,6 +112,11 @@ def batch_key(message: JobMessage) -> tuple[Any, ...] | None:
     )
 
 
+# What the watchdog does with a batch that will not stop (gpu_worker/tasks.py `abandon_jobs`):
+# given why, the indexes of the jobs being run, and how each job that ended already ended.
+Abandon = Callable[[Reason, list[int], dict[int, RunOutcome]], None]
+
+
 def run_job(
     message: JobMessage,
     *,
@@ -123,7 +128,11 @@ def run_job(
 ) -> RunOutcome:
     """Run one job message; return how it ended (`run_jobs` of one)."""
     [outcome] = run_jobs(
-        [(message, attempt)], storage=storage, abandon=abandon, send=send, work_done=work_done
+        [(message, attempt)],
+        storage=storage,
+        abandon=lambda reason, running, finished: abandon(reason),
+        send=send,
+        work_done=work_done,
     )
     return outcome
 
@@ -132,13 +141,13 @@ def run_jobs(
     members: list[tuple[JobMessage, int]],
     *,
     storage: Storage,
-    abandon: Callable[[Reason], None],
+    abandon: Abandon,
     send: Callable[[Event], None] = send_event,
     work_done: Callable[[], None] | None = None,
 ) -> list[RunOutcome]:
     """Run job messages (each with its attempt) as one batch; how each ended, in order.
 
-    More than one: text-to-image jobs of one `inference.batch_key`, micro-batched by the worker
+    More than one: text-to-image jobs of one `batch_key`, micro-batched by the worker
     (gpu_worker/tasks.py). Each job is reported as if it ran alone: its own events, images and
     metrics (load and inference are the batch's). The batch is watched as one: its time limit
     is the sum of the jobs' (held to the worker's ceiling), it ends as canceled only once every
@@ -147,24 +156,28 @@ def run_jobs(
     what one job could cause (invalid input, out of memory) runs its jobs again one by one, so
     that each succeeds or fails on its own.
 
-    `abandon` is what the watchdog does when the work does not stop in time; `work_done` is
-    called when the images are stored and only the report of the jobs' success remains (the
-    worker takes its next message ahead then).
+    `abandon` is what the watchdog does when the work does not stop in time (see `Abandon`);
+    `work_done` is called when the images are stored and only the report of the jobs' success
+    remains (the worker takes its next message ahead then).
     """
     runs = [JobRun(message=m, attempt=a, storage=storage, send=send) for m, a in members]
     outcomes: dict[int, RunOutcome] = {}
-    live: list[JobRun] = []
+    live: list[int] = []
     for index, run in enumerate(runs):
         if cancel_check(run)():
             logger.info("job %s was canceled before it started", run.message.job_id)
             outcomes[index] = RunOutcome.CANCELED
         else:
-            # Before anything that may kill the worker (loading the model): every delivery counts.
+            # Before anything that may kill the worker (loading the model), on the events thread:
+            # a cold load takes seconds, a warm one none, and then the job is not at risk.
             send(JobReceived(run.message.job_id, run.attempt))
-            live.append(run)
-    if live:
-        for run, outcome in zip(live, _run_live(live, abandon, work_done), strict=True):
-            outcomes[runs.index(run)] = outcome
+            live.append(index)
+    if live and not _run_live(runs, live, outcomes, abandon, work_done):
+        logger.info("batch of %d failed for one job's reason: its jobs run one by one", len(live))
+        for index in live:
+            _run_live(runs, [index], outcomes, abandon, None)
+        if work_done is not None:
+            work_done()
     return [outcomes[index] for index in range(len(runs))]
 
 
@@ -173,36 +186,45 @@ def cancel_check(run: JobRun) -> Callable[[], bool]:
 
 
 def _run_live(
-    runs: list[JobRun], abandon: Callable[[Reason], None], work_done: Callable[[], None] | None
-) -> list[RunOutcome]:
+    runs: list[JobRun],
+    indexes: list[int],
+    outcomes: dict[int, RunOutcome],
+    abandon: Abandon,
+    work_done: Callable[[], None] | None,
+) -> bool:
+    """Run `runs[i]` for each of `indexes` as one batch, filling in `outcomes`; False, with no
+    outcome filled in, when a batch of several failed for what one job could cause."""
     now = dt.datetime.now(dt.UTC)
-    created = [dt.datetime.fromisoformat(run.message.created_at) for run in runs]
-    queue_s = [(now - at).total_seconds() for at in created]
-    checks = [cancel_check(run) for run in runs]
+    batch = [runs[index] for index in indexes]
+    queue_s = [
+        (now - dt.datetime.fromisoformat(run.message.created_at)).total_seconds() for run in batch
+    ]
+    checks = [cancel_check(run) for run in batch]
     watchdog = JobWatchdog(
         time_limit_s=min(
-            float(settings.GPU_JOB_TIME_LIMIT_S), sum(time_limit_s(run.message) for run in runs)
+            float(settings.GPU_JOB_TIME_LIMIT_S), sum(time_limit_s(run.message) for run in batch)
         ),
         stop_passed=STOP.passed,
         canceled=lambda: all(check() for check in checks),
-        abandon=abandon,
+        abandon=lambda reason: abandon(reason, list(indexes), dict(outcomes)),
     )
     try:
         with watchdog:
-            model, loras = load(runs)
-            images = generate(runs, model, loras, watchdog)
-            keys = [upload(run, encode(run, mine)) for run, mine in zip(runs, images, strict=True)]
+            model, loras = load(batch)
+            images = generate(batch, model, loras, watchdog)
+            keys = [upload(run, encode(run, mine)) for run, mine in zip(batch, images, strict=True)]
     except Exception as exc:
-        if len(runs) > 1 and _one_jobs_fault(exc):
-            logger.info("batch of %d failed (%r): its jobs run one by one", len(runs), exc)
-            return [_run_live([run], abandon, work_done)[0] for run in runs]
-        return [_ended(run, exc) for run in runs]
+        if len(batch) > 1 and _one_jobs_fault(exc):
+            return False
+        outcomes.update({index: _ended(runs[index], exc) for index in indexes})
+        return True
     if work_done is not None:
         work_done()
-    for run, waited, stored in zip(runs, queue_s, keys, strict=True):
+    for index, run, waited, stored in zip(indexes, batch, queue_s, keys, strict=True):
         metrics = {"queue_s": round(waited, 3), **run.timings}
         run.send(JobSucceeded(run.message.job_id, run.attempt, output_keys=stored, metrics=metrics))
-    return [RunOutcome.SUCCEEDED] * len(runs)
+        outcomes[index] = RunOutcome.SUCCEEDED
+    return True
 
 
 def _one_jobs_fault(exc: Exception) -> bool:

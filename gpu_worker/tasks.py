@@ -116,7 +116,10 @@ def held(delivery_info: Any) -> contextlib.AbstractContextManager[VisibilityHear
     message = sqs_message_of(delivery_info)
     if message is None:
         return contextlib.nullcontext()
-    queue_url, receipt_handle = message
+    return visibility_heartbeat(*message)
+
+
+def visibility_heartbeat(queue_url: str, receipt_handle: str) -> VisibilityHeartbeat:
     return VisibilityHeartbeat(
         # One try per beat, with short timeouts: a failed beat is tried again at the next one.
         sqs_client(fail_fast=True),
@@ -151,13 +154,15 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
     attempt = attempt_of(message, delivery_info)
     logger.info("job %s attempt %s (contract v%s)", message.job_id, attempt, message.v)
     delivered = Member(message, attempt, delivery_info)
-    batch, later = take_batch(delivered)
-    members = [delivered, *batch]
+    batch: list[Member] = []
     try:
-        # The heartbeats stop when the jobs end, before any hand-back, ack or reject below.
+        # The heartbeats stop when the jobs end, before any hand-back, ack or reject below (those
+        # of the messages left for later when the channel delivers them).
         with contextlib.ExitStack() as holding:
-            infos = [m.delivery_info for m in members] + [delivery_info_of(t) for t in later]
-            heartbeats = [holding.enter_context(held(info)) for info in infos]
+            heartbeats = [holding.enter_context(held(delivery_info))]
+            batch, later = take_batch(delivered)
+            heartbeats += [holding.enter_context(held(member.delivery_info)) for member in batch]
+            members = [delivered, *batch]
             outcomes = run_jobs(
                 [(m.message, m.attempt) for m in members],
                 storage=default_storage,
@@ -184,25 +189,35 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
     return outcome
 
 
-def take_batch(delivered: Member) -> tuple[list[Member], list[Taken]]:
+@dataclass(frozen=True)
+class Later:
+    """A message received for a batch that does not fit it: run after the task, as if delivered
+    then; kept invisible meanwhile by its own heartbeat, which the channel stops then."""
+
+    taken: Taken
+    heartbeat: VisibilityHeartbeat
+
+
+def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     """The jobs that run with the one delivered as a micro-batch: up to GPU_MAX_BATCH - 1 more
     messages of its queue, received now (those already waiting: none is waited for), that share
-    its batch key (`runner.batch_key`). The others received run after it, one by one, as if
-    delivered then: the task keeps them invisible meanwhile."""
+    its batch key (`runner.batch_key`). The others received are left to the channel, to run
+    after it, one by one (`Channel.deliver_later`)."""
     channel = channel_of(delivered.delivery_info)
     key = batch_key(delivered.message)
     if channel is None or key is None or settings.GPU_MAX_BATCH < 2 or STOP.at is not None:
         return [], []
     batch: list[Member] = []
-    later: list[Taken] = []
+    later: list[Later] = []
     for taken in channel.take_now(settings.GPU_MAX_BATCH - 1):
         message = job_of(taken)
         if message is not None and batch_key(message) == key:
             info = delivery_info_of(taken)
             batch.append(Member(message, attempt_of(message, info), info))
         else:
-            later.append(taken)
-    channel.deliver_later(later)
+            heartbeat = visibility_heartbeat(taken.queue_url, taken.receipt_handle)
+            later.append(Later(taken, heartbeat.__enter__()))
+    channel.deliver_later([(item.taken, item.heartbeat.stop) for item in later])
     if batch:
         jobs = ", ".join(member.message.job_id for member in batch)
         logger.info("job %s runs in a batch with %s", delivered.message.job_id, jobs)
@@ -260,25 +275,34 @@ def settle_after_error(member: Member, exc: Exception) -> None:
 
 def abandon_jobs(
     members: list[Member],
-    later: list[Taken],
+    later: list[Later],
     heartbeats: list[VisibilityHeartbeat | None],
     reason: Reason,
+    running: list[int],
+    finished: dict[int, RunOutcome],
 ) -> NoReturn:
     """Settle jobs that did not end in-process when they had to, then end this process.
 
-    Runs on the jobs' watchdog thread (gpu_worker/watchdog.py) while their work may still be
-    running: what each job would have reported, it reports here, and its message is settled as
-    the task would have, so that nothing waits for a visibility timeout; the messages kept for
-    later are handed back. Then the process ends: a stopping worker exits; any other starts
-    again in place (same PID, fresh memory).
+    Runs on the jobs' watchdog thread (gpu_worker/watchdog.py) while the work of `members[i]` for
+    each i of `running` may still go on: what each of them would have reported, it reports here,
+    and its message is settled as the task would have, so that nothing waits for a visibility
+    timeout. The jobs that ended already (`finished`, a batch run one by one) are settled by how
+    they ended; those not run yet, and the messages left for later, are handed back. Then the
+    process ends: a stopping worker exits; any other starts again in place (same PID, fresh
+    memory).
     """
-    for heartbeat in heartbeats:
+    for heartbeat in [*heartbeats, *(item.heartbeat for item in later)]:
         if heartbeat is not None:
             heartbeat.stop()  # before the messages are settled: a late beat must not hide one
-    for member in members:
-        abandon_job(member, reason)
-    for taken in later:
-        hand_back(delivery_info_of(taken), after_s=0)
+    for index, member in enumerate(members):
+        if index in running:
+            abandon_job(member, reason)
+        elif index in finished:
+            settle(member, finished[index])
+        else:
+            hand_back(member.delivery_info, after_s=0)
+    for item in later:
+        hand_back(delivery_info_of(item.taken), after_s=0)
     end_process(restart=STOP.at is None)
 
 

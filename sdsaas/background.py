@@ -44,19 +44,21 @@ class BackgroundBatches(Generic[T]):
         self._handle = handle
         self._after_batch = after_batch
         self._at_stop = at_stop
+        self._forget_parent()
+        # A forked child (a gunicorn worker) starts empty: what the parent held is the parent's,
+        # and a lock the parent's thread held at the fork would never be released in the child.
+        os.register_at_fork(after_in_child=self._forget_parent)
+
+    def _forget_parent(self) -> None:
         self._items: queue.SimpleQueue[tuple[T] | None] = queue.SimpleQueue()
         self._pending = 0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._pid = 0
 
     def put(self, items: Iterable[T]) -> None:
         items = list(items)
         with self._changed:
-            forked = self._pid != os.getpid()
-            if forked or self._thread is None or not self._thread.is_alive():
-                if forked:  # what the parent held is the parent's
-                    self._pid, self._pending, self._items = os.getpid(), 0, queue.SimpleQueue()
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._pending += len(items)
@@ -71,7 +73,7 @@ class BackgroundBatches(Generic[T]):
     def stop(self, timeout: float) -> None:
         """Handle what was put, then end the thread."""
         thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        if thread is not None and thread.is_alive():
             self._items.put(None)
             thread.join(timeout)
 

@@ -21,8 +21,12 @@ from typing import Any
 
 from sdsaas.broker import transport
 
-# SQS's limit of entries per SendMessageBatch call (and 256 KiB in all: a job message is ~1 KiB).
+# SQS's limits of a SendMessageBatch call: 10 entries, 256 KiB in all (a job message is ~1-2 KiB,
+# up to ~45 KiB with the longest prompts in a script of multi-byte characters, base64 twice).
 MAX_ENTRIES = 10
+MAX_BATCH_BYTES = 256 * 1024
+# Counted for each entry beside its body: its message attributes, name and id, generously.
+ENTRY_OVERHEAD_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,15 @@ def collecting(connection: Any) -> Iterator[list[Collected]]:
 
 
 def send_collected(collected: list[Collected]) -> list[str | None]:
-    """Send messages of one queue, collected by `collecting`, in SendMessageBatch calls; for each
-    message in order, None if SQS took it, else SQS's reason for refusing that entry.
+    """Send messages of one queue, collected by `collecting`, in SendMessageBatch calls, each
+    within SQS's count and size limits; for each message in order, None if SQS took it, else
+    SQS's reason for refusing that entry.
 
     A failed call (SQS unreachable, the queue gone) raises, and the messages of calls not made
     yet are not sent: the caller treats them all as unsent.
     """
     outcome: list[str | None] = []
-    for start in range(0, len(collected), MAX_ENTRIES):
-        chunk = collected[start : start + MAX_ENTRIES]
+    for chunk in _chunks(collected):
         [url] = {item.kwargs["QueueUrl"] for item in chunk}
         entries = [
             {"Id": str(index), **{k: v for k, v in item.kwargs.items() if k != "QueueUrl"}}
@@ -100,3 +104,17 @@ def send_collected(collected: list[Collected]) -> list[str | None]:
                 None if entry is None else f"{entry.get('Code')}: {entry.get('Message', '')}"
             )
     return outcome
+
+
+def _chunks(collected: list[Collected]) -> list[list[Collected]]:
+    """The messages in order, in runs that each fit one SendMessageBatch call."""
+    chunks: list[list[Collected]] = []
+    size = 0
+    for item in collected:
+        entry = len(str(item.kwargs.get("MessageBody", "")).encode()) + ENTRY_OVERHEAD_BYTES
+        if not chunks or len(chunks[-1]) == MAX_ENTRIES or size + entry > MAX_BATCH_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += entry
+    return chunks

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +137,8 @@ class Channel(_SqsChannel):
         self._ahead: tuple[str, Future[tuple[list[dict[str, Any]], float]]] | None = None
         self._ahead_thread: ThreadPoolExecutor | None = None
         # Messages the running task received itself and left to run after it (`deliver_later`).
-        self._later: list[tuple[str, dict[str, Any]]] = []
+        # (queue, message, what stops the task's hold on it: its heartbeat)
+        self._later: list[tuple[str, dict[str, Any], Callable[[], None]]] = []
         self._delivering: str | None = None  # the queue whose message's task runs now
 
     def _schedule_queue(self, queue: str) -> None:
@@ -242,8 +243,9 @@ class Channel(_SqsChannel):
         """Deliver the next message left for later, or else what `take_ahead` received, once the
         task's ack, which Celery leaves to the event loop's next turn (Consumer.call_soon_ack),
         has been run here. One message a call: each runs (and is acked) before the next."""
-        if self._later:  # kept invisible by the task's heartbeat until the task ended
-            qname, message = self._later.pop(0)
+        if self._later:  # kept invisible by its heartbeat until now
+            qname, message, release = self._later.pop(0)
+            release()
             received = [message]
         else:
             assert self._ahead is not None
@@ -294,7 +296,8 @@ class Channel(_SqsChannel):
         poll), received for that task itself: a GPU worker's micro-batch (gpu_worker/tasks.py).
         The task settles those it runs, and hands the others to `deliver_later`."""
         qname = self._delivering
-        if qname is None or limit < 1 or worker_stopping():
+        # One task's leftovers at a time: each waits for the ones before it to run.
+        if qname is None or limit < 1 or self._later or worker_stopping():
             return []
         received, _ = self._receive_now(qname, limit)
         url = self._new_queue(qname)
@@ -309,11 +312,13 @@ class Channel(_SqsChannel):
         count = raw.get("Attributes", {}).get("ApproximateReceiveCount", "1")
         return Taken(task, kwargs, url, raw["ReceiptHandle"], int(count), raw)
 
-    def deliver_later(self, taken: list[Taken]) -> None:
-        """Deliver these messages of `take_now`, in order, once the running task was settled."""
+    def deliver_later(self, taken: list[tuple[Taken, Callable[[], None]]]) -> None:
+        """Deliver these messages of `take_now`, in order, once the running task was settled,
+        each with what keeps it invisible until then (called just before it is delivered or
+        handed back: a heartbeat's stop)."""
         qname = self._delivering
         assert qname is not None or not taken, "deliver_later outside a delivery"
-        self._later.extend((str(qname), item.raw) for item in taken)
+        self._later.extend((str(qname), item.raw, release) for item, release in taken)
 
     def _receive_now(self, qname: str, limit: int = 1) -> tuple[list[dict[str, Any]], float]:
         """At most `limit` messages of `qname` that are visible now (no long poll), and when they
@@ -340,6 +345,11 @@ class Channel(_SqsChannel):
         return received, asked_at
 
     def close(self) -> None:
+        """Hand back what is held for later (a consumer restarted, a worker stopping)."""
+        later, self._later = self._later, []
+        for qname, message, release in later:
+            release()
+            self._release_messages(self._new_queue(qname), qname, [message])
         if self._ahead_thread is not None:
             self._ahead_thread.shutdown(wait=False)
         _SqsChannel.close(self)

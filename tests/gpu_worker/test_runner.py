@@ -57,6 +57,10 @@ def abandon(reason: str) -> None:
     """A worker's abandon ends its process; this one returns, and the runner raises Abandoned."""
 
 
+def abandon_batch(reason: str, running: list[int], finished: dict[int, str]) -> None:
+    """The same, for a batch."""
+
+
 def message(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> JobMessage:
     return JobMessage.from_wire(message_dict(tiny_model_dir, job_id, **input_fields))
 
@@ -284,7 +288,7 @@ def test_jobs_run_as_one_batch_are_each_reported_with_their_own_images(
     default_storage.save(cancel_marker_key(jobs[2].output_prefix), ContentFile(b"canceled"))
     # when they run as one batch
     outcomes = runner.run_jobs(
-        [(job, 2) for job in jobs], storage=default_storage, abandon=abandon, send=events
+        [(job, 2) for job in jobs], storage=default_storage, abandon=abandon_batch, send=events
     )
     # then the canceled one never started and the others succeeded, each reported on its own
     assert outcomes == ["succeeded", "succeeded", "canceled"]
@@ -316,10 +320,45 @@ def test_a_batch_that_fails_for_one_jobs_reason_runs_its_jobs_one_by_one(
     jobs = [message(tiny_model_dir, f"job_fallback_{n}", seed=n) for n in range(2)]
     # when it runs, then each job runs alone and succeeds on its own
     outcomes = runner.run_jobs(
-        [(job, 1) for job in jobs], storage=default_storage, abandon=abandon, send=events
+        [(job, 1) for job in jobs], storage=default_storage, abandon=abandon_batch, send=events
     )
     assert outcomes == ["succeeded", "succeeded"]
     assert sorted(kw["job_id"] for _, name, kw in events if name == JobSucceeded.TASK) == [
         "job_fallback_0",
         "job_fallback_1",
+    ]
+
+
+def test_a_batch_run_one_by_one_tells_its_abandon_which_job_runs_and_how_the_others_ended(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a batch the pipeline refuses as a whole, and watchdogs that, as each one's work
+    # leaves it, ask what its abandon would be told then
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise inference.InvalidRequest("no room for this batch")
+
+    told: list[tuple[str, list[int], dict[int, str]]] = []
+
+    class Asking(watchdog.JobWatchdog):
+        def __exit__(self, *exc: Any) -> None:
+            self._abandon("timeout")
+            super().__exit__(*exc)
+
+    monkeypatch.setattr(inference, "generate_batch", refused)
+    monkeypatch.setattr(runner, "JobWatchdog", Asking)
+    jobs = [message(tiny_model_dir, f"job_told_{n}", seed=n) for n in range(3)]
+    # when it runs
+    runner.run_jobs(
+        [(job, 1) for job in jobs],
+        storage=default_storage,
+        abandon=lambda reason, running, finished: told.append((reason, running, finished)),
+        send=Events(),
+    )
+    # then the batch's abandon would settle all three as running, and each single run's only
+    # its own, the ones before it as they ended
+    assert told == [
+        ("timeout", [0, 1, 2], {}),
+        ("timeout", [0], {}),
+        ("timeout", [1], {0: "succeeded"}),
+        ("timeout", [2], {0: "succeeded", 1: "succeeded"}),
     ]

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from kombu.transport import SQS
 
-from sdsaas.broker.batch import MAX_ENTRIES, collecting, send_collected
+from sdsaas.broker.batch import MAX_ENTRIES, _chunks, collecting, send_collected
 from sdsaas.celery import app as celery_app
 from sdsaas.celery import publisher_pool
 
@@ -82,3 +82,31 @@ def test_a_batch_carries_what_send_task_sends_and_a_consumer_reads_it_the_same()
     assert sorted(messages) == sorted(f"batch-{i}" for i in range(count))
     assert all(comparable(m) == comparable(reference) for m in messages.values())
     assert reference.decode()[1] == kwargs
+
+
+def test_messages_that_together_pass_sqss_batch_size_limit_go_in_several_calls() -> None:
+    # given eight tasks whose prompt and negative prompt are long and multi-byte (each message
+    # some 44 KiB once encoded: over SQS's 256 KiB for one SendMessageBatch together)
+    queue = f"{settings.SQS_QUEUE_PREFIX}-batch-size"
+    prompts = [f"{n} " + "灯台と嵐の海" * 330 for n in range(8)]
+    with publisher_pool().acquire(block=True, timeout=30) as connection:
+        with collecting(connection) as collected:
+            for prompt in prompts:
+                celery_app.send_task(
+                    "sdsaas.test.batch_size",
+                    kwargs={"prompt": prompt, "negative_prompt": prompt},
+                    queue=queue,
+                    connection=connection,
+                    retry=False,
+                )
+        sizes = [len(item.kwargs["MessageBody"]) for item in collected]
+        assert sum(sizes) > 256 * 1024 and max(sizes) < 64 * 1024
+        # (moto does not enforce the limit: the calls are checked as they are cut)
+        calls = _chunks(collected)
+        assert len(calls) > 1 and [item for call in calls for item in call] == collected
+        for call in calls:
+            assert sum(len(item.kwargs["MessageBody"]) for item in call) <= 256 * 1024
+        # when they are sent, then SQS takes every one, and a consumer reads each prompt once
+        assert send_collected(collected) == [None] * len(prompts)
+    got = sorted(message.decode()[1]["prompt"] for message in received(queue, len(prompts)))
+    assert got == sorted(prompts)

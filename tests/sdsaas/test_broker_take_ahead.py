@@ -8,6 +8,7 @@ once that task was acked, received once; a worker that stops meanwhile hands it 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -113,6 +114,7 @@ def test_a_task_takes_messages_now_runs_one_and_leaves_the_rest_for_after_it(
     channel.basic_qos(0, 1, False)
     seen: list[tuple[int, str]] = []
     taken: list[transport.Taken] = []
+    released: list[int] = []  # the holds on the messages left for later, in the order let go
     sqs = local_aws.client("sqs")
 
     def on_message(message: Any) -> None:
@@ -121,7 +123,8 @@ def test_a_task_takes_messages_now_runs_one_and_leaves_the_rest_for_after_it(
         if len(seen) == 1:  # the first task takes three more now, runs one, leaves two
             taken.extend(channel.take_now(3))
             sqs.delete_message(QueueUrl=url, ReceiptHandle=taken[0].receipt_handle)
-            channel.deliver_later(taken[1:])
+            holds = [(item, partial(released.append, item.kwargs["n"])) for item in taken[1:]]
+            channel.deliver_later(holds)
         message.ack()
 
     channel.basic_consume(qname, no_ack=False, callback=on_message, consumer_tag="gpu")
@@ -131,8 +134,10 @@ def test_a_task_takes_messages_now_runs_one_and_leaves_the_rest_for_after_it(
     # then the task got them decoded as Celery gets them, each received once
     assert [(t.task, t.receive_count) for t in taken] == [("tests.take_ahead", 1)] * 3
     assert taken[0].queue_url == url
-    # and the two it left ran after it, in order, on their first receive
+    # and the two it left ran after it, in order, on their first receive, each let go by its
+    # hold just before
     assert delivered == 3
+    assert released == [t.kwargs["n"] for t in taken[1:]]
     assert [n for n, _ in seen[1:]] == [t.kwargs["n"] for t in taken[1:]]
     assert [count for _, count in seen] == ["1", "1", "1"]
     assert len({n for n, _ in seen} | {taken[0].kwargs["n"]}) == 4

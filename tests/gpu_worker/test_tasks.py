@@ -1,0 +1,101 @@
+"""How a GPU task settles a batch it abandons (gpu_worker/tasks.py `abandon_jobs`): the jobs being
+run as their reason says, the ones that ended as they ended, the others and the messages left for
+later handed back, every heartbeat stopped first. SQS calls and the process's end are recorded
+instead of made: what is checked is which message gets what."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from gpu_worker import tasks
+from sdsaas.broker.transport import Taken
+from sdsaas.contract import JobFailed, JobMessage, RunOutcome
+
+
+class Beat:
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def member(n: int) -> tasks.Member:
+    message = JobMessage.from_wire(
+        {
+            "job_id": f"job_{n}",
+            "attempt": 1,
+            "kind": "txt2img",
+            "input": {
+                "prompt": "a kettle",
+                "negative_prompt": "",
+                "width": 64,
+                "height": 64,
+                "steps": 2,
+                "guidance": 7.5,
+                "scheduler": "euler",
+                "num_outputs": 1,
+                "seed": n,
+                "loras": [],
+                "output_format": "png",
+            },
+            "model": {
+                "slug": "tiny",
+                "family": "sd15",
+                "source_uri": "/m",
+                "revision": "1",
+                "sha256": "",
+            },
+            "loras": [],
+            "init_image_key": "",
+            "output_prefix": f"tenants/1/jobs/job_{n}/",
+            "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+    )
+    return tasks.Member(message, 1, {"queue_url": "q", "receipt_handle": f"r{n}"})
+
+
+def test_an_abandoned_batch_settles_each_message_by_where_its_job_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a batch run one by one: job 0 ended, job 1 runs past its limit, job 2 has not run,
+    # and a message of another key left for later
+    calls: list[tuple[str, Any]] = []
+    monkeypatch.setattr(tasks, "send_event", lambda event: calls.append(("event", event)))
+    monkeypatch.setattr(
+        tasks, "delete_message", lambda info: calls.append(("delete", info["receipt_handle"]))
+    )
+    monkeypatch.setattr(
+        tasks,
+        "hand_back",
+        lambda info, after_s: calls.append(("hand back", info["receipt_handle"])),
+    )
+    monkeypatch.setattr(tasks, "end_process", lambda restart: calls.append(("end", restart)))
+    members = [member(n) for n in range(3)]
+    beats = [Beat(), Beat(), Beat()]
+    left = tasks.Later(Taken("gpu.generate", {}, "q", "r9", 1, {}), Beat())  # type: ignore[arg-type]
+    # when the watchdog abandons it
+    tasks.abandon_jobs(
+        members,
+        [left],
+        beats,  # type: ignore[arg-type]
+        "timeout",
+        [1],
+        {0: RunOutcome.SUCCEEDED},
+    )
+    # then every heartbeat stopped, the job that ran past its limit failed as timeout and its
+    # message is deleted, the one that ended is deleted, the others are handed back at once
+    assert all(beat.stopped for beat in [*beats, left.heartbeat])
+    [event] = [payload for kind, payload in calls if kind == "event"]
+    assert isinstance(event, JobFailed) and (event.job_id, event.code) == ("job_1", "timeout")
+    settled = [(kind, payload) for kind, payload in calls if kind != "event"]
+    assert settled == [
+        ("delete", "r0"),
+        ("delete", "r1"),
+        ("hand back", "r2"),
+        ("hand back", "r9"),
+        ("end", True),
+    ]
