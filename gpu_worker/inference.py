@@ -327,7 +327,8 @@ def generate_batch(
     bit for bit, since batched kernels sum in another order).
 
     Prompts that embed to different lengths (over 75 tokens: more windows) cannot share a batch
-    without changing what they condition on, so each length runs as its own batch.
+    without changing what they condition on, so each length runs as its own batch; `on_step`
+    counts the steps of those loops together, as `total` steps.
     """
     keys = {batch_key(request) for request in requests}
     if len(keys) != 1 or None in keys:
@@ -338,12 +339,18 @@ def generate_batch(
     by_length: dict[tuple[int, ...], list[int]] = {}
     for index, embed in enumerate(embeds):
         by_length.setdefault(tuple(embed.positive.shape), []).append(index)
-    for indexes in by_length.values():
+    groups = len(by_length)
+    for group, indexes in enumerate(by_length.values()):
         parts = [embeds[i].pipeline_kwargs(requests[i].num_outputs) for i in indexes]
         stacked = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
         generators = [g for i in indexes for g in _generators(requests[i])]
         common = _denoising(requests[0], stacked, generators)
-        common["callback_on_step_end"] = _step_callback(requests[0].steps, on_step)
+
+        def on_group_step(step: int, total: int, group: int = group) -> None:
+            # Steps of all the loops as one count of `total`: progress never goes back.
+            on_step(math.ceil((group * total + step) / groups), total)
+
+        common["callback_on_step_end"] = _step_callback(requests[0].steps, on_group_step)
         result = list(pipeline(width=requests[0].width, height=requests[0].height, **common).images)
         for i in indexes:
             images[i], result = result[: requests[i].num_outputs], result[requests[i].num_outputs :]

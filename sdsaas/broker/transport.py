@@ -262,7 +262,10 @@ class Channel(_SqsChannel):
             return 0
         if self.hub is not None:
             for callback in self.hub._pop_ready():
-                callback()
+                try:
+                    callback()
+                except Exception:  # as the loop's turn would have raised it; the message goes on
+                    logger.exception("a ready callback of the event loop failed")
         return self._deliver(self._new_queue(qname), qname, received)
 
     def _deliver(self, queue: str, qname: str, received: list[dict[str, Any]] | None) -> int:
