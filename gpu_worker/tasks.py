@@ -61,8 +61,13 @@ class GenerateTask(Task):
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job = kwargs["job"]  # as it came: it may be what failed to decode
         attempt = int(job["attempt"]) + receive_count(self.request.delivery_info) - 1
-        text = f"The worker failed: {exc.__class__.__name__}."
-        send_event(JobFailed(job["job_id"], attempt, code=FailureCode.INTERNAL_ERROR, message=text))
+        send_event(worker_failed(job["job_id"], attempt, exc))
+
+
+def worker_failed(job_id: str, attempt: int, exc: Exception) -> JobFailed:
+    """The event of a job whose task raised what is no outcome of the job (a bug)."""
+    text = f"The worker failed: {exc.__class__.__name__}."
+    return JobFailed(job_id, attempt, code=FailureCode.INTERNAL_ERROR, message=text)
 
 
 def receive_count(delivery_info: Any) -> int:
@@ -267,9 +272,7 @@ def settle_after_error(member: Member, exc: Exception) -> None:
     if is_transient(exc):
         hand_back(member.delivery_info, after_s=RETRY_AFTER_S)
         return
-    text = f"The worker failed: {exc.__class__.__name__}."
-    job = member.message
-    send_event(JobFailed(job.job_id, member.attempt, code=FailureCode.INTERNAL_ERROR, message=text))
+    send_event(worker_failed(member.message.job_id, member.attempt, exc))
     delete_message(member.delivery_info)
 
 

@@ -6,7 +6,6 @@ and what is checked here is what it reports and when (the e2e tests send them fo
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import itertools
 import json
@@ -39,6 +38,7 @@ from sdsaas.contract import (
     JobSucceeded,
     cancel_marker_key,
 )
+from tests.support.job_messages import message, message_dict
 
 pytestmark = pytest.mark.usefixtures("local_aws")
 
@@ -59,43 +59,6 @@ def abandon(reason: str) -> None:
 
 def abandon_batch(reason: str, running: list[int], finished: dict[int, str]) -> None:
     """The same, for a batch."""
-
-
-def message(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> JobMessage:
-    return JobMessage.from_wire(message_dict(tiny_model_dir, job_id, **input_fields))
-
-
-def message_dict(tiny_model_dir: Path, job_id: str, **input_fields: Any) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "attempt": 1,
-        "kind": "txt2img",
-        "input": {
-            "prompt": "a red fox",
-            "negative_prompt": "",
-            "width": 64,
-            "height": 64,
-            "steps": 4,
-            "guidance": 7.5,
-            "scheduler": "euler",
-            "num_outputs": 1,
-            "seed": 5,
-            "loras": [],
-            "output_format": "png",
-            **input_fields,
-        },
-        "model": {
-            "slug": "tiny",
-            "family": "sd15",
-            "source_uri": str(tiny_model_dir),
-            "revision": "tiny-1",
-            "sha256": "",
-        },
-        "loras": [],
-        "init_image_key": "",
-        "output_prefix": f"tenants/1/jobs/{job_id}/",
-        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
 
 
 def test_a_job_reports_started_then_succeeded_with_its_images_in_s3(tiny_model_dir: Path) -> None:

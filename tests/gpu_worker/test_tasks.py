@@ -5,14 +5,15 @@ instead of made: what is checked is which message gets what."""
 
 from __future__ import annotations
 
-import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gpu_worker import tasks
 from sdsaas.broker.transport import Taken
-from sdsaas.contract import JobFailed, JobMessage, RunOutcome
+from sdsaas.contract import JobFailed, RunOutcome
+from tests.support.job_messages import message as job_message
 
 
 class Beat:
@@ -24,37 +25,7 @@ class Beat:
 
 
 def member(n: int) -> tasks.Member:
-    message = JobMessage.from_wire(
-        {
-            "job_id": f"job_{n}",
-            "attempt": 1,
-            "kind": "txt2img",
-            "input": {
-                "prompt": "a kettle",
-                "negative_prompt": "",
-                "width": 64,
-                "height": 64,
-                "steps": 2,
-                "guidance": 7.5,
-                "scheduler": "euler",
-                "num_outputs": 1,
-                "seed": n,
-                "loras": [],
-                "output_format": "png",
-            },
-            "model": {
-                "slug": "tiny",
-                "family": "sd15",
-                "source_uri": "/m",
-                "revision": "1",
-                "sha256": "",
-            },
-            "loras": [],
-            "init_image_key": "",
-            "output_prefix": f"tenants/1/jobs/job_{n}/",
-            "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        }
-    )
+    message = job_message(Path("/m"), f"job_{n}", seed=n)
     return tasks.Member(message, 1, {"queue_url": "q", "receipt_handle": f"r{n}"})
 
 
