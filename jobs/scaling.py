@@ -1,0 +1,86 @@
+"""How many GPU workers a model's pool needs: the one scaling policy.
+
+The production publisher (`jobs/services/scaling.py`), the simulator (`bench/scaling_sim.py`)
+and the local stack's worker pools (`sdsaas/devstack.py`) all decide with this module, so what
+the simulator measures is what runs. It is pure: no Django, no AWS, times in seconds.
+
+The policy, per model:
+
+- **Work** is every job a worker must still start or finish: messages visible in the model's
+  queue, messages in flight (a worker runs them, holds them ahead, or they await redelivery), and
+  jobs admitted but not yet published. Queue depth alone would drop the jobs being run, and a
+  scale-in on it stops busy workers.
+- **Workers needed** = ceil(work / target backlog per worker), where the target backlog per
+  worker = acceptable queue wait / measured seconds per job: the number of jobs one worker clears
+  within the wait a client accepts. Never less than one worker while there is work.
+- **Scale out at once, scale in after a keep-alive**: the pool grows to the need as soon as it is
+  seen; it shrinks only once the need stayed below its size for the keep-alive, so a pool that
+  just emptied its queue is still there for the next burst, and one idle for longer costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A model's work at one moment."""
+
+    visible: int  # waiting in the model's queue
+    in_flight: int  # received and not deleted: run, held ahead, or awaiting redelivery
+    unpublished: int  # admitted, not yet in the queue
+
+    @property
+    def jobs(self) -> int:
+        return self.visible + self.in_flight + self.unpublished
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """The knobs (settings.SCALING_*), the same for every model of a deployment."""
+
+    acceptable_wait_s: float  # a job should start within this long of its admission
+    default_seconds_per_job: float  # until a model has measured jobs
+    keep_alive_s: float  # an idle pool keeps its workers this long
+    max_workers: int  # per model
+
+    def target_backlog_per_worker(self, seconds_per_job: float) -> float:
+        """Jobs one worker clears within the acceptable wait: at least the one it runs."""
+        return max(1.0, self.acceptable_wait_s / max(seconds_per_job, 1e-3))
+
+    def workers_needed(self, backlog: Backlog, *, seconds_per_job: float) -> int:
+        if backlog.jobs <= 0:
+            return 0
+        workers = math.ceil(backlog.jobs / self.target_backlog_per_worker(seconds_per_job))
+        return min(self.max_workers, max(1, workers))
+
+    def next_pool(self, pool: PoolState, *, needed: int, now: float) -> PoolState:
+        """The pool's size after seeing `needed` at `now`: up at once, down after the keep-alive.
+
+        The keep-alive restarts each time the need reaches the pool's size; once it ran out, the
+        pool shrinks to the need (to zero for a model nobody used for that long).
+        """
+        if needed >= pool.workers:
+            return PoolState(workers=needed, hold_until=now + self.keep_alive_s)
+        if now < pool.hold_until:
+            return pool
+        return PoolState(workers=needed, hold_until=now + self.keep_alive_s)
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """The size the policy last chose for a model's pool, and until when it holds it."""
+
+    workers: int = 0
+    hold_until: float = 0.0
+
+
+def seconds_per_job(recent: Iterable[float], *, default: float) -> float:
+    """A model's seconds per job from its recent jobs' run times (the median; `default` with
+    none): a few slow outliers (a cold load) do not double the pool."""
+    samples = [s for s in recent if s > 0]
+    return statistics.median(samples) if samples else default

@@ -1,0 +1,38 @@
+"""`python bench/scaling_sim.py`: run as a user runs it. A simulation on a seeded trace, not a
+timing, so its verdict is asserted too: the policy of jobs/scaling.py against the two others."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.bench import bench_result
+
+POLICIES = ("ours", "step_alarm", "queue_length")
+FIGURES = ("p95_wait_s", "gpu_hours", "cost_per_1k_images")
+
+
+@pytest.mark.bench_smoke
+@pytest.mark.parametrize("trace", ["bursty", "diurnal", "discord"])
+def test_each_trace_prints_the_three_policies_in_its_json_line_last(trace: str) -> None:
+    result = bench_result(["bench/scaling_sim.py", "--trace", trace], dict(os.environ), ())
+    assert result["trace"] == trace
+    assert tuple(result["policies"]) == POLICIES
+    for figures in result["policies"].values():
+        assert all(figures[name] > 0 for name in FIGURES), figures
+        assert figures["images"] == result["policies"]["ours"]["images"]
+    # ours never stops a busy worker (scale-in protection); a job is never run twice for it
+    assert result["policies"]["ours"]["busy_runs_lost"] == 0
+
+
+@pytest.mark.bench_smoke
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_on_the_bursty_trace_ours_waits_no_longer_at_p95_on_at_most_0_7x_the_gpu_hours(
+    seed: int,
+) -> None:
+    argv = ["bench/scaling_sim.py", "--trace", "bursty", "--seed", str(seed)]
+    result = bench_result(argv, dict(os.environ), ())
+    for against in result["against"].values():
+        assert against["p95_no_worse"] and against["gpu_hours_ratio"] <= 0.7, result["against"]
+    assert result["goal_met"] is True
