@@ -21,6 +21,7 @@ from django.core.files.storage import default_storage
 from gpu_worker.app import app
 from gpu_worker.events import send_event
 from gpu_worker.heartbeat import VisibilityHeartbeat
+from gpu_worker.protection import scale_in_protection
 from gpu_worker.retry import is_transient
 from gpu_worker.runner import batch_key, run_jobs, time_limit_s, timeout_message
 from gpu_worker.watchdog import STOP, Reason
@@ -164,6 +165,7 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
         # The heartbeats stop when the jobs end, before any hand-back, ack or reject below (those
         # of the messages left for later when the channel delivers them).
         with contextlib.ExitStack() as holding:
+            holding.enter_context(scale_in_protection().busy())
             heartbeats = [holding.enter_context(held(delivery_info))]
             batch, later = take_batch(delivered)
             heartbeats += [holding.enter_context(held(member.delivery_info)) for member in batch]

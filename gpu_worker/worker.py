@@ -23,7 +23,16 @@ if settings.ROLE != "gpu":  # read before this module set the role: a database, 
 # its own handler on the root logger, at the worker's --loglevel.
 logging.config.dictConfig(settings.LOGGING)
 
+from celery.signals import worker_ready  # noqa: E402
+
 import gpu_worker.tasks  # noqa: E402, F401  (registers the task)
+from gpu_worker import spot  # noqa: E402
 from gpu_worker.app import app  # noqa: E402
+
+
+@worker_ready.connect
+def _watch_for_spot_notices(**_: object) -> None:
+    spot.start_watch()
+
 
 __all__ = ["app"]

@@ -274,6 +274,15 @@ GPU_MAX_BATCH = env_int("SDSAAS_GPU_MAX_BATCH", 1, minimum=1)
 # On SIGTERM (spot interruption, scale-in) the current job may finish within this many seconds;
 # past it, the job is handed back to the queue for another worker (ECS stopTimeout must exceed it).
 GPU_STOP_GRACE_S = env_int("SDSAAS_GPU_STOP_GRACE_S", 25, minimum=0)
+# ECS task scale-in protection (gpu_worker/protection.py): set while the worker holds a job,
+# cleared once it has been idle this many seconds. The ECS agent injects ECS_AGENT_URI into every
+# task's containers; unset (anywhere but ECS), the worker protects nothing.
+GPU_ECS_AGENT_URI = os.environ.get("ECS_AGENT_URI", "")
+GPU_PROTECTION_IDLE_S = env_int("SDSAAS_GPU_PROTECTION_IDLE_S", 2, minimum=0)
+# Spot interruption notices (gpu_worker/spot.py): the instance metadata is asked this often, in
+# seconds; 0: never. By default on under ECS, off elsewhere.
+GPU_SPOT_POLL_S = env_int("SDSAAS_GPU_SPOT_POLL_S", 5 if GPU_ECS_AGENT_URI else 0, minimum=0)
+GPU_IMDS_URL = env_str("SDSAAS_GPU_IMDS_URL", "http://169.254.169.254")
 # Seconds between the heartbeats that keep a running job's message invisible (each one sets it
 # invisible for another SQS_VISIBILITY_TIMEOUT).
 GPU_HEARTBEAT_S = env_int("SDSAAS_GPU_HEARTBEAT_S", max(1, SQS_VISIBILITY_TIMEOUT // 6), minimum=1)
