@@ -171,6 +171,8 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["tenant", "status", "id"]),
             models.Index(fields=["status", "published_at"]),
+            # A model's recent run times (the scaling publisher's seconds per job).
+            models.Index(fields=["model", "status", "completed_at"]),
         ]
 
     def __str__(self) -> str:
@@ -219,3 +221,16 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key}"
+
+
+class WorkerPool(models.Model):
+    """The size the scaling policy chose for a model's GPU pool, and until when it holds it
+    (jobs/scaling.py `PoolState`, kept between the publisher's runs: jobs/services/scaling.py)."""
+
+    model = models.OneToOneField(DiffusionModel, on_delete=models.CASCADE, related_name="pool")
+    workers = models.PositiveIntegerField(default=0)
+    hold_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.model_id}: {self.workers}"

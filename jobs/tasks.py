@@ -6,11 +6,12 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from jobs.services import dispatch, idempotency, image_fetch, lifecycle, reconcile
+from jobs.services import dispatch, idempotency, image_fetch, lifecycle, reconcile, scaling
 from sdsaas.contract import (
     TASK_FETCH_INPUT_IMAGE,
     TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
+    TASK_SCALING_PUBLISH,
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
     JobFailed,
@@ -47,6 +48,11 @@ def sweep_unpublished() -> int:
     return dispatch.jobs_sweep_unpublished(
         older_than=dt.timedelta(seconds=settings.SWEEP_UNPUBLISHED_AFTER)
     )
+
+
+@shared_task(name=TASK_SCALING_PUBLISH, ignore_result=True)
+def scaling_publish() -> int:
+    return len(scaling.pools_publish())
 
 
 @shared_task(name=TASK_PRUNE_RECORDS, ignore_result=True)

@@ -18,6 +18,7 @@ from sdsaas.contract import (
     TASK_DISCORD_PRUNE,
     TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
+    TASK_SCALING_PUBLISH,
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
     TASK_WEBHOOKS_DISPATCH,
@@ -303,6 +304,26 @@ check_visibility_timing(
     job_time_limit_s=GPU_JOB_TIME_LIMIT_S,
 )
 
+# --- Scaling (jobs/scaling.py: the policy; jobs/services/scaling.py: its publisher) ------------
+# Each model's pool needs ceil(work / (SCALING_ACCEPTABLE_WAIT_S / measured seconds per job))
+# workers, grows at once and shrinks after SCALING_KEEP_ALIVE_S (defaults chosen with
+# bench/scaling_sim.py: see bench/README.md). Published every SCALING_PERIOD_S to CloudWatch.
+SCALING_PERIOD_S = env_int("SDSAAS_SCALING_PERIOD_S", 10, minimum=1)
+SCALING_ACCEPTABLE_WAIT_S = env_int("SDSAAS_SCALING_ACCEPTABLE_WAIT_S", 40, minimum=1)
+SCALING_KEEP_ALIVE_S = env_int("SDSAAS_SCALING_KEEP_ALIVE_S", 60, minimum=0)
+SCALING_MAX_WORKERS = env_int("SDSAAS_SCALING_MAX_WORKERS", 20, minimum=1)
+# Before a model has finished jobs to measure.
+SCALING_DEFAULT_SECONDS_PER_JOB = env_int("SDSAAS_SCALING_DEFAULT_SECONDS_PER_JOB", 5, minimum=1)
+# CloudWatch (the local AWS-compatible server in development: the SQS endpoint's).
+SCALING_METRIC_NAMESPACE = env_str("SDSAAS_SCALING_METRIC_NAMESPACE", "sdsaas/scaling")
+CLOUDWATCH_ENDPOINT_URL = os.environ.get("SDSAAS_CLOUDWATCH_ENDPOINT_URL", SQS_ENDPOINT_URL)
+# Scale from zero: a job published for a model whose pool is empty raises the desired count of its
+# ECS service (this template, `{prefix}` and `{slug}` filled in) in this cluster at once; empty:
+# no ECS (the metric alone, which the local stack's pools follow).
+SCALING_ECS_CLUSTER = os.environ.get("SDSAAS_SCALING_ECS_CLUSTER", "")
+SCALING_ECS_SERVICE = env_str("SDSAAS_SCALING_ECS_SERVICE", "{prefix}-gpu-{slug}")
+ECS_ENDPOINT_URL = os.environ.get("SDSAAS_ECS_ENDPOINT_URL", SQS_ENDPOINT_URL)
+
 # --- Celery over SQS ----------------------------------------------------------------------------
 
 
@@ -353,6 +374,12 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-dead-letters": {"task": TASK_SWEEP_DEAD_LETTERS, "schedule": 15.0},
     "reconcile-lost-jobs": {"task": TASK_RECONCILE_LOST, "schedule": 15.0},
     "prune-records": {"task": TASK_PRUNE_RECORDS, "schedule": 3600.0},
+    # A run that waited in the queue past a few periods is dropped: a newer one is due.
+    "publish-scaling": {
+        "task": TASK_SCALING_PUBLISH,
+        "schedule": float(SCALING_PERIOD_S),
+        "options": {"expires": 3 * SCALING_PERIOD_S},
+    },
     "dispatch-webhooks": {"task": TASK_WEBHOOKS_DISPATCH, "schedule": 5.0},
     "prune-webhook-log": {"task": TASK_WEBHOOKS_PRUNE, "schedule": 3600.0},
     "dispatch-discord-replies": {"task": TASK_DISCORD_DISPATCH, "schedule": 2.0},

@@ -29,11 +29,14 @@ def pytest_report_header() -> str:
 
 @pytest.fixture(scope="session")
 def local_aws() -> Iterator[LocalAws]:
-    """moto_server for SQS and S3; the app's broker and storage point at it for the session."""
+    """moto_server for SQS, S3, CloudWatch and ECS; the app's broker, storage and scaling
+    publisher point at it for the session."""
     aws = LocalAws()
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ[name] = "local"  # the test process signs S3 and SQS calls to moto
     settings.SQS_ENDPOINT_URL = aws.endpoint_url
+    settings.CLOUDWATCH_ENDPOINT_URL = aws.endpoint_url
+    settings.ECS_ENDPOINT_URL = aws.endpoint_url
     settings.STORAGES["default"]["OPTIONS"]["endpoint_url"] = aws.endpoint_url
     # A storage built before this point kept the old endpoint: have Django build it anew.
     setting_changed.send(sender=None, setting="STORAGES", value=settings.STORAGES, enter=True)

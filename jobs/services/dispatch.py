@@ -26,6 +26,7 @@ from django.utils import timezone
 from jobs import selectors
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.common import lock_tenant
+from jobs.services.scaling import pools_wake
 from sdsaas.background import BackgroundBatches
 from sdsaas.broker.batch import MAX_ENTRIES, collecting, send_collected
 from sdsaas.broker.sqs import (
@@ -185,6 +186,7 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
             destination = (model_queue_name(job.model.slug), job.model.slug)
         by_queue.setdefault(destination, []).append((job, task, kwargs))
     sent = 0
+    to_wake: set[int] = set()
     with publisher_pool().acquire(block=True, timeout=30) as connection:
         for (queue, model_slug), items in by_queue.items():
             for start in range(0, len(items), MAX_ENTRIES):
@@ -195,8 +197,15 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
                     connection=connection,
                 )
                 if published is None:
-                    return sent  # the broker is down for the rest too
+                    break  # the broker is down for the rest too
                 sent += published
+                if published and model_slug is not None:
+                    to_wake.add(items[0][0].model_id)
+            else:
+                continue
+            break
+    if to_wake:  # scale from zero: a model's first job in a while does not wait for the beat
+        pools_wake(model_ids=to_wake)
     return sent
 
 

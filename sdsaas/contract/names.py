@@ -15,6 +15,8 @@ TASK_SWEEP_DEAD_LETTERS = "control.sweep_dead_letters"
 # Admitted jobs whose queue message is gone: sent again (fenced by attempt) or failed.
 TASK_RECONCILE_LOST = "control.reconcile_lost_jobs"
 TASK_FETCH_INPUT_IMAGE = "control.fetch_input_image"
+# Scaling: each model's pool size by the policy (jobs/scaling.py), published as metrics.
+TASK_SCALING_PUBLISH = "control.scaling_publish"
 # Retention: rate-limit windows of past minutes, idempotency records past their TTL.
 TASK_PRUNE_RECORDS = "control.prune_records"
 # Webhooks: due messages to the webhooks queue (on the scheduler), and one attempt of one message

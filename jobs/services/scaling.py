@@ -1,0 +1,240 @@
+"""The scaling publisher: each model's GPU pool sized by the policy (jobs/scaling.py) and
+published to CloudWatch, and scale from zero at once.
+
+Every SCALING_PERIOD_S (`pools_publish`, on the beat scheduler), per enabled model:
+
+- the backlog: its queue's visible (and delayed) and in-flight messages (SQS attributes) and its
+  admitted jobs not yet published (the database);
+- seconds per job: the median run (started -> completed) of its last 50 succeeded jobs;
+- the pool: `ScalingPolicy.next_pool`, kept in `WorkerPool` between runs;
+- CloudWatch, namespace SCALING_METRIC_NAMESPACE, dimensions Deployment (the queue prefix) and
+  Model, high resolution (1 s): `DesiredWorkers` (the pool's size), `WorkersNeeded` (the
+  formula, without the keep-alive), and the raw inputs `VisibleMessages`, `InFlightMessages`,
+  `UnpublishedJobs`, `SecondsPerJob`, `TargetBacklogPerWorker`. ECS service auto scaling acts on
+  `DesiredWorkers` (deploy/terraform/); the local stack's pools follow it too (sdsaas/devstack.py).
+
+Scale from zero does not wait for the next run: when jobs are published for a model whose pool
+is empty (`pools_wake`, called by the publisher after SQS took them), the pool becomes one
+worker, `DesiredWorkers` 1 is published at once and, on ECS, the model's service's desired count
+is raised to 1 (UpdateService). Best effort: a failure is logged, and the next run publishes the
+pool again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from jobs.models import DiffusionModel, Job, WorkerPool
+from jobs.scaling import Backlog, PoolState, ScalingPolicy, seconds_per_job
+from sdsaas.broker.sqs import model_queue_name, queue_depth
+
+logger = logging.getLogger(__name__)
+
+RECENT_JOBS = 50
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    """What one run decided for a model's pool."""
+
+    model: str
+    backlog: Backlog
+    seconds_per_job: float
+    target_backlog_per_worker: float
+    needed: int
+    workers: int  # the pool's size, keep-alive included
+
+
+def scaling_policy() -> ScalingPolicy:
+    return ScalingPolicy(
+        acceptable_wait_s=settings.SCALING_ACCEPTABLE_WAIT_S,
+        default_seconds_per_job=settings.SCALING_DEFAULT_SECONDS_PER_JOB,
+        keep_alive_s=settings.SCALING_KEEP_ALIVE_S,
+        max_workers=settings.SCALING_MAX_WORKERS,
+    )
+
+
+def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
+    """Size every enabled model's pool and publish the metrics (one PutMetricData per 20
+    models). A model whose queue SQS cannot tell about now is left for the next run."""
+    now = now or timezone.now()
+    policy = scaling_policy()
+    unpublished = dict(
+        Job.objects.filter(status=Job.Status.STARTING, published_at__isnull=True)
+        .values_list("model_id")
+        .annotate(n=Count("id"))
+    )
+    reports = []
+    for model in DiffusionModel.objects.filter(enabled=True).order_by("slug"):
+        try:
+            depth = queue_depth(model_queue_name(model.slug))
+        except Exception as exc:
+            logger.warning("scaling: the queue of %s could not be read: %s", model.slug, exc)
+            continue
+        backlog = Backlog(
+            visible=(depth.visible + depth.delayed) if depth else 0,
+            in_flight=depth.in_flight if depth else 0,
+            unpublished=unpublished.get(model.pk, 0),
+        )
+        per_job = seconds_per_job(_recent_runs(model), default=policy.default_seconds_per_job)
+        needed = policy.workers_needed(backlog, seconds_per_job=per_job)
+        workers = _pool_next(model, policy, needed=needed, now=now)
+        reports.append(
+            PoolReport(
+                model.slug,
+                backlog,
+                per_job,
+                policy.target_backlog_per_worker(per_job),
+                needed,
+                workers,
+            )
+        )
+    _put_metrics([datum for report in reports for datum in _metric_data(report, now)])
+    return reports
+
+
+def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
+    """Scale from zero: the pools of these models that were empty get one worker now. Their
+    slugs. Called after a publish; never raises (the next `pools_publish` sizes them anyway)."""
+    now = timezone.now()
+    hold = now + dt.timedelta(seconds=settings.SCALING_KEEP_ALIVE_S)
+    woken: list[str] = []
+    try:
+        for model_id in set(model_ids):
+            # One statement while the pool has workers, the common case.
+            wakes = WorkerPool.objects.filter(model_id=model_id, workers=0).update(
+                workers=1, hold_until=hold
+            )
+            if not wakes:
+                _, wakes = WorkerPool.objects.get_or_create(
+                    model_id=model_id, defaults={"workers": 1, "hold_until": hold}
+                )
+            if wakes:
+                woken.append(DiffusionModel.objects.get(pk=model_id).slug)
+        if woken:
+            _put_metrics([_datum("DesiredWorkers", slug, 1, now) for slug in woken])
+            for slug in woken:
+                _ecs_raise_desired_count(slug, 1)
+            logger.info("scaling: woke the empty pools of %s", ", ".join(woken))
+    except Exception as exc:
+        logger.warning("scaling: could not wake the pools of %s now: %s", woken or "", exc)
+    return woken
+
+
+def _recent_runs(model: DiffusionModel) -> list[float]:
+    runs = (
+        Job.objects.filter(
+            model=model,
+            status=Job.Status.SUCCEEDED,
+            completed_at__isnull=False,
+            started_at__isnull=False,
+        )
+        .order_by("-completed_at")
+        .values_list("started_at", "completed_at")[:RECENT_JOBS]
+    )
+    return [(done - started).total_seconds() for started, done in runs if started and done]
+
+
+def _pool_next(
+    model: DiffusionModel, policy: ScalingPolicy, *, needed: int, now: dt.datetime
+) -> int:
+    with transaction.atomic():
+        WorkerPool.objects.get_or_create(model=model)
+        pool = WorkerPool.objects.select_for_update().get(model=model)
+        state = PoolState(
+            workers=pool.workers,
+            hold_until=((pool.hold_until or EPOCH) - EPOCH).total_seconds(),
+        )
+        state = policy.next_pool(state, needed=needed, now=(now - EPOCH).total_seconds())
+        pool.workers = state.workers
+        pool.hold_until = EPOCH + dt.timedelta(seconds=state.hold_until)
+        pool.save(update_fields=["workers", "hold_until", "updated_at"])
+    return state.workers
+
+
+def _metric_data(report: PoolReport, now: dt.datetime) -> list[dict[str, Any]]:
+    figures = {
+        "DesiredWorkers": report.workers,
+        "WorkersNeeded": report.needed,
+        "VisibleMessages": report.backlog.visible,
+        "InFlightMessages": report.backlog.in_flight,
+        "UnpublishedJobs": report.backlog.unpublished,
+        "SecondsPerJob": report.seconds_per_job,
+        "TargetBacklogPerWorker": report.target_backlog_per_worker,
+    }
+    return [_datum(name, report.model, value, now) for name, value in figures.items()]
+
+
+def _datum(name: str, slug: str, value: float, now: dt.datetime) -> dict[str, Any]:
+    unit = "Seconds" if name == "SecondsPerJob" else "Count"
+    return {
+        "MetricName": name,
+        "Dimensions": [
+            {"Name": "Deployment", "Value": settings.SQS_QUEUE_PREFIX},
+            {"Name": "Model", "Value": slug},
+        ],
+        "Timestamp": now,
+        "Value": float(value),
+        "Unit": unit,
+        "StorageResolution": 1,
+    }
+
+
+def _put_metrics(data: list[dict[str, Any]]) -> None:
+    for start in range(0, len(data), 1000):  # PutMetricData's bound per call
+        cloudwatch_client().put_metric_data(
+            Namespace=settings.SCALING_METRIC_NAMESPACE, MetricData=data[start : start + 1000]
+        )
+
+
+def _ecs_raise_desired_count(slug: str, workers: int) -> None:
+    """Raise (never lower: scale-in is auto scaling's) the model's ECS service's desired count."""
+    if not settings.SCALING_ECS_CLUSTER:
+        return
+    service = settings.SCALING_ECS_SERVICE.format(prefix=settings.SQS_QUEUE_PREFIX, slug=slug)
+    ecs = ecs_client()
+    [current] = ecs.describe_services(cluster=settings.SCALING_ECS_CLUSTER, services=[service])[
+        "services"
+    ]
+    if current["desiredCount"] < workers:
+        ecs.update_service(
+            cluster=settings.SCALING_ECS_CLUSTER, service=service, desiredCount=workers
+        )
+
+
+def cloudwatch_client() -> Any:
+    """One per process (boto3's clients cost milliseconds to make), short timeouts."""
+    return _cloudwatch(settings.AWS_REGION, settings.CLOUDWATCH_ENDPOINT_URL or None, os.getpid())
+
+
+def ecs_client() -> Any:
+    return _ecs(settings.AWS_REGION, settings.ECS_ENDPOINT_URL or None, os.getpid())
+
+
+CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2})
+
+
+@functools.cache
+def _cloudwatch(region: str, endpoint_url: str | None, pid: int) -> Any:
+    return boto3.client(
+        "cloudwatch", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG
+    )
+
+
+@functools.cache
+def _ecs(region: str, endpoint_url: str | None, pid: int) -> Any:
+    return boto3.client("ecs", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG)

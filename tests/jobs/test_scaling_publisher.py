@@ -1,0 +1,195 @@
+"""The scaling publisher (jobs/services/scaling.py) against the local AWS-compatible server:
+each model's pool from its queue, its unpublished jobs and its measured job time, kept between
+runs, published to CloudWatch (read back here); and scale from zero when a job is published."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from jobs.models import DiffusionModel, Job, WorkerPool
+from jobs.services.dispatch import jobs_publish
+from jobs.services.scaling import pools_publish, pools_wake
+from jobs.tasks import scaling_publish
+from sdsaas.broker.sqs import ensure_model_queue
+from tests.support.aws import LocalAws
+from tests.support.factories import DiffusionModelFactory, JobFactory, TenantFactory
+
+pytestmark = [pytest.mark.usefixtures("local_aws"), pytest.mark.django_db(transaction=True)]
+
+# The runs' clock: the metrics are stamped with it, and read back around it.
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _policy(settings: Any) -> None:
+    settings.SCALING_ACCEPTABLE_WAIT_S = 40
+    settings.SCALING_KEEP_ALIVE_S = 60
+    settings.SCALING_MAX_WORKERS = 20
+    settings.SCALING_DEFAULT_SECONDS_PER_JOB = 5
+    settings.SCALING_METRIC_NAMESPACE = f"sdsaas-test/{settings.SQS_QUEUE_PREFIX}"
+
+
+def queue_messages(aws: LocalAws, slug: str, *, visible: int, in_flight: int) -> None:
+    sqs, url = aws.client("sqs"), ensure_model_queue(slug)
+    for n in range(visible + in_flight):
+        sqs.send_message(QueueUrl=url, MessageBody=f"job {n}")
+    taken = 0
+    while taken < in_flight:  # received and held: a worker runs them
+        batch = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=min(10, in_flight - taken), VisibilityTimeout=300
+        )["Messages"]
+        taken += len(batch)
+
+
+def ran_jobs(model: DiffusionModel, seconds: list[float]) -> None:
+    for run_s in seconds:
+        JobFactory(
+            model=model,
+            status=Job.Status.SUCCEEDED,
+            started_at=NOW - dt.timedelta(seconds=run_s),
+            completed_at=NOW,
+        )
+
+
+def metric(aws: LocalAws, name: str, slug: str) -> list[float]:
+    """The values of one metric of a model, read back from CloudWatch (1 s periods, in order)."""
+    dimensions = [
+        {"Name": "Deployment", "Value": settings.SQS_QUEUE_PREFIX},
+        {"Name": "Model", "Value": slug},
+    ]
+    result = aws.client("cloudwatch").get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": "m",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": settings.SCALING_METRIC_NAMESPACE,
+                        "MetricName": name,
+                        "Dimensions": dimensions,
+                    },
+                    "Period": 1,
+                    "Stat": "Maximum",
+                },
+            }
+        ],
+        StartTime=NOW - dt.timedelta(minutes=5),
+        EndTime=NOW + dt.timedelta(minutes=15),
+        ScanBy="TimestampAscending",
+    )
+    return list(result["MetricDataResults"][0]["Values"])
+
+
+def test_the_pool_counts_visible_in_flight_and_unpublished_jobs_at_the_measured_job_time(
+    local_aws: LocalAws,
+) -> None:
+    # given a model whose last jobs ran 3.5-4.5 s (median 4 s: 10 jobs a worker in 40 s)
+    model = DiffusionModelFactory(slug="sd15")
+    ran_jobs(model, [3.5, 4.0, 4.0, 4.5, 30.0])  # one cold run does not move the median
+    # and 25 messages waiting, 5 being run, 3 admitted jobs not yet published
+    queue_messages(local_aws, "sd15", visible=25, in_flight=5)
+    for _ in range(3):
+        JobFactory(model=model, status=Job.Status.STARTING, published_at=None)
+    # when the publisher runs
+    [report] = pools_publish(now=NOW)
+    # then the pool needs ceil(33 / 10) = 4 workers, and says why
+    assert (report.backlog.visible, report.backlog.in_flight, report.backlog.unpublished) == (
+        25,
+        5,
+        3,
+    )
+    assert (report.seconds_per_job, report.target_backlog_per_worker) == (4.0, 10.0)
+    assert (report.needed, report.workers) == (4, 4)
+    assert WorkerPool.objects.get(model=model).workers == 4
+    # and CloudWatch has the figure and its raw inputs, per model
+    assert metric(local_aws, "DesiredWorkers", "sd15") == [4.0]
+    assert metric(local_aws, "WorkersNeeded", "sd15") == [4.0]
+    assert metric(local_aws, "VisibleMessages", "sd15") == [25.0]
+    assert metric(local_aws, "InFlightMessages", "sd15") == [5.0]
+    assert metric(local_aws, "UnpublishedJobs", "sd15") == [3.0]
+    assert metric(local_aws, "SecondsPerJob", "sd15") == [4.0]
+    assert metric(local_aws, "TargetBacklogPerWorker", "sd15") == [10.0]
+
+
+def test_in_flight_messages_alone_keep_their_workers(local_aws: LocalAws) -> None:
+    model = DiffusionModelFactory(slug="sd15")
+    queue_messages(local_aws, "sd15", visible=0, in_flight=12)
+    [report] = pools_publish(now=NOW)
+    # 12 jobs being run at the default 5 s a job (8 per worker in 40 s): 2 workers, not zero
+    assert (report.needed, report.workers) == (2, 2)
+    assert WorkerPool.objects.get(model=model).workers == 2
+
+
+def test_a_pool_without_work_keeps_its_workers_for_the_keep_alive_then_goes_to_zero(
+    local_aws: LocalAws,
+) -> None:
+    # given a pool of 3 sized at NOW
+    model = DiffusionModelFactory(slug="sd15")
+    queue_messages(local_aws, "sd15", visible=15, in_flight=0)
+    assert pools_publish(now=NOW)[0].workers == 2
+    WorkerPool.objects.filter(model=model).update(workers=3)
+    pools_publish(now=NOW)
+    # when its queue empties
+    sqs = local_aws.client("sqs")
+    sqs.purge_queue(QueueUrl=ensure_model_queue("sd15"))
+    # then it keeps its size through the keep-alive, and is empty after it
+    assert pools_publish(now=NOW + dt.timedelta(seconds=59))[0].workers == 3
+    assert pools_publish(now=NOW + dt.timedelta(seconds=60))[0].workers == 0
+    assert metric(local_aws, "WorkersNeeded", "sd15")[-1] == 0
+
+
+def test_disabled_models_are_not_published_and_each_enabled_one_is(local_aws: LocalAws) -> None:
+    DiffusionModelFactory(slug="sd15")
+    DiffusionModelFactory(slug="sdxl")
+    DiffusionModelFactory(slug="old", enabled=False)
+    assert [r.model for r in pools_publish(now=NOW)] == ["sd15", "sdxl"]
+    # the beat's task runs the same
+    assert scaling_publish() == 2
+
+
+def test_a_job_published_for_an_empty_pool_wakes_it_at_once_and_raises_the_ecs_service(
+    local_aws: LocalAws, settings: Any
+) -> None:
+    # given a model whose pool is empty, served by an ECS service at desired count 0
+    model = DiffusionModelFactory(slug="sd15")
+    settings.SCALING_ECS_CLUSTER = f"{settings.SQS_QUEUE_PREFIX}-cluster"
+    service = f"{settings.SQS_QUEUE_PREFIX}-gpu-sd15"
+    ecs = local_aws.client("ecs")
+    ecs.create_cluster(clusterName=settings.SCALING_ECS_CLUSTER)
+    ecs.register_task_definition(
+        family="gpu", containerDefinitions=[{"name": "gpu", "image": "sdsaas-gpu", "memory": 512}]
+    )
+    ecs.create_service(
+        cluster=settings.SCALING_ECS_CLUSTER,
+        serviceName=service,
+        taskDefinition="gpu",
+        desiredCount=0,
+    )
+    pools_publish(now=NOW)
+    assert WorkerPool.objects.get(model=model).workers == 0
+    # when a job for it is admitted and published (the publisher after commit)
+    job = JobFactory(model=model, tenant=TenantFactory(), status=Job.Status.STARTING)
+    assert jobs_publish(job_ids=[job.pk]) == 1
+    # then, before the next run of the scaling publisher, the pool has a worker, CloudWatch
+    # says so and the service's desired count is 1
+    assert WorkerPool.objects.get(model=model).workers == 1
+    assert metric(local_aws, "DesiredWorkers", "sd15")[-1] == 1
+    [described] = ecs.describe_services(cluster=settings.SCALING_ECS_CLUSTER, services=[service])[
+        "services"
+    ]
+    assert described["desiredCount"] == 1
+    # and a pool that has workers is left alone
+    assert pools_wake(model_ids=[model.pk]) == []
+
+
+def test_waking_never_fails_the_publish(local_aws: LocalAws, settings: Any) -> None:
+    # given ECS configured with a service that does not exist
+    model = DiffusionModelFactory(slug="sd15")
+    settings.SCALING_ECS_CLUSTER = "no-such-cluster"
+    job = JobFactory(model=model, tenant=TenantFactory(), status=Job.Status.STARTING)
+    # when the job is published, then it is, and the pool is woken all the same
+    assert jobs_publish(job_ids=[job.pk]) == 1
+    assert WorkerPool.objects.get(model=model).workers == 1
