@@ -1,9 +1,11 @@
 """`make run`: the whole local stack in one command, stopped with Ctrl-C.
 
-Starts the SQS/S3-compatible server (moto_server), migrates, seeds a demo tenant and model,
-builds the tiny model if needed, then runs the API (gunicorn), the control worker, the scheduler
-and a GPU worker on the CPU (Celery), submits a demo job, saves its image to a path it prints and
-keeps serving. `--exit-after-demo` stops everything once the demo image is saved (CI).
+Starts the AWS-compatible server (moto_server: SQS, S3, CloudWatch), migrates, seeds a demo
+tenant and model, builds the tiny model if needed, then runs the API (gunicorn), the control
+worker, the scheduler and a GPU worker pool per model on the CPU (Celery; empty until a job
+arrives, back to empty after the keep-alive: sdsaas/local_pools.py), submits a demo job, saves
+its image to a path it prints and keeps serving. `--exit-after-demo` stops everything once the
+demo image is saved (CI).
 
 The demo job is submitted as the stack's own tenant (`devstack`), not with the demo key it prints:
 whatever is done with that key in one run (its rate limit or credits spent, a backlog of queued
@@ -27,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sdsaas.local_pools import LocalPools
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CELERY = [str(BIN / "celery"), "-A", "sdsaas"]
@@ -37,8 +41,11 @@ class Stack:
         self.env = env
         self.logs = logs
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.retiring: set[str] = set()
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         process = subprocess.Popen(
             argv,
@@ -50,6 +57,7 @@ class Stack:
         )
         self.processes.append((name, process))
         print(f"  started {name:<15} pid {process.pid:<7} log {self.logs / (name + '.log')}")
+        return process
 
     def manage(self, *args: str) -> str:
         done = subprocess.run(
@@ -70,9 +78,16 @@ class Stack:
             entry[1].wait()
             self.processes.remove(entry)
 
+    def retire(self, name: str) -> None:
+        """Begin a process's warm stop (SIGTERM) and expect it to end: a scaled-in worker."""
+        for process_name, process in self.processes:
+            if process_name == name and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                self.retiring.add(name)
+
     def check_alive(self) -> None:
         for name, process in self.processes:
-            if process.poll() is not None:
+            if process.poll() is not None and name not in self.retiring:
                 raise SystemExit(f"{name} exited with {process.returncode}: see its log")
 
     def stop(self) -> None:
@@ -265,11 +280,12 @@ def start_gpu_worker(
     node: str = "gpu",
     env: dict[str, str] | None = None,
     loglevel: str | None = None,
-) -> None:
-    """A GPU worker (solo pool) on the tiny model's queue; `env` adds to the stack's."""
+    model: str = "tiny",
+) -> subprocess.Popen[bytes]:
+    """A GPU worker (solo pool) on a model's queue; `env` adds to the stack's."""
     # GPU workers hold no database credentials.
     gpu_env = {k: v for k, v in {**stack.env, **(env or {})}.items() if k != "DATABASE_URL"}
-    stack.start(
+    return stack.start(
         name,
         [
             str(BIN / "celery"),
@@ -279,13 +295,41 @@ def start_gpu_worker(
             "-P",
             "solo",
             "-Q",
-            f"{queue_prefix(stack)}-model-tiny",
+            f"{queue_prefix(stack)}-model-{model}",
             "-n",
             f"{node}@%h",
             *(["--loglevel", loglevel] if loglevel else []),
         ],
         {**gpu_env, "SDSAAS_ROLE": "gpu"},
     )
+
+
+def start_pools(stack: Stack) -> LocalPools:
+    """The GPU worker pools, one per model, sized by what the scaling publisher asks for
+    (sdsaas/local_pools.py): none until a job arrives. Followed every second on a thread."""
+    import boto3
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsaas.settings")
+    from django.conf import settings
+
+    cloudwatch = boto3.client(
+        "cloudwatch",
+        endpoint_url=stack.env["SDSAAS_SQS_ENDPOINT_URL"],
+        region_name=stack.env["AWS_DEFAULT_REGION"],
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    pools = LocalPools(
+        cloudwatch,
+        namespace=settings.SCALING_METRIC_NAMESPACE,
+        deployment=queue_prefix(stack),
+        start_worker=lambda name, slug, env: start_gpu_worker(
+            stack, name=name, node=name, env=env, model=slug
+        ),
+        stop_worker=stack.retire,
+    )
+    pools.start()
+    return pools
 
 
 def start_scheduler(stack: Stack, *, schedule: Path) -> None:
@@ -342,6 +386,7 @@ def main() -> None:
     aws = f"http://127.0.0.1:{args.aws_port}"
     base = f"http://127.0.0.1:{args.api_port}"
     stack = Stack(local_env(aws=aws, base=base), logs)
+    pools: LocalPools | None = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("sdsaas local stack")
     try:
@@ -352,7 +397,7 @@ def main() -> None:
         start_control_worker(stack)
         start_sender(stack, "webhooks")
         start_sender(stack, "discord")
-        start_gpu_worker(stack)
+        pools = start_pools(stack)
         start_scheduler(stack, schedule=var / "celerybeat-schedule")
         wait_http(f"{base}/healthz", 60, stack)
         run_demo(stack, base=base, key=own_key, var=var)
@@ -367,6 +412,8 @@ def main() -> None:
         pass
     finally:
         print("\nstopping")
+        if pools is not None:
+            pools.close()
         stack.stop()
 
 
