@@ -22,12 +22,17 @@ from typing import Any
 
 from django.conf import settings
 
+from sdsaas.celery import app as celery_app
 from tests.support.aws import LocalAws
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = Path(sys.executable).parent / "celery"
 # Importing torch on a busy 2-core machine takes a while; a worker that boots is ready well within.
 BOOT_TIMEOUT_S = 120
+# The stop-grace handler's line: the worker's warm shutdown has begun.
+STOPPING = "stopping: the running job has"
+# A task no worker has, sent only to end a stopping worker's open long poll.
+WAKE = "tests.gpu_worker.boot.wake"
 WEB_PACKAGES = ("jobs", "tenants", "rest_framework", "drf_spectacular", "django.contrib.admin")
 
 
@@ -65,6 +70,13 @@ def _boot_gpu_worker(aws: LocalAws, tmp_path: Path) -> tuple[list[dict[str, Any]
             time.sleep(0.2)
         assert len(_records(out)) == 2, f"the worker did not boot twice:\n{log_path.read_text()}"
         process.send_signal(signal.SIGTERM)
+        # A stopping worker waits for the answer of its open long poll (up to wait_time_seconds,
+        # to hand back what it returns): once its stop has begun, a message ends that poll now.
+        # It is handed back, never run (tests/e2e/test_stop_mid_poll.py).
+        while STOPPING not in log_path.read_text() and process.poll() is None:
+            assert time.monotonic() < deadline, f"no stop began:\n{log_path.read_text()}"
+            time.sleep(0.1)
+        celery_app.send_task(WAKE, queue=f"{prefix}-model-tiny")
         code = process.wait(timeout=30)
     finally:
         if process.poll() is None:
@@ -97,7 +109,8 @@ def test_the_gpu_worker_boots_without_the_web_application(
     banner = re.findall(r"^\s+\. (\S+)$", log, flags=re.MULTILINE)
     assert banner == ["gpu.generate", "gpu.generate"], log
     # And its stop-grace handler ran at the SIGTERM, with the settings it reads
-    assert f"stopping: the running job has {settings.GPU_STOP_GRACE_S}s to finish" in log, log
+    assert f"{STOPPING} {settings.GPU_STOP_GRACE_S}s to finish" in log, log
+    assert "unregistered task" not in log, log
     assert "Traceback" not in log, log
 
 
