@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,10 @@ def _database_url() -> str:
     return (
         f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
     )
+
+
+# What a Celery worker prints when its warm shutdown begins (SIGTERM).
+WARM_SHUTDOWN = "worker: Warm shutdown"
 
 
 class Workers:
@@ -130,12 +134,28 @@ class Workers:
             stderr=subprocess.STDOUT,
         )
 
-    def stop(self, name: str, timeout: float = 20) -> None:
+    def stop(
+        self, name: str, timeout: float = 20, wake: Callable[[], object] | None = None
+    ) -> None:
         """A warm shutdown: what its open long poll receives is handed back. Use it when a
         later test consumes the same queue: a killed worker's open poll (up to 10 s) takes
-        messages sent meanwhile out of sight for the queue's visibility timeout."""
+        messages sent meanwhile out of sight for the queue's visibility timeout.
+
+        The stop waits for that poll's answer; `wake`, called once the stop has begun, may end
+        it at once with a message to the worker's queue (handed back, never run by it)."""
         process = self.processes.pop(name)
+        stops_before = self.log(name).count(WARM_SHUTDOWN)
         process.terminate()
+        if wake is not None:
+            wait_for(
+                lambda: (
+                    self.log(name).count(WARM_SHUTDOWN) > stops_before or process.poll() is not None
+                ),
+                timeout,
+                f"{name}'s warm shutdown to begin",
+                interval=0.05,
+            )
+            wake()
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

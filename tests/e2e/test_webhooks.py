@@ -11,7 +11,8 @@ import pytest
 
 from integrations.webhooks.models import WebhookMessage
 from integrations.webhooks.services.endpoints import endpoint_create, endpoint_send_test
-from tests.e2e.conftest import Workers, finished, wait_for
+from integrations.webhooks.tasks import deliver
+from tests.e2e.conftest import E2E_PREFIX, Workers, finished, wait_for
 from tests.support.factories import PlanFactory, TenantFactory
 from tests.support.webhook_receiver import Receiver
 
@@ -36,7 +37,7 @@ def test_a_job_run_by_the_workers_reaches_a_verifying_receiver(  # type: ignore[
         finished(client, job["id"])
         wait_for(lambda: len(receiver.unique()) == 2, 60, "two verified deliveries")
     finally:
-        workers.stop("webhooks-e2e")  # the next test sends on the same queue
+        workers.stop("webhooks-e2e", wake=wake_sender)  # the next test sends on the same queue
     # then the receiver verified one job.started and one job.succeeded for it
     events = sorted((r.payload["type"], r.payload["data"]["id"]) for r in receiver.unique())
     assert events == [("job.started", job["id"]), ("job.succeeded", job["id"])]
@@ -82,7 +83,10 @@ def test_a_dead_endpoint_of_one_tenant_does_not_delay_another_tenants_deliveries
             # then B's next event arrives about as fast as with nothing else in flight
             contended = time_to_receive(tenant_b, live_endpoint.public_id, receiver)
         finally:
-            workers.stop("webhooks-fair")
+            # The warm stop waits for A's sends: closed, the endpoint resets them at once (each
+            # then ends as a retry, as at its 15 s timeout) instead of hanging out that timeout.
+            dead.close()
+            workers.stop("webhooks-fair", wake=wake_sender)
     print(f"B's delivery: {baseline:.2f} s alone, {contended:.2f} s beside A's dead endpoint")
     assert contended < max(3 * baseline, 3.0)  # a head-of-line block would cost A's 15 s timeout
     # and A never had more than its share in flight
@@ -90,6 +94,12 @@ def test_a_dead_endpoint_of_one_tenant_does_not_delay_another_tenants_deliveries
         WebhookMessage.objects.filter(endpoint=dead_endpoint, status="pending").count()
         >= 10 - settings.WEBHOOK_TARGET_CONCURRENCY
     )
+
+
+def wake_sender() -> None:
+    """A delivery of no message (no row has pk 0), sent to end a stopping sender's open long
+    poll; a later sender that runs it finds nothing to send."""
+    deliver.apply_async(args=[0], queue=f"{E2E_PREFIX}-webhooks")
 
 
 def time_to_receive(tenant: Any, endpoint_id: str, receiver: Receiver) -> float:
