@@ -157,12 +157,23 @@ def test_a_worker_consumes_again_after_its_queue_was_gone_for_a_while(  # type: 
     wait_for(lambda: statuses([first]) == {first: "succeeded"}, 120, "the first job")
     # when the queue is deleted under it (SQS answers its polls with 400 QueueDoesNotExist)
     # and comes back a few seconds later
+    gpu = f"{PREFIX}-gpu"
+    failed = f"SQS receive on {PREFIX}-model-tiny failed"
+    failures_before = partitioned_workers.log(gpu).count(failed)
     sqs = local_aws.client("sqs")
     sqs.delete_queue(QueueUrl=local_aws.queue_url(f"{PREFIX}-model-tiny"))
-    time.sleep(settings.CELERY_BROKER_TRANSPORT_OPTIONS["wait_time_seconds"] + 3)
+    # (its poll open at the delete ends within wait_time_seconds; the next one fails: gone as
+    # long as that, not a fixed while longer, and then through a few retries of a second)
+    wait_s = settings.CELERY_BROKER_TRANSPORT_OPTIONS["wait_time_seconds"]
+    wait_for(
+        lambda: partitioned_workers.log(gpu).count(failed) > failures_before,
+        wait_s + 5,
+        "the worker's poll to fail on the deleted queue",
+    )
+    time.sleep(2)
     _ensure_queue.cache_clear()
     ensure_model_queue("tiny")
     # then a job sent to it is consumed: the worker kept polling through the errors
     second = client.post("/v1/jobs", body, format="json").json()["id"]
     wait_for(lambda: statuses([second])[second] in FINAL, 60, "the second job")
-    assert statuses([second]) == {second: "succeeded"}, partitioned_workers.log(f"{PREFIX}-gpu")
+    assert statuses([second]) == {second: "succeeded"}, partitioned_workers.log(gpu)
