@@ -25,6 +25,7 @@ from gpu_worker.protection import scale_in_protection
 from gpu_worker.retry import is_transient
 from gpu_worker.runner import batch_key, run_jobs, time_limit_s, timeout_message
 from gpu_worker.watchdog import STOP, Reason
+from sdsaas import logs
 from sdsaas.broker.sqs import model_queue_name, sqs_client
 from sdsaas.broker.transport import Channel, Taken
 from sdsaas.contract import (
@@ -158,6 +159,7 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
     message = JobMessage.from_wire(job)
     delivery_info = self.request.delivery_info
     attempt = attempt_of(message, delivery_info)
+    logs.bind(attempt=attempt)
     logger.info("job %s attempt %s (contract v%s)", message.job_id, attempt, message.v)
     delivered = Member(message, attempt, delivery_info)
     batch: list[Member] = []

@@ -121,7 +121,7 @@ SECURE_PROXY_SSL_HEADER = (
 )
 SECURE_SSL_REDIRECT = env_bool("SDSAAS_SSL_REDIRECT", not DEBUG)
 # The load balancer's health check reaches gunicorn over plain http, with no forwarded header.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 # The API host serves nothing but https. The preload directive has no effect until the apex
 # domain is submitted to the browsers' preload list, which is the domain owner's decision.
 SECURE_HSTS_SECONDS = env_int("SDSAAS_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
@@ -152,6 +152,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "sdsaas.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -496,11 +497,27 @@ IMAGE_FETCH_ALLOW_HOSTS = frozenset(
 IMAGE_FETCH_CA_FILE = os.environ.get("SDSAAS_IMAGE_FETCH_CA_FILE") or None
 IMAGE_FETCH_TIMEOUT_S = env_int("SDSAAS_IMAGE_FETCH_TIMEOUT_S", 15, minimum=1)
 
+# `json`: one object per line with the job's and tenant's ids (sdsaas/logs.py); `plain`: a line
+# for people. Celery's workers keep their own handler only for `plain`.
+LOG_FORMAT = env_str("SDSAAS_LOG_FORMAT", "plain" if DEBUG else "json")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured("SDSAAS_LOG_FORMAT must be plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "sdsaas.logs.JsonFormatter"},
+    },
+    "filters": {"context": {"()": "sdsaas.logs.ContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("SDSAAS_LOG_LEVEL", "INFO")},
     "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "plain"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from sdsaas import logs
 from tenants.models import ApiKey, Tenant
 from tenants.services import api_key_authenticate
 
@@ -36,6 +37,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key = api_key_authenticate(plaintext=token.strip())
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid, revoked or suspended API key.")
+        logs.bind(tenant_id=key.tenant_id)
         return TenantPrincipal(tenant=key.tenant), key
 
     def authenticate_header(self, request: Request) -> str:

@@ -5,6 +5,8 @@ instance metadata are loopback stand-ins (tests/support/aws_endpoints.py)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -34,11 +36,12 @@ def imds() -> Iterator[FakeImds]:
 def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_when_idle(
     pool: Pool, agent: FakeEcsAgent
 ) -> None:
-    # given a worker on ECS (the agent's URI in its environment), idle
+    # given a worker on ECS (the agent's URI in its environment, its logs in JSON as there), idle
     pool.start_worker(
         ECS_AGENT_URI=agent.url,
         SDSAAS_GPU_PROTECTION_IDLE_S=str(IDLE_S),
         SDSAAS_GPU_SPOT_POLL_S="0",
+        SDSAAS_LOG_FORMAT="json",
     )
     pool.wait_ready(pool.worker)
     assert agent.states() == []  # an idle worker may be scaled in
@@ -57,6 +60,14 @@ def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_whe
     [clear] = agent.recorded("PUT", FakeEcsAgent.PATH)[1:]
     assert clear.at >= ran.completed_at.timestamp()
     assert not agent.protected
+    # and its log records are JSON objects (what else it prints is Celery's start banner and
+    # Python's warnings); those of the job name it, its attempt and task
+    lines = pool.log().splitlines()
+    assert not [line for line in lines if re.match(r"\[?\d{4}-\d\d-\d\d[ T]\d\d:", line)]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    of_job = [r for r in records if r.get("job_id") == job_id]
+    assert any(r["message"] == f"job {job_id} attempt 1 (contract v2)" for r in of_job), of_job
+    assert {(r["attempt"], r["task"]) for r in of_job} == {(1, "gpu.generate")}
 
 
 def test_a_spot_notice_hands_the_running_job_back_and_another_worker_completes_it(

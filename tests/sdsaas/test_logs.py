@@ -1,0 +1,77 @@
+"""Structured logs (sdsaas/logs.py): one JSON object per record, with the context's ids."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from sdsaas import logs
+from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
+
+
+@pytest.fixture
+def lines() -> Iterator[io.StringIO]:
+    """Every record (INFO and up), as the JSON handler of the settings writes it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.ContextFilter())
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logs.clear()
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)
+    logs.clear()
+
+
+def records(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_record_is_one_json_object_with_the_ids_bound_around_it(lines: io.StringIO) -> None:
+    logger = logging.getLogger("sdsaas.test")
+    logger.info("before")
+    with logs.bound(job_id="job_1", tenant_id=7):
+        logger.warning("during %s", "it")
+    logger.info("after")
+    before, during, after = [r for r in records(lines) if r["logger"] == "sdsaas.test"]
+    assert during["message"] == "during it" and during["level"] == "WARNING"
+    assert (during["job_id"], during["tenant_id"], during["logger"]) == ("job_1", 7, "sdsaas.test")
+    assert "job_id" not in before and "job_id" not in after
+    assert str(during["time"]).endswith("+00:00")
+
+
+def test_an_exception_is_kept_whole_in_its_record(lines: io.StringIO) -> None:
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        logging.getLogger("sdsaas.test").exception("it failed")
+    [record] = [r for r in records(lines) if r["logger"] == "sdsaas.test"]
+    assert "ValueError: bad" in str(record["exc_info"])
+
+
+@pytest.mark.usefixtures("local_aws")
+@pytest.mark.django_db(transaction=True)
+def test_a_request_binds_its_tenant_and_the_next_request_starts_empty(
+    lines: io.StringIO,
+) -> None:
+    # given a tenant, and a model whose worker pool is empty
+    tenant = TenantFactory()
+    DiffusionModelFactory(slug="tiny")
+    # when its key submits a job (published within the request here: the pool is woken, logged)
+    body = {"model": "tiny", "prompt": "a fox"}
+    assert api_client_for(tenant).post("/v1/jobs", body, format="json").status_code == 202
+    # then the line logged during the request names the tenant and the task of none
+    [woke] = [r for r in records(lines) if "woke the empty pools" in str(r["message"])]
+    assert woke["tenant_id"] == tenant.pk and woke["logger"] == "jobs.services.scaling"
+    # and nothing of it outlives the request
+    logging.getLogger("sdsaas.test").info("later")
+    assert "tenant_id" not in records(lines)[-1]
