@@ -120,8 +120,6 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
 )
 SECURE_SSL_REDIRECT = env_bool("SDSAAS_SSL_REDIRECT", not DEBUG)
-# The load balancer's health check reaches gunicorn over plain http, with no forwarded header.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 # The API host serves nothing but https. The preload directive has no effect until the apex
 # domain is submitted to the browsers' preload list, which is the domain owner's decision.
 SECURE_HSTS_SECONDS = env_int("SDSAAS_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
@@ -152,6 +150,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the load balancer's checks come with the task's address as their host.
+    "sdsaas.health.HealthMiddleware",
     "sdsaas.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -1,39 +1,17 @@
-import logging
 from typing import Any
 
 from django.contrib import admin
-from django.db import DatabaseError, connection
-from django.http import HttpRequest, JsonResponse
 from django.template import engines
 from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 from rest_framework.renderers import TemplateHTMLRenderer
 
-from sdsaas.errors import error_body, json_not_found
-
-logger = logging.getLogger(__name__)
+from sdsaas.errors import json_not_found
 
 handler400 = "sdsaas.errors.json_bad_request"
 handler404 = "sdsaas.errors.json_not_found"
 handler500 = "sdsaas.errors.json_server_error"
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness for the load balancer: the process serves requests."""
-    return JsonResponse({"status": "ok"})
-
-
-def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: the process serves requests and its database answers (a deploy waits for it;
-    the load balancer's check stays on `healthz`, so a database outage does not empty it)."""
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except DatabaseError as exc:  # the reason goes to the log, not to whoever asks
-        logger.warning("not ready: the database does not answer: %s", exc)
-        return JsonResponse(error_body("not_ready", "The database does not answer."), status=503)
-    return JsonResponse({"status": "ready"})
 
 
 # drf-spectacular's Redoc page with its head replaced: the stock head links Google Fonts, and the
@@ -58,8 +36,6 @@ class RedocView(SpectacularRedocView):
 
 
 urlpatterns = [
-    path("healthz", healthz, name="healthz"),
-    path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("v1/", include("jobs.urls")),
     path("v1/webhooks/", include("integrations.webhooks.urls")),
