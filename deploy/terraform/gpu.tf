@@ -216,10 +216,10 @@ resource "aws_appautoscaling_target" "gpu" {
   max_capacity       = var.gpu_max_workers
 }
 
-# Target tracking on DesiredWorkers / running tasks with target 1: target tracking sets the
-# capacity to ceil(current x metric / target) = DesiredWorkers, so the service follows the count
-# the policy publishes (it already holds the scale-in keep-alive). Without running tasks the ratio
-# is DesiredWorkers itself; from zero the control plane's UpdateService starts the first worker.
+# The backstop of the control plane, which sets each service to DesiredWorkers every 10 s itself
+# (README: target tracking alone takes minutes each way). Target tracking on DesiredWorkers /
+# running tasks with target 1 sets the capacity to ceil(current x metric / target) =
+# DesiredWorkers: the same number. Without running tasks the ratio is DesiredWorkers itself.
 resource "aws_appautoscaling_policy" "gpu" {
   for_each           = var.model_slugs
   name               = "${var.prefix}-gpu-${each.key}-desired-workers"

@@ -13,11 +13,18 @@ Every SCALING_PERIOD_S (`pools_publish`, on the beat scheduler), per enabled mod
   `UnpublishedJobs`, `SecondsPerJob`, `TargetBacklogPerWorker`. ECS service auto scaling acts on
   `DesiredWorkers` (deploy/terraform/); the local stack's pools follow it too (sdsaas/devstack.py).
 
+On ECS (SDSAAS_SCALING_ECS_CLUSTER set) each run also sets every GPU service's desired count
+to its pool's size (UpdateService, where it differs). Application Auto Scaling's target tracking
+on the same metric (deploy/terraform/) is the backstop, not the actuator: its alarms need three
+one-minute datapoints to scale out and fifteen to scale in, which would hold workers for a
+quarter of an hour after every burst (bench/scaling_sim.py's GPU-hours are those of this
+policy applied every 10 s). ECS stops only unprotected tasks when a count drops, so a busy
+worker is never stopped.
+
 Scale from zero does not wait for the next run: when jobs are published for a model whose pool
 is empty (`pools_wake`, called by the publisher after SQS took them), the pool becomes one
 worker, `DesiredWorkers` 1 is published at once and, on ECS, the model's service's desired count
-is raised to 1 (UpdateService). Best effort: a failure is logged, and the next run publishes the
-pool again.
+is raised to 1. Best effort: a failure is logged, and the next run publishes the pool again.
 """
 
 from __future__ import annotations
@@ -69,8 +76,9 @@ def scaling_policy() -> ScalingPolicy:
 
 
 def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
-    """Size every enabled model's pool and publish the metrics (one PutMetricData per 20
-    models). A model whose queue SQS cannot tell about now is left for the next run."""
+    """Size every enabled model's pool, publish the metrics (one PutMetricData per 140 models)
+    and, on ECS, apply the sizes to the GPU services. A model whose queue SQS cannot tell about
+    now is left for the next run."""
     now = now or timezone.now()
     policy = scaling_policy()
     unpublished = dict(
@@ -104,6 +112,10 @@ def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
             )
         )
     _put_metrics([datum for report in reports for datum in _metric_data(report, now)])
+    try:
+        _ecs_apply({report.model: report.workers for report in reports})
+    except Exception as exc:  # the metrics are out; the next run applies the sizes again
+        logger.warning("scaling: the GPU services could not be resized now: %s", exc)
     return reports
 
 
@@ -127,8 +139,7 @@ def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
                 woken.append(DiffusionModel.objects.get(pk=model_id).slug)
         if woken:
             _put_metrics([_datum("DesiredWorkers", slug, 1, now) for slug in woken])
-            for slug in woken:
-                _ecs_raise_desired_count(slug, 1)
+            _ecs_apply(dict.fromkeys(woken, 1), raise_only=True)
             logger.info("scaling: woke the empty pools of %s", ", ".join(woken))
     except Exception as exc:
         logger.warning("scaling: could not wake the pools of %s now: %s", woken or "", exc)
@@ -201,19 +212,33 @@ def _put_metrics(data: list[dict[str, Any]]) -> None:
         )
 
 
-def _ecs_raise_desired_count(slug: str, workers: int) -> None:
-    """Raise (never lower: scale-in is auto scaling's) the model's ECS service's desired count."""
-    if not settings.SCALING_ECS_CLUSTER:
+def _ecs_apply(pools: dict[str, int], *, raise_only: bool = False) -> None:
+    """Set each model's ECS service's desired count to its pool's size (`raise_only`: only where
+    it is below). ECS stops only unprotected tasks when a count drops, so a busy worker is never
+    stopped (gpu_worker/protection.py). Nothing without SCALING_ECS_CLUSTER."""
+    if not settings.SCALING_ECS_CLUSTER or not pools:
         return
-    service = settings.SCALING_ECS_SERVICE.format(prefix=settings.SQS_QUEUE_PREFIX, slug=slug)
     ecs = ecs_client()
-    [current] = ecs.describe_services(cluster=settings.SCALING_ECS_CLUSTER, services=[service])[
-        "services"
-    ]
-    if current["desiredCount"] < workers:
-        ecs.update_service(
-            cluster=settings.SCALING_ECS_CLUSTER, service=service, desiredCount=workers
+    names = {
+        settings.SCALING_ECS_SERVICE.format(prefix=settings.SQS_QUEUE_PREFIX, slug=slug): workers
+        for slug, workers in pools.items()
+    }
+    listed = list(names)
+    for start in range(0, len(listed), 10):  # DescribeServices takes at most 10
+        answer = ecs.describe_services(
+            cluster=settings.SCALING_ECS_CLUSTER, services=listed[start : start + 10]
         )
+        for failure in answer.get("failures", []):
+            logger.warning("scaling: no ECS service %s: %s", failure.get("arn"), failure)
+        for service in answer["services"]:
+            wanted = names[service["serviceName"]]
+            current = service["desiredCount"]
+            if wanted > current or (wanted < current and not raise_only):
+                ecs.update_service(
+                    cluster=settings.SCALING_ECS_CLUSTER,
+                    service=service["serviceName"],
+                    desiredCount=wanted,
+                )
 
 
 def cloudwatch_client() -> Any:

@@ -150,24 +150,55 @@ def test_disabled_models_are_not_published_and_each_enabled_one_is(local_aws: Lo
     assert scaling_publish() == 2
 
 
-def test_a_job_published_for_an_empty_pool_wakes_it_at_once_and_raises_the_ecs_service(
-    local_aws: LocalAws, settings: Any
-) -> None:
-    # given a model whose pool is empty, served by an ECS service at desired count 0
-    model = DiffusionModelFactory(slug="sd15")
+def ecs_service(aws: LocalAws, settings: Any, slug: str) -> Any:
+    """A cluster and the model's GPU service, at desired count 0; the ECS client."""
     settings.SCALING_ECS_CLUSTER = f"{settings.SQS_QUEUE_PREFIX}-cluster"
-    service = f"{settings.SQS_QUEUE_PREFIX}-gpu-sd15"
-    ecs = local_aws.client("ecs")
+    ecs = aws.client("ecs")
     ecs.create_cluster(clusterName=settings.SCALING_ECS_CLUSTER)
     ecs.register_task_definition(
         family="gpu", containerDefinitions=[{"name": "gpu", "image": "sdsaas-gpu", "memory": 512}]
     )
     ecs.create_service(
         cluster=settings.SCALING_ECS_CLUSTER,
-        serviceName=service,
+        serviceName=f"{settings.SQS_QUEUE_PREFIX}-gpu-{slug}",
         taskDefinition="gpu",
         desiredCount=0,
     )
+    return ecs
+
+
+def desired_count(ecs: Any, settings: Any, slug: str) -> int:
+    [service] = ecs.describe_services(
+        cluster=settings.SCALING_ECS_CLUSTER,
+        services=[f"{settings.SQS_QUEUE_PREFIX}-gpu-{slug}"],
+    )["services"]
+    return int(service["desiredCount"])
+
+
+def test_on_ecs_each_run_applies_the_pool_to_the_gpu_service_up_and_down(
+    local_aws: LocalAws, settings: Any
+) -> None:
+    # given a model's GPU service at 0, and 25 jobs waiting
+    DiffusionModelFactory(slug="sd15")
+    ecs = ecs_service(local_aws, settings, "sd15")
+    queue_messages(local_aws, "sd15", visible=25, in_flight=0)
+    # when the publisher runs, then the service is set to the pool's size (25 jobs / 8 a worker)
+    assert pools_publish(now=NOW)[0].workers == 4
+    assert desired_count(ecs, settings, "sd15") == 4
+    # and once the queue is empty past the keep-alive, back to zero
+    local_aws.client("sqs").purge_queue(QueueUrl=ensure_model_queue("sd15"))
+    pools_publish(now=NOW + dt.timedelta(seconds=30))
+    assert desired_count(ecs, settings, "sd15") == 4
+    pools_publish(now=NOW + dt.timedelta(seconds=61))
+    assert desired_count(ecs, settings, "sd15") == 0
+
+
+def test_a_job_published_for_an_empty_pool_wakes_it_at_once_and_raises_the_ecs_service(
+    local_aws: LocalAws, settings: Any
+) -> None:
+    # given a model whose pool is empty, served by an ECS service at desired count 0
+    model = DiffusionModelFactory(slug="sd15")
+    ecs = ecs_service(local_aws, settings, "sd15")
     pools_publish(now=NOW)
     assert WorkerPool.objects.get(model=model).workers == 0
     # when a job for it is admitted and published (the publisher after commit)
@@ -177,10 +208,7 @@ def test_a_job_published_for_an_empty_pool_wakes_it_at_once_and_raises_the_ecs_s
     # says so and the service's desired count is 1
     assert WorkerPool.objects.get(model=model).workers == 1
     assert metric(local_aws, "DesiredWorkers", "sd15")[-1] == 1
-    [described] = ecs.describe_services(cluster=settings.SCALING_ECS_CLUSTER, services=[service])[
-        "services"
-    ]
-    assert described["desiredCount"] == 1
+    assert desired_count(ecs, settings, "sd15") == 1
     # and a pool that has workers is left alone
     assert pools_wake(model_ids=[model.pk]) == []
 
