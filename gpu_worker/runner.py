@@ -31,6 +31,7 @@ from gpu_worker.events import send_event
 from gpu_worker.loading import load_model, local_loras
 from gpu_worker.retry import retry_through_outage
 from gpu_worker.watchdog import STOP, JobWatchdog, Reason, canceled
+from sdsaas import telemetry
 from sdsaas.contract import (
     Event,
     FailureCode,
@@ -92,7 +93,16 @@ class JobRun:
     timings: dict[str, float] = field(default_factory=dict)
 
     def timed(self, name: str, started: float) -> None:
-        self.timings[name] = round(time.monotonic() - started, 3)
+        """Keep a step's seconds for the job's metrics, and record it in the job's trace."""
+        seconds = time.monotonic() - started
+        self.timings[name] = round(seconds, 3)
+        telemetry.record(
+            f"job.{name}",
+            parent=self.message.trace_parent,
+            started_s_ago=seconds,
+            job_id=self.message.job_id,
+            attempt=self.attempt,
+        )
 
 
 def batch_key(message: JobMessage) -> tuple[Any, ...] | None:
@@ -199,6 +209,14 @@ def _run_live(
     queue_s = [
         (now - dt.datetime.fromisoformat(run.message.created_at)).total_seconds() for run in batch
     ]
+    for run, waited in zip(batch, queue_s, strict=True):
+        telemetry.record(
+            "job.queue_wait",
+            parent=run.message.trace_parent,
+            started_s_ago=waited,
+            job_id=run.message.job_id,
+            attempt=run.attempt,
+        )
     checks = [cancel_check(run) for run in batch]
     watchdog = JobWatchdog(
         time_limit_s=min(

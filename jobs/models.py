@@ -161,6 +161,8 @@ class Job(models.Model):
     metrics = models.JSONField(default=dict)
     credits_reserved = models.PositiveIntegerField(default=0)
     credit_month = models.DateField()
+    # The W3C traceparent of the request that submitted the job: its later work joins that trace.
+    trace_parent = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     admitted_at = models.DateTimeField(null=True, blank=True)
     published_at = models.DateTimeField(null=True, blank=True)

@@ -521,3 +521,7 @@ LOGGING = {
     "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "plain"
+# Traces (sdsaas/telemetry.py): `none`, `otlp` (to OTEL_EXPORTER_OTLP_ENDPOINT) or `file:<path>`.
+OTEL_EXPORTER = env_str("SDSAAS_OTEL_EXPORTER", "none")
+if OTEL_EXPORTER not in {"none", "otlp"} and not OTEL_EXPORTER.startswith("file:"):
+    raise ImproperlyConfigured("SDSAAS_OTEL_EXPORTER must be none, otlp or file:<path>")

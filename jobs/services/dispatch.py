@@ -158,6 +158,7 @@ def job_message(*, job: Job) -> JobMessage:
         output_prefix=job_output_prefix(job.tenant_id, job.public_id),
         created_at=job.created_at.isoformat(),
         time_limit_s=job_time_limit_s(model=model, params=params),
+        trace_parent=job.trace_parent,
     )
 
 

@@ -31,6 +31,7 @@ from jobs.models import (
 from jobs.services.common import lock_tenant
 from jobs.services.dispatch import jobs_admit
 from jobs.services.idempotency import idempotent_create, request_fingerprint
+from sdsaas import telemetry
 from sdsaas.contract import (
     DEFAULT_OUTPUT_FORMAT,
     DEFAULT_STRENGTH,
@@ -195,6 +196,13 @@ def job_submit(
     rate_limit_hit(tenant=tenant)
 
     def create() -> Job:
+        # The job's trace begins here: its later work, in any process, joins it (trace_parent).
+        with telemetry.span("job.submit", tenant_id=tenant.pk) as span:
+            job = create_job()
+            span.set_attribute("job_id", job.public_id)
+        return job
+
+    def create_job() -> Job:
         # Reads and the job's own row first; the tenant's lock, which serialises its submits and
         # admissions, is taken last, for the credits and the admission, and held to the commit.
         resolved = job_resolve_input(tenant=tenant, data=data)
@@ -213,6 +221,7 @@ def job_submit(
             credits_reserved=amount,
             credit_month=month_of(now),
             origin=origin or {},
+            trace_parent=telemetry.traceparent(),
         )
         lock_tenant(tenant)
         credits_reserve(tenant=tenant, amount=amount, now=now)

@@ -90,6 +90,8 @@ class JobMessage:
     # it to its own ceiling (None: only the ceiling).
     time_limit_s: float | None = None
     init_image_key: str = ""  # img2img: the input image's key in the bucket
+    # The W3C traceparent of the job's trace (sdsaas/telemetry.py); empty: not traced.
+    trace_parent: str = ""
     v: int = CONTRACT_VERSION
 
     @classmethod

@@ -31,6 +31,7 @@ from integrations.webhooks.secrets import secret_decrypt
 from integrations.webhooks.services.dispatch import MAX_ATTEMPTS, next_due
 from integrations.webhooks.services.endpoints import job_secret
 from jobs.serializers import JobSerializer
+from sdsaas import telemetry
 from sdsaas.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -94,20 +95,29 @@ def message_deliver(*, message_pk: int, now: dt.datetime | None = None) -> str:
     body = message_body(message)
     headers = signed_headers(message, body, secrets)
     url = endpoint.url if endpoint is not None else message.job_url
-    try:
-        sent: Sent | None = post(
-            url,
-            body=body,
-            headers=headers,
-            max_response_bytes=RESPONSE_EXCERPT_BYTES,
-            allow_http_hosts=settings.WEBHOOK_ALLOW_HOSTS,
-            ca_file=settings.WEBHOOK_CA_FILE,
-            connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT_S,
-            timeout=settings.WEBHOOK_TIMEOUT_S,
-        )
-        error = ""
-    except FetchError as exc:
-        sent, error = None, exc.message[:256]
+    # A job's message is part of the job's trace (sdsaas/telemetry.py).
+    trace_parent = message.job.trace_parent if message.job is not None else ""
+    with telemetry.span(
+        "webhook.deliver",
+        parent=trace_parent,
+        event=message.event_type,
+        tenant_id=message.tenant_id,
+    ) as span:
+        try:
+            sent: Sent | None = post(
+                url,
+                body=body,
+                headers=headers,
+                max_response_bytes=RESPONSE_EXCERPT_BYTES,
+                allow_http_hosts=settings.WEBHOOK_ALLOW_HOSTS,
+                ca_file=settings.WEBHOOK_CA_FILE,
+                connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT_S,
+                timeout=settings.WEBHOOK_TIMEOUT_S,
+            )
+            error = ""
+        except FetchError as exc:
+            sent, error = None, exc.message[:256]
+        span.set_attribute("outcome", error or f"http {sent.status}" if sent else error)
     return _record(message, sent, error, started=started, now=now)
 
 
