@@ -271,6 +271,11 @@ class PipelineCache:
     def __contains__(self, key: str) -> bool:
         return key in self._items
 
+    def bytes_held(self) -> int:
+        """The weights' bytes of the pipelines held."""
+        with self._lock:
+            return sum(size for _, size in self._items.values())
+
 
 def _img2img(pipeline: Pipeline) -> Any:
     """The image-to-image pipeline over the same modules (and LoRAs): no second copy."""

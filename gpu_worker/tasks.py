@@ -18,6 +18,7 @@ from celery.worker.request import Request
 from django.conf import settings
 from django.core.files.storage import default_storage
 
+from gpu_worker import metrics
 from gpu_worker.app import app
 from gpu_worker.events import send_event
 from gpu_worker.heartbeat import VisibilityHeartbeat
@@ -187,6 +188,7 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
         # copy would run under an attempt older than the one the job row holds, and be fenced.
         hand_back(delivery_info, after_s=RETRY_AFTER_S)
         raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
+    metrics.count(outcomes)
     for member, outcome in zip(batch, outcomes[1:], strict=True):
         settle(member, outcome)
     outcome = outcomes[0]

@@ -26,13 +26,14 @@ logging.config.dictConfig(settings.LOGGING)
 from celery.signals import worker_ready  # noqa: E402
 
 import gpu_worker.tasks  # noqa: E402, F401  (registers the task)
-from gpu_worker import spot  # noqa: E402
+from gpu_worker import metrics, spot  # noqa: E402
 from gpu_worker.app import app  # noqa: E402
 
 
 @worker_ready.connect
-def _watch_for_spot_notices(**_: object) -> None:
+def _start_watches(**_: object) -> None:
     spot.start_watch()
+    metrics.serve()
 
 
 __all__ = ["app"]

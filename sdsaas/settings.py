@@ -150,8 +150,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: the load balancer's checks come with the task's address as their host.
-    "sdsaas.health.HealthMiddleware",
+    # First: the load balancer's checks and Prometheus come with the task's address as host.
+    "sdsaas.ops.OpsMiddleware",
     "sdsaas.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -285,6 +285,8 @@ GPU_PROTECTION_IDLE_S = env_int("SDSAAS_GPU_PROTECTION_IDLE_S", 2, minimum=0)
 # seconds; 0: never. By default on under ECS, off elsewhere.
 GPU_SPOT_POLL_S = env_int("SDSAAS_GPU_SPOT_POLL_S", 5 if GPU_ECS_AGENT_URI else 0, minimum=0)
 GPU_IMDS_URL = env_str("SDSAAS_GPU_IMDS_URL", "http://169.254.169.254")
+# Prometheus metrics of a GPU worker (gpu_worker/metrics.py) on this port; 0: not served.
+GPU_METRICS_PORT = env_int("SDSAAS_GPU_METRICS_PORT", 0, minimum=0)
 # Seconds between the heartbeats that keep a running job's message invisible (each one sets it
 # invisible for another SQS_VISIBILITY_TIMEOUT).
 GPU_HEARTBEAT_S = env_int("SDSAAS_GPU_HEARTBEAT_S", max(1, SQS_VISIBILITY_TIMEOUT // 6), minimum=1)
@@ -521,6 +523,8 @@ LOGGING = {
     "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "plain"
+# `/metrics` (sdsaas/ops.py) answers only `Authorization: Bearer <this>`; empty: debug only.
+METRICS_TOKEN = os.environ.get("SDSAAS_METRICS_TOKEN", "")
 # Traces (sdsaas/telemetry.py): `none`, `otlp` (to OTEL_EXPORTER_OTLP_ENDPOINT) or `file:<path>`.
 OTEL_EXPORTER = env_str("SDSAAS_OTEL_EXPORTER", "none")
 if OTEL_EXPORTER not in {"none", "otlp"} and not OTEL_EXPORTER.startswith("file:"):

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from jobs.models import Job
 from tests.e2e.conftest import LONG_JOB, SHORT_JOB, STOP_MARGIN_S, Pool, finished, wait_for
+from tests.support.aws import free_port
 from tests.support.aws_endpoints import FakeEcsAgent, FakeImds
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
@@ -36,12 +38,15 @@ def imds() -> Iterator[FakeImds]:
 def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_when_idle(
     pool: Pool, agent: FakeEcsAgent
 ) -> None:
-    # given a worker on ECS (the agent's URI in its environment, its logs in JSON as there), idle
+    # given a worker on ECS (the agent's URI in its environment, its logs in JSON and its metrics
+    # served, as there), idle
+    metrics_port = free_port()
     pool.start_worker(
         ECS_AGENT_URI=agent.url,
         SDSAAS_GPU_PROTECTION_IDLE_S=str(IDLE_S),
         SDSAAS_GPU_SPOT_POLL_S="0",
         SDSAAS_LOG_FORMAT="json",
+        SDSAAS_GPU_METRICS_PORT=str(metrics_port),
     )
     pool.wait_ready(pool.worker)
     assert agent.states() == []  # an idle worker may be scaled in
@@ -68,6 +73,12 @@ def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_whe
     of_job = [r for r in records if r.get("job_id") == job_id]
     assert any(r["message"] == f"job {job_id} attempt 1 (contract v2)" for r in of_job), of_job
     assert {(r["attempt"], r["task"]) for r in of_job} == {(1, "gpu.generate")}
+    # and its metrics count the run and the weights it holds
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    assert 'sdsaas_worker_jobs_total{outcome="succeeded"} 1.0' in text, text
+    [held] = re.findall(r"^sdsaas_worker_pipeline_bytes (\S+)$", text, re.M)
+    assert float(held) > 0
 
 
 def test_a_spot_notice_hands_the_running_job_back_and_another_worker_completes_it(

@@ -1,0 +1,53 @@
+"""A GPU worker's Prometheus metrics, served on SDSAAS_GPU_METRICS_PORT (0: not served):
+
+- `sdsaas_worker_jobs_total{outcome}`: the runs this process ended, by how they ended;
+- `sdsaas_worker_pipeline_bytes`: the weights of the pipelines it holds in memory;
+- `sdsaas_gpu_memory_bytes{kind}`: CUDA memory `allocated` by tensors and `reserved` by torch's
+  allocator (on a CUDA device only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+from django.conf import settings
+from prometheus_client import REGISTRY, Counter, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gpu_worker.loading import CACHE
+from sdsaas.contract import RunOutcome
+
+logger = logging.getLogger(__name__)
+
+JOBS = Counter("sdsaas_worker_jobs", "Runs this worker ended, by outcome.", ["outcome"])
+
+
+def count(outcomes: list[RunOutcome]) -> None:
+    for outcome in outcomes:
+        JOBS.labels(outcome=outcome.value).inc()
+
+
+class MemoryCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "sdsaas_worker_pipeline_bytes", "Weights held in memory.", value=CACHE.bytes_held()
+        )
+        if torch.cuda.is_available():
+            memory = GaugeMetricFamily(
+                "sdsaas_gpu_memory_bytes", "CUDA memory of this process.", labels=["kind"]
+            )
+            memory.add_metric(["allocated"], torch.cuda.memory_allocated())
+            memory.add_metric(["reserved"], torch.cuda.memory_reserved())
+            yield memory
+
+
+def serve() -> None:
+    """Serve the metrics on this process's port (a thread of prometheus_client)."""
+    if settings.GPU_METRICS_PORT <= 0:
+        return
+    REGISTRY.register(MemoryCollector())
+    start_http_server(settings.GPU_METRICS_PORT)
+    logger.info("metrics on :%s/metrics", settings.GPU_METRICS_PORT)
