@@ -1,4 +1,5 @@
-"""A GPU worker's Prometheus metrics, served on SDSAAS_GPU_METRICS_PORT (0: not served):
+"""A GPU worker's Prometheus metrics, served with its other operators' endpoints on
+SDSAAS_WORKER_OPS_PORT (sdsaas/worker_ops.py):
 
 - `sdsaas_worker_jobs_total{outcome}`: the runs this process ended, by how they ended;
 - `sdsaas_worker_pipeline_bytes`: the weights of the pipelines it holds in memory;
@@ -8,19 +9,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import torch
-from django.conf import settings
-from prometheus_client import REGISTRY, Counter, start_http_server
+from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gpu_worker.loading import CACHE
 from sdsaas.contract import RunOutcome
-
-logger = logging.getLogger(__name__)
 
 JOBS = Counter("sdsaas_worker_jobs", "Runs this worker ended, by outcome.", ["outcome"])
 
@@ -44,10 +41,6 @@ class MemoryCollector(Collector):
             yield memory
 
 
-def serve() -> None:
-    """Serve the metrics on this process's port (a thread of prometheus_client)."""
-    if settings.GPU_METRICS_PORT <= 0:
-        return
+def register() -> None:
+    """Add the memory figures to this process's registry (read at each scrape)."""
     REGISTRY.register(MemoryCollector())
-    start_http_server(settings.GPU_METRICS_PORT)
-    logger.info("metrics on :%s/metrics", settings.GPU_METRICS_PORT)

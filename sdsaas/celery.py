@@ -10,13 +10,22 @@ import functools
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu.connection import ConnectionPool
+
+from sdsaas import worker_ops
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sdsaas.settings")
 
 app = Celery("sdsaas")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["jobs", "integrations.webhooks", "integrations.discord"])
+
+
+@worker_ready.connect
+def _serve_operators_endpoints(**_: object) -> None:
+    """A control or sender worker's /healthz, /readyz and /metrics (sdsaas/worker_ops.py)."""
+    worker_ops.serve()
 
 
 @functools.cache

@@ -91,15 +91,25 @@ class Stack:
                 raise SystemExit(f"{name} exited with {process.returncode}: see its log")
 
     def stop(self) -> None:
-        for _, process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, process in self.processes:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        # The local AWS server last: a worker whose SQS went away first polls it again until the
+        # deadline and SIGKILL, instead of stopping warm.
+        processes = [process for _, process in reversed(self.processes)]
+        servers = [process for name, process in self.processes if name == "moto_server"]
+        _stop([process for process in processes if process not in servers])
+        _stop(servers)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process's group, then SIGKILL what still runs 15 s later."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_http(url: str, timeout: float, stack: Stack) -> None:

@@ -285,8 +285,8 @@ GPU_PROTECTION_IDLE_S = env_int("SDSAAS_GPU_PROTECTION_IDLE_S", 2, minimum=0)
 # seconds; 0: never. By default on under ECS, off elsewhere.
 GPU_SPOT_POLL_S = env_int("SDSAAS_GPU_SPOT_POLL_S", 5 if GPU_ECS_AGENT_URI else 0, minimum=0)
 GPU_IMDS_URL = env_str("SDSAAS_GPU_IMDS_URL", "http://169.254.169.254")
-# Prometheus metrics of a GPU worker (gpu_worker/metrics.py) on this port; 0: not served.
-GPU_METRICS_PORT = env_int("SDSAAS_GPU_METRICS_PORT", 0, minimum=0)
+# A Celery worker's /healthz, /readyz and /metrics (sdsaas/worker_ops.py) on this port; 0: none.
+WORKER_OPS_PORT = env_int("SDSAAS_WORKER_OPS_PORT", 0, minimum=0)
 # Seconds between the heartbeats that keep a running job's message invisible (each one sets it
 # invisible for another SQS_VISIBILITY_TIMEOUT).
 GPU_HEARTBEAT_S = env_int("SDSAAS_GPU_HEARTBEAT_S", max(1, SQS_VISIBILITY_TIMEOUT // 6), minimum=1)
