@@ -59,6 +59,7 @@ WORKDIR /app
 USER sdsaas
 # The model cache and the compile cache: instance storage, mounted by the task definition.
 VOLUME ["/var/cache/sdsaas"]
-# A worker is alive while its process is: ECS replaces a task whose essential container ends.
+# The health check is the task definition's (deploy/terraform/gpu.tf): /healthz on
+# SDSAAS_WORKER_OPS_PORT, which the deployment chooses.
 HEALTHCHECK NONE
 CMD ["celery", "-A", "gpu_worker.worker", "worker", "-P", "solo", "--loglevel", "INFO"]

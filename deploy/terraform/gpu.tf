@@ -7,6 +7,7 @@ locals {
   # to hand it back and report (gpu_worker/watchdog.py). ECS allows 120 at most.
   gpu_stop_timeout = min(var.gpu_stop_grace_seconds + 10, 120)
   gpu_model_cache  = "/var/cache/sdsaas/models"
+  worker_ops_port  = 9100
 
   gpu_env = merge(
     local.gpu_worker_queue_env,
@@ -17,6 +18,8 @@ locals {
       SDSAAS_GPU_STOP_GRACE_S = tostring(var.gpu_stop_grace_seconds)
       SDSAAS_MODEL_CACHE_DIR  = local.gpu_model_cache
       SDSAAS_LOG_FORMAT       = "json"
+      # /healthz (the container's health check), /readyz and /metrics (sdsaas/worker_ops.py).
+      SDSAAS_WORKER_OPS_PORT = tostring(local.worker_ops_port)
     },
     var.gpu_extra_environment,
   )
@@ -166,6 +169,14 @@ resource "aws_ecs_task_definition" "gpu" {
     # No DATABASE_URL and no database secret: GPU workers report through the control queue.
     secrets     = [for name, arn in local.gpu_secrets : { name = name, valueFrom = arn }]
     stopTimeout = local.gpu_stop_timeout
+    # Alive while the worker process answers; ECS replaces a task that stops answering.
+    healthCheck = {
+      command     = ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${local.worker_ops_port}/healthz', timeout=3)"]
+      interval    = 30
+      timeout     = 5
+      retries     = 3
+      startPeriod = 120
+    }
     mountPoints = [{ sourceVolume = "model-cache", containerPath = local.gpu_model_cache }]
     logConfiguration = {
       logDriver = "awslogs"
