@@ -12,6 +12,12 @@ provider "aws" {
   region = "us-east-1"
 }
 
+variable "start_services" {
+  description = "false for the first apply: the database is migrated before the control plane starts (../../README.md)."
+  type        = bool
+  default     = true
+}
+
 module "sdsaas" {
   source = "../.."
 
@@ -25,7 +31,8 @@ module "sdsaas" {
   web_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sdsaas-web:1.0.0"
   gpu_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sdsaas-gpu:1.0.0"
 
-  alarm_email = "oncall@example.com"
+  alarm_email    = "oncall@example.com"
+  start_services = var.start_services
 }
 
 output "alb_dns_name" {
