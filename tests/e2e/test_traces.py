@@ -34,9 +34,7 @@ def test_a_job_s_trace_holds_its_submit_queue_wait_load_inference_upload_and_web
     exported = tmp_path / "spans.jsonl"
     settings.OTEL_EXPORTER = f"file:{exported}"
     pool.start_worker(SDSAAS_OTEL_EXPORTER=f"file:{exported}")
-    _, secret = endpoint_create(
-        tenant=pool.tenant, url=receiver.url(), events=["job.succeeded"]
-    )
+    _, secret = endpoint_create(tenant=pool.tenant, url=receiver.url(), events=["job.succeeded"])
     receiver.secrets.append(secret)
     pool.workers.start_sender(
         "webhooks",
