@@ -36,6 +36,8 @@ TOKEN_TTL_S = 21600
 # Kept between the end of the grace and the instance's end: the hand-back, the next attempt's
 # publish and the events of a job that stops.
 HAND_BACK_S = 20
+# A metadata service that does not answer is logged at the first failure and every this many.
+WARN_EVERY = 60
 
 
 class MetadataError(Exception):
@@ -121,12 +123,17 @@ def stop_on_notice(action: dict[str, str]) -> None:
 
 def watch(metadata: InstanceMetadata, poll_s: float, stopped: threading.Event) -> None:
     """Ask for a notice every `poll_s` until one comes (then stop the worker) or `stopped`."""
+    failures = 0
     while not stopped.wait(poll_s):
         try:
             action = metadata.spot_action()
         except MetadataError as exc:
-            logger.debug("spot notice check: %s", exc)
+            failures += 1
+            # Said once in a while: a watch that never reaches the metadata protects nothing.
+            level = logging.WARNING if failures % WARN_EVERY == 1 else logging.DEBUG
+            logger.log(level, "spot notice check failed (%d in a row): %s", failures, exc)
             continue
+        failures = 0
         if action is not None:
             stop_on_notice(action)
             return

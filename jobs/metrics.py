@@ -3,7 +3,7 @@ process keeps counters that another process would not see):
 
 - `sdsaas_queue_messages{model, state}`: each model queue's visible and in-flight messages;
 - `sdsaas_pool_workers{model}`: the size the scaling policy chose for the model's pool;
-- `sdsaas_jobs{status}`: jobs by status (queued, starting and processing are the live ones);
+- `sdsaas_jobs{status}`: jobs queued, starting and processing;
 - `sdsaas_job_failures_window{code}`: jobs failed in the last WINDOW, by `error.code`;
 - `sdsaas_job_stage_seconds{model, stage, quantile}`: the median and p95 of each stage (queue,
   load, inference, encode, upload) of the jobs that succeeded in the last WINDOW.
@@ -12,6 +12,7 @@ process keeps counters that another process would not see):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from prometheus_client.registry import Collector
 
 from jobs.models import DiffusionModel, Job, WorkerPool
 from sdsaas.broker.sqs import model_queue_name, queue_depth
+
+logger = logging.getLogger(__name__)
 
 WINDOW = dt.timedelta(minutes=15)
 STAGES = ("queue_s", "load_s", "inference_s", "encode_s", "upload_s")
@@ -40,16 +43,24 @@ class JobsCollector(Collector):
         )
         sizes = dict(WorkerPool.objects.values_list("model__slug", "workers"))
         for slug in DiffusionModel.objects.filter(enabled=True).values_list("slug", flat=True):
-            depth = queue_depth(model_queue_name(slug))
+            pools.add_metric([slug], sizes.get(slug, 0))
+            try:
+                depth = queue_depth(model_queue_name(slug))
+            except Exception as exc:  # SQS away: the other figures are still worth a scrape
+                logger.warning("metrics: the queue of %s could not be read: %s", slug, exc)
+                continue
             queues.add_metric([slug, "visible"], depth.visible + depth.delayed if depth else 0)
             queues.add_metric([slug, "in_flight"], depth.in_flight if depth else 0)
-            pools.add_metric([slug], sizes.get(slug, 0))
         yield queues
         yield pools
 
-        by_status = GaugeMetricFamily("sdsaas_jobs", "Jobs by status.", labels=["status"])
-        counts = dict(Job.objects.values_list("status").annotate(n=Count("id")))
-        for status in Job.Status.values:
+        # The live ones only: counting every job ever made would grow with the table.
+        by_status = GaugeMetricFamily("sdsaas_jobs", "Jobs waiting or running.", labels=["status"])
+        live = (Job.Status.QUEUED, *Job.IN_FLIGHT)
+        counts = dict(
+            Job.objects.filter(status__in=live).values_list("status").annotate(n=Count("id"))
+        )
+        for status in live:
             by_status.add_metric([status], counts.get(status, 0))
         yield by_status
 

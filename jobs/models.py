@@ -175,6 +175,8 @@ class Job(models.Model):
             models.Index(fields=["status", "published_at"]),
             # A model's recent run times (the scaling publisher's seconds per job).
             models.Index(fields=["model", "status", "completed_at"]),
+            # Recent failures and stage times (jobs/metrics.py).
+            models.Index(fields=["status", "completed_at"]),
         ]
 
     def __str__(self) -> str:

@@ -82,8 +82,8 @@ class Stack:
         """Begin a process's warm stop (SIGTERM) and expect it to end: a scaled-in worker."""
         for process_name, process in self.processes:
             if process_name == name and process.poll() is None:
+                self.retiring.add(name)  # first: check_alive may look while it exits
                 os.killpg(process.pid, signal.SIGTERM)
-                self.retiring.add(name)
 
     def check_alive(self) -> None:
         for name, process in self.processes:

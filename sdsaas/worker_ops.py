@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -69,15 +70,29 @@ def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> l
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 5  # a connection that sends nothing is dropped, not waited on
+
     def log_message(self, *args: Any) -> None:  # probes every few seconds: not worth a line each
         pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request: a slow scrape never holds up the health check."""
+
+    daemon_threads = True
 
 
 def serve() -> WSGIServer | None:
     """Serve on this process's port (None when off)."""
     if settings.WORKER_OPS_PORT <= 0:
         return None
-    server = make_server("0.0.0.0", settings.WORKER_OPS_PORT, app, handler_class=_QuietHandler)
+    server = make_server(
+        "0.0.0.0",
+        settings.WORKER_OPS_PORT,
+        app,
+        server_class=_ThreadingServer,
+        handler_class=_QuietHandler,
+    )
     threading.Thread(target=server.serve_forever, name="worker-ops", daemon=True).start()
     logger.info(
         "operators' endpoints on :%s (/healthz, /readyz, /metrics)", settings.WORKER_OPS_PORT

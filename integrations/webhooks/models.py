@@ -152,6 +152,8 @@ class WebhookAttempt(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # The attempts of the last minutes (integrations/webhooks/metrics.py).
+        indexes = [models.Index(fields=["started_at"])]
 
     def __str__(self) -> str:
         return f"{self.message_id}#{self.number} {self.status_code or self.error}"

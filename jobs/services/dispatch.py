@@ -206,7 +206,9 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
                 continue
             break
     if to_wake:  # scale from zero: a model's first job in a while does not wait for the beat
-        pools_wake(model_ids=to_wake)
+        # After the caller's commit (the sweeper publishes inside its transaction): the wake's
+        # calls to CloudWatch and ECS must not hold its locks, nor its failure roll it back.
+        transaction.on_commit(lambda: pools_wake(model_ids=to_wake))
     return sent
 
 

@@ -41,7 +41,7 @@ import boto3
 from botocore.config import Config
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from jobs.models import DiffusionModel, Job, WorkerPool
@@ -87,7 +87,9 @@ def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
         .annotate(n=Count("id"))
     )
     reports = []
-    for model in DiffusionModel.objects.filter(enabled=True).order_by("slug"):
+    # A model disabled while its pool had workers is still sized, until its pool is empty.
+    pooled = DiffusionModel.objects.filter(Q(enabled=True) | Q(pool__workers__gt=0))
+    for model in pooled.order_by("slug"):
         try:
             depth = queue_depth(model_queue_name(model.slug))
         except Exception as exc:
@@ -111,11 +113,17 @@ def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
                 workers,
             )
         )
-    _put_metrics([datum for report in reports for datum in _metric_data(report, now)])
     try:
-        _ecs_apply({report.model: report.workers for report in reports})
-    except Exception as exc:  # the metrics are out; the next run applies the sizes again
-        logger.warning("scaling: the GPU services could not be resized now: %s", exc)
+        _put_metrics([datum for report in reports for datum in _metric_data(report, now)])
+    except Exception as exc:  # CloudWatch away: the sizes are applied all the same
+        logger.warning("scaling: the metrics could not be published now: %s", exc)
+    # The sizes as they are now: a wake since this run read a pool must not be undone.
+    sizes = dict(
+        WorkerPool.objects.filter(model__slug__in=[r.model for r in reports]).values_list(
+            "model__slug", "workers"
+        )
+    )
+    _ecs_apply(sizes)
     return reports
 
 
@@ -126,17 +134,22 @@ def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
     hold = now + dt.timedelta(seconds=settings.SCALING_KEEP_ALIVE_S)
     woken: list[str] = []
     try:
-        for model_id in set(model_ids):
-            # One statement while the pool has workers, the common case.
-            wakes = WorkerPool.objects.filter(model_id=model_id, workers=0).update(
+        # One statement while the pools have workers, the common case.
+        awake = set(
+            WorkerPool.objects.filter(model_id__in=set(model_ids), workers__gt=0).values_list(
+                "model_id", flat=True
+            )
+        )
+        for model in DiffusionModel.objects.filter(pk__in=set(model_ids) - awake, enabled=True):
+            wakes = WorkerPool.objects.filter(model=model, workers=0).update(
                 workers=1, hold_until=hold
             )
             if not wakes:
                 _, wakes = WorkerPool.objects.get_or_create(
-                    model_id=model_id, defaults={"workers": 1, "hold_until": hold}
+                    model=model, defaults={"workers": 1, "hold_until": hold}
                 )
             if wakes:
-                woken.append(DiffusionModel.objects.get(pk=model_id).slug)
+                woken.append(model.slug)
         if woken:
             _put_metrics([_datum("DesiredWorkers", slug, 1, now) for slug in woken])
             _ecs_apply(dict.fromkeys(woken, 1), raise_only=True)
@@ -218,6 +231,13 @@ def _ecs_apply(pools: dict[str, int], *, raise_only: bool = False) -> None:
     stopped (gpu_worker/protection.py). Nothing without SCALING_ECS_CLUSTER."""
     if not settings.SCALING_ECS_CLUSTER or not pools:
         return
+    try:
+        _ecs_resize(pools, raise_only=raise_only)
+    except Exception as exc:  # the next run applies the sizes again
+        logger.warning("scaling: the GPU services could not be resized now: %s", exc)
+
+
+def _ecs_resize(pools: dict[str, int], *, raise_only: bool) -> None:
     ecs = ecs_client()
     names = {
         settings.SCALING_ECS_SERVICE.format(prefix=settings.SQS_QUEUE_PREFIX, slug=slug): workers
@@ -233,12 +253,17 @@ def _ecs_apply(pools: dict[str, int], *, raise_only: bool = False) -> None:
         for service in answer["services"]:
             wanted = names[service["serviceName"]]
             current = service["desiredCount"]
+            if service.get("status") != "ACTIVE":
+                continue  # being deleted: nothing to size
             if wanted > current or (wanted < current and not raise_only):
-                ecs.update_service(
-                    cluster=settings.SCALING_ECS_CLUSTER,
-                    service=service["serviceName"],
-                    desiredCount=wanted,
-                )
+                try:
+                    ecs.update_service(
+                        cluster=settings.SCALING_ECS_CLUSTER,
+                        service=service["serviceName"],
+                        desiredCount=wanted,
+                    )
+                except Exception as exc:  # the others are sized all the same
+                    logger.warning("scaling: %s not resized: %s", service["serviceName"], exc)
 
 
 def cloudwatch_client() -> Any:

@@ -221,3 +221,19 @@ def test_waking_never_fails_the_publish(local_aws: LocalAws, settings: Any) -> N
     # when the job is published, then it is, and the pool is woken all the same
     assert jobs_publish(job_ids=[job.pk]) == 1
     assert WorkerPool.objects.get(model=model).workers == 1
+
+
+def test_a_model_disabled_while_its_pool_had_workers_is_sized_down_to_zero(
+    local_aws: LocalAws,
+) -> None:
+    # given a model whose pool has 2 workers, then disabled (nothing more will come)
+    model = DiffusionModelFactory(slug="sd15")
+    WorkerPool.objects.create(model=model, workers=2, hold_until=NOW)
+    DiffusionModel.objects.filter(pk=model.pk).update(enabled=False)
+    # when the publisher runs, then the pool still goes to zero, and is then left alone
+    assert [(r.model, r.workers) for r in pools_publish(now=NOW)] == [("sd15", 0)]
+    assert pools_publish(now=NOW + dt.timedelta(seconds=10)) == []
+    # and a job published for it anyway does not wake it
+    job = JobFactory(model=model, tenant=TenantFactory(), status=Job.Status.STARTING)
+    assert jobs_publish(job_ids=[job.pk]) == 1
+    assert WorkerPool.objects.get(model=model).workers == 0

@@ -88,6 +88,7 @@ def test_metrics_show_queues_pools_jobs_failures_stages_and_webhook_outcomes(
             metrics={"queue_s": 0.5, "load_s": 0.0, "inference_s": inference_s, "upload_s": 0.1},
         )
     JobFactory(model=model, status=Job.Status.FAILED, error_code="timeout", completed_at=now)
+    JobFactory(model=model, status=Job.Status.QUEUED)
     message = WebhookMessage.objects.create(
         tenant=TenantFactory(),
         job_url="https://hooks.example.com/sdsaas",
@@ -107,7 +108,9 @@ def test_metrics_show_queues_pools_jobs_failures_stages_and_webhook_outcomes(
     assert metric(text, "sdsaas_queue_messages", model="sd15", state="visible") == 3
     assert metric(text, "sdsaas_queue_messages", model="sd15", state="in_flight") == 0
     assert metric(text, "sdsaas_pool_workers", model="sd15") == 2
-    assert metric(text, "sdsaas_jobs", status="succeeded") == 3
+    assert metric(text, "sdsaas_jobs", status="queued") == 1
+    assert metric(text, "sdsaas_jobs", status="processing") == 0
+    assert metric(text, "sdsaas_jobs", status="succeeded") is None  # the live ones only
     assert metric(text, "sdsaas_job_failures_window", code="timeout") == 1
     median = metric(
         text, "sdsaas_job_stage_seconds", model="sd15", stage="inference", quantile="0.5"
