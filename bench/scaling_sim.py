@@ -2,9 +2,11 @@
 
 A model's GPU pool is simulated second by second: jobs arrive by the trace; a worker asked for
 boots an instance (`--boot-s`), loads the model (`--load-s`) and then runs one job at a time
-(`--job-s` each, +-15 % lognormal); a worker stopped while it runs a job loses it, and SQS delivers
-it again after the visibility timeout (`--visibility-s`). GPU time counts from the instance's
-launch to its stop, whatever it did. Three policies decide the pool's size:
+(`--job-s` each, +-15 % lognormal); a worker told to stop while it runs a job finishes it if it
+ends within the stop grace (`--grace-s`), else loses it, and SQS delivers it again after the
+visibility timeout (`--visibility-s`). GPU time counts from the instance's launch to its stop,
+whatever it did, up to the moment the last job of any policy is done (one window for all).
+Three policies decide the pool's size:
 
 - `ours`: `jobs.scaling.ScalingPolicy`, the module the production publisher and the local stack
   use, every 10 s on visible + in-flight jobs, with the measured seconds per job (the median of the
@@ -16,11 +18,13 @@ launch to its stop, whatever it did. Three policies decide the pool's size:
   messages excluded; the HPA's 300 s scale-down stabilization and KEDA's 300 s cooldown to zero.
 
 The two others stop workers without asking whether they are busy (no protection): booting ones
-first, then any. Every policy starts at zero workers and may reach `--max-workers`.
+first, then idle ones, then any. Every policy starts at zero workers and may reach
+`--max-workers`.
 
-Traces (seeded, `--seed`): `bursty` (2 h: a trickle of 1 job a minute, and a burst of 100-200
-jobs within a minute every 10-20 min), `diurnal` (24 h: 0.01 to 0.16 jobs/s, peak mid-day) and
-`discord` (3 h: a quiet server, then a spike to 3 jobs/s that decays over ten minutes).
+Traces (seeded, `--seed`): `bursty` (2 h, or `--hours`: a trickle of 1 job a minute, and a burst
+of 100-200 jobs within a minute every 10-20 min), `diurnal` (24 h: 0.01 to 0.16 jobs/s, peak
+mid-day) and `discord` (3 h: a quiet server, then a spike to 3 jobs/s that decays over ten
+minutes).
 
 Prices: g5.xlarge (one A10G) in us-east-1, on-demand $1.006/h; spot $0.40/h (a typical price of
 2025; spot moves, pass `--spot-price`). The table and `bench/README.md` say which were used.
@@ -64,17 +68,19 @@ class World:
     job_s: float  # one job, median
     visibility_s: int  # a lost job's message comes back after this
     max_workers: int
+    stop_grace_s: int  # a worker told to stop finishes a job that ends within this
 
 
 # -- traces ---------------------------------------------------------------------------------
 
 
-def trace(name: str, rng: random.Random) -> list[float]:
-    """Arrival times in seconds, sorted."""
+def trace(name: str, rng: random.Random, hours: float | None = None) -> list[float]:
+    """Arrival times in seconds, sorted; `hours` stretches the bursty trace."""
     if name == "bursty":
-        arrivals = list(_poisson(rng, 0, 7200, lambda t: 1 / 60))
+        end = (hours or 2) * 3600
+        arrivals = list(_poisson(rng, 0, end, lambda t: 1 / 60))
         t = rng.uniform(300, 600)
-        while t < 7200 - 60:
+        while t < end - 60:
             size = rng.randint(100, 200)
             arrivals += [t + rng.uniform(0, 60) for _ in range(size)]
             t += rng.uniform(600, 1200)
@@ -221,20 +227,38 @@ class QueueLength:
         return None
 
 
-def simulate(
-    policy: Policy, arrivals: list[float], world: World, seed: int, spot_per_h: float
-) -> dict[str, Any]:
+@dataclass
+class Run:
+    """How one policy did on a trace: the jobs' waits and each worker's life."""
+
+    waits: list[float]
+    lives: list[tuple[float, float]]  # (launched, stopped) of every worker
+    last_done: float  # when the last job completed
+    peak: int
+    lost_runs: int
+
+    def gpu_hours(self, horizon: float) -> float:
+        """GPU time up to `horizon`: the same window for every policy, so a policy is not
+        charged for what it would still keep after a trace that ends (nor credited)."""
+        return sum(max(0.0, min(end, horizon) - start) for start, end in self.lives) / 3600
+
+
+def simulate(policy: Policy, arrivals: list[float], world: World, seed: int) -> Run:
+    """The pool second by second until every job is done and the policy has let every worker
+    go (or a day after the last arrival)."""
     rng = random.Random(seed)
     job_s = [world.job_s * rng.lognormvariate(0, 0.15) for _ in arrivals]
     waits: list[float | None] = [None] * len(arrivals)
     queue: deque[int] = deque()
     redeliveries: list[tuple[float, int]] = []  # (visible again at, job)
     workers: list[Worker] = []
+    draining: list[Worker] = []  # told to stop while busy: they end their job, then stop
+    lives: list[tuple[float, float]] = []
     recent: deque[float] = deque(maxlen=50)
-    gpu_s = 0.0
     lost_runs = 0
     peak = 0
     done = 0
+    last_done = 0.0
     next_arrival = 0
     t = 0
 
@@ -243,7 +267,7 @@ def simulate(
         return View(t, len(queue), busy + len(redeliveries), len(workers), recent)
 
     def resize(desired: int) -> None:
-        nonlocal gpu_s, lost_runs, peak
+        nonlocal lost_runs, peak
         desired = max(0, min(world.max_workers, desired))
         while len(workers) < desired:
             workers.append(Worker(launched=t, ready_at=t + world.boot_s + world.load_s))
@@ -257,13 +281,16 @@ def simulate(
         rng.shuffle(busy)
         candidates = booting + idle + ([] if policy.protects_busy else busy)
         for worker in candidates[:excess]:
-            if worker.job is not None:
+            workers.remove(worker)
+            if worker.job is not None and worker.job[1] - t <= world.stop_grace_s:
+                draining.append(worker)  # SIGTERM: it finishes its job within the grace
+                continue
+            if worker.job is not None:  # past the grace: handed back, run again elsewhere
                 lost_runs += 1
                 heapq.heappush(redeliveries, (t + world.visibility_s, worker.job[0]))
-            gpu_s += t - worker.launched
-            workers.remove(worker)
+            lives.append((worker.launched, t))
 
-    while done < len(arrivals) or workers:
+    while done < len(arrivals) or workers or draining:
         while next_arrival < len(arrivals) and arrivals[next_arrival] <= t:
             queue.append(next_arrival)
             next_arrival += 1
@@ -272,12 +299,16 @@ def simulate(
                 resize(kicked)
         while redeliveries and redeliveries[0][0] <= t:
             queue.append(heapq.heappop(redeliveries)[1])
-        for worker in workers:
+        for worker in [*workers, *draining]:
             if worker.job is not None and worker.job[1] <= t:
                 recent.append(job_s[worker.job[0]])
                 worker.job = None
                 done += 1
-            if worker.job is None and worker.ready_at <= t and queue:
+                last_done = t
+            if worker in draining and worker.job is None:
+                draining.remove(worker)
+                lives.append((worker.launched, t))
+            elif worker.job is None and worker.ready_at <= t and queue:
                 job = queue.popleft()
                 waits[job] = t - arrivals[job]  # the run that completes sets it last
                 worker.job = (job, t + job_s[job])
@@ -286,18 +317,21 @@ def simulate(
         t += 1
         if t > arrivals[-1] + DRAIN_LIMIT_S:
             raise RuntimeError("the pool never drained: a policy that cannot scale in to zero")
-    hours = gpu_s / 3600
-    images = len(arrivals)
     finished = [w for w in waits if w is not None]
+    return Run(finished, lives, last_done, peak, lost_runs)
+
+
+def policy_figures(run: Run, *, horizon: float, images: int, spot_per_h: float) -> dict[str, Any]:
+    hours = run.gpu_hours(horizon)
     return {
-        "p50_wait_s": percentile(finished, 50, 1),
-        "p95_wait_s": percentile(finished, 95, 1),
-        "max_wait_s": round(max(finished), 1),
+        "p50_wait_s": percentile(run.waits, 50, 1),
+        "p95_wait_s": percentile(run.waits, 95, 1),
+        "max_wait_s": round(max(run.waits), 1),
         "gpu_hours": round(hours, 3),
         "cost_per_1k_images": round(hours * ON_DEMAND_PER_H / images * 1000, 3),
         "cost_per_1k_images_spot": round(hours * spot_per_h / images * 1000, 3),
-        "peak_workers": peak,
-        "busy_runs_lost": lost_runs,
+        "peak_workers": run.peak,
+        "busy_runs_lost": run.lost_runs,
         "images": images,
     }
 
@@ -308,7 +342,7 @@ def simulate(
 def policies(args: argparse.Namespace) -> dict[str, Policy]:
     ours = ScalingPolicy(
         acceptable_wait_s=args.acceptable_wait_s,
-        default_seconds_per_job=args.job_s,
+        default_seconds_per_job=5.0,  # SDSAAS_SCALING_DEFAULT_SECONDS_PER_JOB
         keep_alive_s=args.keep_alive_s,
         max_workers=args.max_workers,
     )
@@ -343,6 +377,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--job-s", type=float, default=3.0, help="SD 1.5 512x512 25 steps, A10G")
     parser.add_argument("--visibility-s", type=int, default=60)
     parser.add_argument("--max-workers", type=int, default=20)
+    parser.add_argument("--grace-s", type=int, default=25, help="SDSAAS_GPU_STOP_GRACE_S")
+    parser.add_argument("--hours", type=float, help="the trace's length (default: its own)")
     parser.add_argument("--acceptable-wait-s", type=float, default=40.0, help="ours")
     parser.add_argument("--keep-alive-s", type=float, default=60.0, help="ours")
     parser.add_argument("--spot-price", type=float, default=SPOT_PER_H)
@@ -351,11 +387,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    world = World(args.boot_s, args.load_s, args.job_s, args.visibility_s, args.max_workers)
-    arrivals = trace(args.trace, random.Random(args.seed))
-    results = {
-        name: simulate(policy, arrivals, world, args.seed, args.spot_price)
+    world = World(
+        args.boot_s, args.load_s, args.job_s, args.visibility_s, args.max_workers, args.grace_s
+    )
+    arrivals = trace(args.trace, random.Random(args.seed), args.hours)
+    runs = {
+        name: simulate(policy, arrivals, world, args.seed)
         for name, policy in policies(args).items()
+    }
+    # GPU time is counted until the last job of every policy is done: the trace's own window.
+    horizon = max(run.last_done for run in runs.values())
+    results = {
+        name: policy_figures(run, horizon=horizon, images=len(arrivals), spot_per_h=args.spot_price)
+        for name, run in runs.items()
     }
     print(
         f"trace {args.trace}: {len(arrivals)} jobs; {INSTANCE}, on-demand ${ON_DEMAND_PER_H}/h, "
