@@ -76,8 +76,11 @@ def metric(aws: LocalAws, name: str, slug: str) -> list[float]:
                 },
             }
         ],
+        # From the runs' clock (set when the module was collected) to now (a wake stamps its
+        # metric now, which may be long after in a whole suite), and the runs' ahead of it.
         StartTime=NOW - dt.timedelta(minutes=5),
-        EndTime=NOW + dt.timedelta(minutes=15),
+        EndTime=max(dt.datetime.now(dt.UTC), NOW + dt.timedelta(seconds=61))
+        + dt.timedelta(minutes=1),
         ScanBy="TimestampAscending",
     )
     return list(result["MetricDataResults"][0]["Values"])
