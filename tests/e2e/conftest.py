@@ -258,17 +258,14 @@ def tenant() -> Tenant:
 
 # --- GPU workers of a test's own, to kill and stop (test_worker_failures.py, test_worker_cancel.py)
 
-# The least SDSAAS_SQS_VISIBILITY_TIMEOUT allows: the default heartbeat (1 s) and outage tolerance
-# (3 s) still pass check_visibility_timing, and every bound stated in base timeouts is shortest.
-VISIBILITY_S = 5
+VISIBILITY_S = 6
 # A job that must end (stop grace, time limit, cancel) ends within this of its bound, whatever
 # its step time: a check (0.2 s), the runner's chance to end it (1 s), then the hand-back.
 STOP_MARGIN_S = 3.0
 # On the tiny model a step takes tens of milliseconds: these jobs run for seconds.
 LONG_JOB = {"width": 256, "height": 256, "steps": 150, "scheduler": "euler"}
-# More than 5 x VISIBILITY_S (the test asserts it ran > 25 s): its time scales with its steps, and
-# 50 keep the margin over five base timeouts that 60 had over five of 6 s.
-LONGER_JOB = {"width": 1024, "height": 1024, "steps": 50, "scheduler": "euler", "num_outputs": 4}
+# More than 5 x VISIBILITY_S: about 80 s on two idle CPU cores (the test asserts it ran > 30 s).
+LONGER_JOB = {"width": 1024, "height": 1024, "steps": 60, "scheduler": "euler", "num_outputs": 4}
 SHORT_JOB = {"width": 64, "height": 64, "steps": 2}
 # Steps of several seconds each (four 2048x2048 images): a step outlasts every bound tested.
 LONG_STEP_JOB = {"width": 2048, "height": 2048, "steps": 3, "num_outputs": 4, "scheduler": "euler"}
