@@ -186,8 +186,20 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
             task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job).to_wire()}
             destination = (model_queue_name(job.model.slug), job.model.slug)
         by_queue.setdefault(destination, []).append((job, task, kwargs))
-    sent = 0
-    to_wake: set[int] = set()
+    sent, to_wake = _publish_by_queue(by_queue)
+    if to_wake:  # scale from zero: a model's first job in a while does not wait for the beat
+        # After the caller's commit (the sweeper publishes inside its transaction): the wake's
+        # calls to CloudWatch and ECS must not hold its locks, nor its failure roll it back.
+        transaction.on_commit(lambda: pools_wake(model_ids=to_wake))
+    return sent
+
+
+def _publish_by_queue(
+    by_queue: dict[tuple[str, str | None], list[tuple[Job, str, dict[str, Any]]]],
+) -> tuple[int, set[int]]:
+    """Send each queue's jobs in chunks; how many were sent, and the models (ids) of the GPU
+    jobs sent. Stops at the first chunk that fails: the broker is down for the rest too."""
+    sent, models = 0, set[int]()
     with publisher_pool().acquire(block=True, timeout=30) as connection:
         for (queue, model_slug), items in by_queue.items():
             for start in range(0, len(items), MAX_ENTRIES):
@@ -198,18 +210,11 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
                     connection=connection,
                 )
                 if published is None:
-                    break  # the broker is down for the rest too
+                    return sent, models
                 sent += published
                 if published and model_slug is not None:
-                    to_wake.add(items[0][0].model_id)
-            else:
-                continue
-            break
-    if to_wake:  # scale from zero: a model's first job in a while does not wait for the beat
-        # After the caller's commit (the sweeper publishes inside its transaction): the wake's
-        # calls to CloudWatch and ECS must not hold its locks, nor its failure roll it back.
-        transaction.on_commit(lambda: pools_wake(model_ids=to_wake))
-    return sent
+                    models.add(items[0][0].model_id)
+    return sent, models
 
 
 def _publish_chunk(
