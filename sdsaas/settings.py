@@ -347,12 +347,18 @@ PUBLISH_CONNECT_TIMEOUT = env_int("SDSAAS_PUBLISH_TIMEOUT", 3, minimum=1)
 # request's path (jobs/services/dispatch.py); off, the caller publishes them after its commit.
 PUBLISH_IN_BACKGROUND = env_bool("SDSAAS_PUBLISH_IN_BACKGROUND", True)
 # kombu's SQS consumer stops polling for good after an endpoint outage; this one keeps polling.
+# Seconds an empty receive waits for a message (SQS long polling, at most 20). A stopping worker
+# waits out the poll it has open, to hand back what it returns; never 0: with no client-side
+# pause (polling_interval below) short polls would spin.
+SQS_WAIT_TIME_S = env_int("SDSAAS_SQS_WAIT_TIME_S", 10, minimum=1)
+if SQS_WAIT_TIME_S > 20:
+    raise ImproperlyConfigured(f"SDSAAS_SQS_WAIT_TIME_S must be <= 20 (SQS), got {SQS_WAIT_TIME_S}")
 CELERY_BROKER_TRANSPORT = "sdsaas.broker.transport:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "region": AWS_REGION,
     "is_secure": not SQS_ENDPOINT_URL.startswith("http://"),
     "visibility_timeout": SQS_VISIBILITY_TIMEOUT,
-    "wait_time_seconds": 10,
+    "wait_time_seconds": SQS_WAIT_TIME_S,
     # No client-side pause on top of the long poll: kombu also pauses this long whenever the
     # prefetch is full, which held the control worker to 2 events a second (its prefetch).
     "polling_interval": 0,

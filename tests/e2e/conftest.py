@@ -40,6 +40,9 @@ from tests.support.https import Tls
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_PREFIX = "e2e"
+# The workers' long poll: a stopping worker waits out the one it has open (SDSAAS_SQS_WAIT_TIME_S;
+# 10 s by default), so the tests' workers poll for less and stop sooner.
+E2E_WAIT_TIME_S = 2
 BIN = Path(sys.executable).parent
 
 
@@ -78,6 +81,7 @@ class Workers:
             "SDSAAS_SQS_ENDPOINT_URL": endpoint_url or aws.endpoint_url,
             "SDSAAS_S3_ENDPOINT_URL": endpoint_url or aws.endpoint_url,
             "SDSAAS_SQS_QUEUE_PREFIX": prefix,
+            "SDSAAS_SQS_WAIT_TIME_S": str(E2E_WAIT_TIME_S),
             "SDSAAS_S3_BUCKET": settings.S3_BUCKET,
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
@@ -138,8 +142,8 @@ class Workers:
         self, name: str, timeout: float = 20, wake: Callable[[], object] | None = None
     ) -> None:
         """A warm shutdown: what its open long poll receives is handed back. Use it when a
-        later test consumes the same queue: a killed worker's open poll (up to 10 s) takes
-        messages sent meanwhile out of sight for the queue's visibility timeout.
+        later test consumes the same queue: a killed worker's open poll (E2E_WAIT_TIME_S at
+        most) takes messages sent meanwhile out of sight for the queue's visibility timeout.
 
         The stop waits for that poll's answer; `wake`, called once the stop has begun, may end
         it at once with a message to the worker's queue (handed back, never run by it)."""
@@ -345,6 +349,6 @@ def pool(workers: Workers, tiny_model_dir: Path, settings: Any) -> Iterator[Pool
     made = Pool(workers, slug, api_client_for(tenant), tenant)
     yield made
     # Killed, not stopped: nothing of the pool's own model and queue outlives the test, and a
-    # warm shutdown would wait out an open long poll (10 s) for nothing.
+    # warm shutdown would wait out an open long poll for nothing.
     for name in [name for name in workers.processes if name.startswith(made.worker)]:
         workers.kill(name)

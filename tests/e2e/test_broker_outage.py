@@ -17,7 +17,7 @@ import pytest
 
 from jobs.models import Job
 from sdsaas.broker.sqs import _ensure_queue, ensure_model_queue
-from tests.e2e.conftest import FINAL, Workers, tiny_model, wait_for
+from tests.e2e.conftest import E2E_WAIT_TIME_S, FINAL, Workers, tiny_model, wait_for
 from tests.support.aws import LocalAws, TcpProxy
 from tests.support.factories import (
     PlanFactory,
@@ -98,10 +98,10 @@ def test_every_job_of_a_stream_completes_after_a_30s_outage(  # type: ignore[no-
     proxy.stop()
     returns_at = time.monotonic() + OUTAGE_S
     try:
-        # The long poll in flight at the cut lives on in the server for up to wait_time_seconds
+        # The long poll in flight at the cut lives on in the server for up to E2E_WAIT_TIME_S
         # and takes what arrives meanwhile into its lost answer: SQS shows that message again
         # only after the visibility timeout (at-least-once, not the subject here).
-        time.sleep(settings.CELERY_BROKER_TRANSPORT_OPTIONS["wait_time_seconds"] + 1)
+        time.sleep(E2E_WAIT_TIME_S + 1)
         for seed in range(1, 6):
             ids.append(submit(seed))
             time.sleep(3)
@@ -162,12 +162,11 @@ def test_a_worker_consumes_again_after_its_queue_was_gone_for_a_while(  # type: 
     failures_before = partitioned_workers.log(gpu).count(failed)
     sqs = local_aws.client("sqs")
     sqs.delete_queue(QueueUrl=local_aws.queue_url(f"{PREFIX}-model-tiny"))
-    # (its poll open at the delete ends within wait_time_seconds; the next one fails: gone as
+    # (its poll open at the delete ends within E2E_WAIT_TIME_S; the next one fails: gone as
     # long as that, not a fixed while longer, and then through a few retries of a second)
-    wait_s = settings.CELERY_BROKER_TRANSPORT_OPTIONS["wait_time_seconds"]
     wait_for(
         lambda: partitioned_workers.log(gpu).count(failed) > failures_before,
-        wait_s + 5,
+        E2E_WAIT_TIME_S + 5,
         "the worker's poll to fail on the deleted queue",
     )
     time.sleep(2)

@@ -78,3 +78,14 @@ def test_the_defaults_start() -> None:
     done = start()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["60", "10", "40", "1800"]
+
+
+@pytest.mark.parametrize("wait_s", ["0", "21"])
+def test_a_long_poll_sqs_does_not_allow_is_refused_at_start_up(wait_s: str) -> None:
+    # when a process starts with a receive wait outside 1-20 s (0 would spin: no client pause)
+    done = start(SDSAAS_SQS_WAIT_TIME_S=wait_s)
+    # then it stops, naming the setting and the value
+    assert done.returncode != 0, done.stdout
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("django.core.exceptions.ImproperlyConfigured"), done.stderr
+    assert "SDSAAS_SQS_WAIT_TIME_S must be" in last_line and wait_s in last_line
