@@ -21,6 +21,10 @@ The two others stop workers without asking whether they are busy (no protection)
 first, then idle ones, then any. Every policy starts at zero workers and may reach
 `--max-workers`.
 
+On the bursty trace a fourth line is a bound, not a policy: `Clairvoyant` has workers ready
+when each burst begins, as many as it takes to wait no longer at p95 than both others (JSON
+`reference`); it shows what knowing the bursts ahead would buy.
+
 Traces (seeded, `--seed`): `bursty` (2 h, or `--hours`: a trickle of 1 job a minute, and a burst
 of 100-200 jobs within a minute every 10-20 min), `diurnal` (24 h: 0.01 to 0.16 jobs/s, peak
 mid-day) and `discord` (3 h: a quiet server, then a spike to 3 jobs/s that decays over ten
@@ -30,7 +34,8 @@ Prices: g5.xlarge (one A10G) in us-east-1, on-demand $1.006/h; spot $0.40/h (a t
 2025; spot moves, pass `--spot-price`). The table and `bench/README.md` say which were used.
 
 Prints a table, then one JSON line last:
-`{"trace": ..., "policies": {"ours": {...}, "step_alarm": {...}, "queue_length": {...}}, ...}`.
+`{"trace": ..., "policies": {"ours": {...}, "step_alarm": {...}, "queue_length": {...}}, ...}`
+(with `"reference": {"clairvoyant": {...}}` on the bursty trace).
 """
 
 from __future__ import annotations
@@ -228,6 +233,38 @@ class QueueLength:
 
 
 @dataclass
+class Clairvoyant:
+    """Not a policy anyone can run: a bound. It knows when each burst of the trace begins and has
+    `extra` workers booted and loaded by then (held a minute past its start, then down to what
+    the queue needs, at least one while jobs wait); between bursts it keeps none. What it costs
+    is what a policy that sizes from what it sees could at best approach."""
+
+    bursts: list[float]
+    extra: int
+    lead_s: float  # boot + load
+    period_s: int = 1
+    protects_busy: bool = True
+
+    def decide(self, view: View) -> int:
+        if any(start - self.lead_s <= view.now <= start + 60 for start in self.bursts):
+            return self.extra
+        return max(view.workers, 1) if view.visible > 0 else 0  # a busy one ends its job
+
+    def on_arrival(self, view: View) -> int | None:
+        return None
+
+
+def burst_starts(arrivals: list[float], *, jobs: int = 50, within_s: float = 60) -> list[float]:
+    """Where `jobs` arrivals come within `within_s`: the first of each such run."""
+    starts: list[float] = []
+    for index in range(len(arrivals) - jobs):
+        at = arrivals[index]
+        if arrivals[index + jobs] - at < within_s and (not starts or at - starts[-1] > 300):
+            starts.append(at)
+    return starts
+
+
+@dataclass
 class Run:
     """How one policy did on a trace: the jobs' waits and each worker's life."""
 
@@ -366,6 +403,32 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"against": against, "goal_gpu_hours_ratio": GOAL_GPU_HOURS_RATIO, "goal_met": met}
 
 
+def clairvoyant_bound(
+    arrivals: list[float],
+    world: World,
+    args: argparse.Namespace,
+    results: dict[str, dict[str, Any]],
+    *,
+    horizon: float,
+) -> dict[str, Any] | None:
+    """The cheapest `Clairvoyant` whose p95 wait is no worse than either other policy's, and its
+    GPU-hours against the least of theirs (None if no size qualifies)."""
+    others = [figures for name, figures in results.items() if name != "ours"]
+    p95_bound = min(figures["p95_wait_s"] for figures in others)
+    hours_bound = min(figures["gpu_hours"] for figures in others)
+    bursts = burst_starts(arrivals)
+    for extra in range(1, world.max_workers + 1):
+        policy = Clairvoyant(bursts, extra, lead_s=world.boot_s + world.load_s)
+        run = simulate(policy, arrivals, world, args.seed)
+        figures = policy_figures(
+            run, horizon=horizon, images=len(arrivals), spot_per_h=args.spot_price
+        )
+        if figures["p95_wait_s"] <= p95_bound:
+            ratio = round(figures["gpu_hours"] / hours_bound, 3)
+            return {**figures, "extra_workers": extra, "gpu_hours_ratio": ratio}
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python bench/scaling_sim.py", description=__doc__.split("\n")[0]
@@ -420,6 +483,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, figures in results.items():
         print(f"{name:<14}" + "".join(f"{figures[c]!s:>24}" for c in columns))
     summary = verdict(results)
+    if args.trace == "bursty":
+        bound = clairvoyant_bound(arrivals, world, args, results, horizon=horizon)
+        if bound is not None:
+            summary["reference"] = {"clairvoyant": bound}
+            print(
+                f"clairvoyant (a bound, not a policy): {bound['extra_workers']} workers ready at "
+                f"each burst's start: p95 wait {bound['p95_wait_s']} s on "
+                f"{bound['gpu_hours']} GPU-hours (x{bound['gpu_hours_ratio']} of the least of "
+                "the others)"
+            )
     for name, against in summary["against"].items():
         print(
             f"ours / {name}: GPU-hours x{against['gpu_hours_ratio']} "
