@@ -30,15 +30,11 @@ is raised to 1. Best effort: a failure is logged, and the next run publishes the
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
@@ -46,6 +42,7 @@ from django.utils import timezone
 
 from jobs.models import DiffusionModel, Job, WorkerPool
 from jobs.scaling import Backlog, PoolState, ScalingPolicy, seconds_per_job
+from sdsaas.aws import aws_client
 from sdsaas.broker.sqs import model_queue_name, queue_depth
 
 logger = logging.getLogger(__name__)
@@ -267,24 +264,8 @@ def _ecs_resize(pools: dict[str, int], *, raise_only: bool) -> None:
 
 
 def cloudwatch_client() -> Any:
-    """One per process (boto3's clients cost milliseconds to make), short timeouts."""
-    return _cloudwatch(settings.AWS_REGION, settings.CLOUDWATCH_ENDPOINT_URL or None, os.getpid())
+    return aws_client("cloudwatch", endpoint_url=settings.CLOUDWATCH_ENDPOINT_URL)
 
 
 def ecs_client() -> Any:
-    return _ecs(settings.AWS_REGION, settings.ECS_ENDPOINT_URL or None, os.getpid())
-
-
-CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 2})
-
-
-@functools.cache
-def _cloudwatch(region: str, endpoint_url: str | None, pid: int) -> Any:
-    return boto3.client(
-        "cloudwatch", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG
-    )
-
-
-@functools.cache
-def _ecs(region: str, endpoint_url: str | None, pid: int) -> Any:
-    return boto3.client("ecs", region_name=region, endpoint_url=endpoint_url, config=CLIENT_CONFIG)
+    return aws_client("ecs", endpoint_url=settings.ECS_ENDPOINT_URL)

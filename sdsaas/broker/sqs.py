@@ -15,41 +15,29 @@ import base64
 import functools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from django.conf import settings
 
 from sdsaas import contract
+from sdsaas.aws import aws_client
 from sdsaas.contract import dead_letter_queue_name
 
 logger = logging.getLogger(__name__)
 
 
 def sqs_client(*, fail_fast: bool = False) -> Any:
-    """A boto3 SQS client; `fail_fast` for calls on a request's path (one try, short connect).
-
-    One per process and configuration: making one costs milliseconds (a GPU worker asked for
-    three per job). boto3's clients may be shared between threads, not across a fork.
-    """
-    attempts, connect = (1, settings.PUBLISH_CONNECT_TIMEOUT) if fail_fast else (2, 3)
-    return _client(
-        settings.AWS_REGION, settings.SQS_ENDPOINT_URL or None, connect, attempts, os.getpid()
-    )
-
-
-@functools.cache
-def _client(region: str, endpoint_url: str | None, connect: int, attempts: int, pid: int) -> Any:
-    return boto3.client(
-        "sqs",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        config=Config(connect_timeout=connect, read_timeout=10, retries={"max_attempts": attempts}),
-    )
+    """A boto3 SQS client; `fail_fast` for calls on a request's path (one try, short connect)."""
+    if fail_fast:
+        return aws_client(
+            "sqs",
+            endpoint_url=settings.SQS_ENDPOINT_URL,
+            connect_timeout=settings.PUBLISH_CONNECT_TIMEOUT,
+            attempts=1,
+        )
+    return aws_client("sqs", endpoint_url=settings.SQS_ENDPOINT_URL)
 
 
 def control_queue_name() -> str:
