@@ -55,7 +55,11 @@ class LocalAgent:
                 if "/" + path != AGENT_PATH:
                     self._answer(404, {"error": {"Code": "NotFound"}})
                     return
-                until = agent.protect(worker, enabled=enabled, minutes=minutes)
+                try:
+                    until = agent.protect(worker, enabled=enabled, minutes=minutes)
+                except Exception as exc:  # answered as the agent answers its own failures
+                    self._answer(500, {"error": {"Code": "ServerException", "Message": str(exc)}})
+                    return
                 self._answer(
                     200,
                     {
@@ -89,6 +93,10 @@ class LocalAgent:
             until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
             self._protected_until[worker] = until
             return until
+
+    def uri(self, worker: str) -> str:
+        """The worker's `ECS_AGENT_URI`."""
+        return f"{self.url}/{worker}"
 
     def protected(self, worker: str) -> bool:
         with self._lock:
@@ -190,7 +198,7 @@ class LocalPools:
             self.started += 1
             name = f"gpu-{slug}-{self.started}"
             env = {
-                "ECS_AGENT_URI": f"{self.agent.url}/{name}",
+                "ECS_AGENT_URI": self.agent.uri(name),
                 "SDSAAS_GPU_SPOT_POLL_S": "0",  # no instance metadata on a laptop
             }
             pool.append(Worker(name, self.start_worker(name, slug, env)))

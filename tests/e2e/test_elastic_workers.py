@@ -27,7 +27,7 @@ from tests.e2e.conftest import (
     wait_for,
 )
 from tests.support.aws import free_port
-from tests.support.aws_endpoints import FakeEcsAgent, FakeImds
+from tests.support.aws_endpoints import FakeImds, RecordingEcsAgent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
 
@@ -35,9 +35,10 @@ IDLE_S = 1
 
 
 @pytest.fixture
-def agent() -> Iterator[FakeEcsAgent]:
-    with FakeEcsAgent() as fake:
-        yield fake
+def agent() -> Iterator[RecordingEcsAgent]:
+    stand_in = RecordingEcsAgent()
+    yield stand_in
+    stand_in.close()
 
 
 @pytest.fixture
@@ -48,20 +49,20 @@ def imds() -> Iterator[Callable[[], FakeImds]]:
 
 
 def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_when_idle(
-    pool: Pool, agent: FakeEcsAgent
+    pool: Pool, agent: RecordingEcsAgent
 ) -> None:
     # given a worker on ECS (the agent's URI in its environment, its logs in JSON and its
     # operators' endpoints served, as there), idle
     ops_port = free_port()
     pool.start_worker(
-        ECS_AGENT_URI=agent.url,
+        ECS_AGENT_URI=agent.uri(pool.worker),
         SDSAAS_GPU_PROTECTION_IDLE_S=str(IDLE_S),
         SDSAAS_GPU_SPOT_POLL_S="0",
         SDSAAS_LOG_FORMAT="json",
         SDSAAS_WORKER_OPS_PORT=str(ops_port),
     )
     pool.wait_ready(pool.worker)
-    assert agent.states() == []  # an idle worker may be scaled in
+    assert agent.states(pool.worker) == []  # an idle worker may be scaled in
     # when it runs a job
     job_id = pool.submit(**SHORT_JOB)
     job = finished(pool.client, job_id)
@@ -69,14 +70,16 @@ def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_whe
     # then its task was protected before the job started, and the protection outlived the job
     ran = Job.objects.get(public_id=job_id)
     assert ran.started_at is not None and ran.completed_at is not None
-    protect = agent.recorded("PUT", FakeEcsAgent.PATH)[0]
-    assert protect.body["ProtectionEnabled"] is True and protect.body["ExpiresInMinutes"] >= 1
+    protect = agent.puts[0]
+    assert protect.enabled and protect.minutes >= 1
     assert protect.at < ran.started_at.timestamp()
     # and once idle, it was cleared: one call each way for the job
-    wait_for(lambda: agent.states() == [True, False], 10 + IDLE_S, "the protection cleared")
-    [clear] = agent.recorded("PUT", FakeEcsAgent.PATH)[1:]
+    wait_for(
+        lambda: agent.states(pool.worker) == [True, False], 10 + IDLE_S, "the protection cleared"
+    )
+    [clear] = agent.puts[1:]
     assert clear.at >= ran.completed_at.timestamp()
-    assert not agent.protected
+    assert not agent.protected(pool.worker)
     # and its log records are JSON objects (what else it prints is Celery's start banner and
     # Python's warnings); those of the job name it, its attempt and task
     lines = pool.log().splitlines()

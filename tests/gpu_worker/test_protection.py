@@ -10,20 +10,24 @@ from collections.abc import Iterator
 import pytest
 
 from gpu_worker.protection import EcsAgent, ScaleInProtection
-from tests.support.aws_endpoints import FakeEcsAgent
+from tests.support.aws_endpoints import RecordingEcsAgent
 
 IDLE_S = 0.3
 JOB_BOUND_S = 1800 + 25  # the default time limit and stop grace
 
 
+WORKER = "gpu-a"
+
+
 @pytest.fixture
-def agent() -> Iterator[FakeEcsAgent]:
-    with FakeEcsAgent() as fake:
-        yield fake
+def agent() -> Iterator[RecordingEcsAgent]:
+    stand_in = RecordingEcsAgent()
+    yield stand_in
+    stand_in.close()
 
 
-def protection_of(agent: FakeEcsAgent, job_bound_s: float = JOB_BOUND_S) -> ScaleInProtection:
-    return ScaleInProtection(EcsAgent(agent.url), job_bound_s=job_bound_s, idle_s=IDLE_S)
+def protection_of(agent: RecordingEcsAgent) -> ScaleInProtection:
+    return ScaleInProtection(EcsAgent(agent.uri(WORKER)), job_bound_s=JOB_BOUND_S, idle_s=IDLE_S)
 
 
 def wait_until(condition: object, timeout: float = 5) -> None:
@@ -34,22 +38,22 @@ def wait_until(condition: object, timeout: float = 5) -> None:
 
 
 def test_a_job_is_protected_before_it_runs_and_cleared_once_the_worker_is_idle(
-    agent: FakeEcsAgent,
+    agent: RecordingEcsAgent,
 ) -> None:
     protection = protection_of(agent)
     # when a job runs, the task is protected for the job's bound before the job's work
     with protection.busy():
-        assert agent.protected
-        [put] = agent.recorded("PUT", FakeEcsAgent.PATH)
-        assert put.body == {"ProtectionEnabled": True, "ExpiresInMinutes": 32}
+        assert agent.protected(WORKER)
+        [put] = agent.puts
+        assert (put.enabled, put.minutes) == (True, 32)
     # then, idle for the idle time, the protection is cleared
-    assert agent.protected
-    wait_until(lambda: not agent.protected)
-    assert agent.states() == [True, False]
+    assert agent.protected(WORKER)
+    wait_until(lambda: not agent.protected(WORKER))
+    assert agent.states(WORKER) == [True, False]
 
 
 def test_jobs_back_to_back_keep_one_protection_and_a_call_per_idle_time_not_per_job(
-    agent: FakeEcsAgent,
+    agent: RecordingEcsAgent,
 ) -> None:
     protection = protection_of(agent)
     # when ten jobs follow each other closer than the idle time (a backlog, taken ahead)
@@ -57,57 +61,58 @@ def test_jobs_back_to_back_keep_one_protection_and_a_call_per_idle_time_not_per_
         with protection.busy():
             pass
     # then one protection covered them all, cleared once after the last
-    wait_until(lambda: not agent.protected)
+    wait_until(lambda: not agent.protected(WORKER))
     time.sleep(IDLE_S * 2)
-    assert agent.states() == [True, False]
+    assert agent.states(WORKER) == [True, False]
     # and the next job is protected again
     with protection.busy():
-        assert agent.states() == [True, False, True]
+        assert agent.states(WORKER) == [True, False, True]
 
 
-def test_a_protection_about_to_run_out_is_renewed_at_the_next_job(agent: FakeEcsAgent) -> None:
+def test_a_protection_about_to_run_out_is_renewed_at_the_next_job(agent: RecordingEcsAgent) -> None:
     # given jobs of at most a minute: each protection is given 2 min
     now = [1000.0]
     protection = ScaleInProtection(
-        EcsAgent(agent.url), job_bound_s=60, idle_s=IDLE_S, clock=lambda: now[0]
+        EcsAgent(agent.uri(WORKER)), job_bound_s=60, idle_s=IDLE_S, clock=lambda: now[0]
     )
     with protection.busy():
-        assert agent.recorded("PUT", FakeEcsAgent.PATH)[0].body["ExpiresInMinutes"] == 2
+        assert agent.puts[0].minutes == 2
     # when the next job starts while a minute or more is left, then nothing is sent
     now[0] += 60
     with protection.busy():
-        assert agent.states() == [True]
+        assert agent.states(WORKER) == [True]
     # and when less than a job's bound is left, then the protection is renewed first
     now[0] += 0.5
     with protection.busy():
-        assert agent.states() == [True, True]
+        assert agent.states(WORKER) == [True, True]
 
 
 def test_an_agent_that_fails_leaves_the_job_running_and_the_next_job_tries_again(
-    agent: FakeEcsAgent, caplog: pytest.LogCaptureFixture
+    agent: RecordingEcsAgent, caplog: pytest.LogCaptureFixture
 ) -> None:
     protection = protection_of(agent)
     agent.down = True
     ran = False
     with caplog.at_level(logging.WARNING, logger="gpu_worker.protection"), protection.busy():
         ran = True
-    assert ran and not agent.protected
+    assert ran and not agent.protected(WORKER)
     assert "could not be protected from scale-in" in caplog.text
     assert "500" in caplog.text
     # nothing to clear: it never was protected
     time.sleep(IDLE_S * 2)
-    assert len(agent.recorded("PUT", FakeEcsAgent.PATH)) == 1
+    assert len(agent.puts) == 1
     # when the agent is back, the next job is protected
     agent.down = False
     with protection.busy():
-        assert agent.protected
+        assert agent.protected(WORKER)
 
 
 def test_an_unreachable_agent_is_a_warning_within_the_client_timeouts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with FakeEcsAgent() as gone:
-        url = gone.url
+    gone = RecordingEcsAgent()
+    url = gone.uri(WORKER)
+    gone.close()
     protection = ScaleInProtection(EcsAgent(url), job_bound_s=JOB_BOUND_S, idle_s=IDLE_S)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="gpu_worker.protection"), protection.busy():

@@ -1,6 +1,6 @@
-"""Loopback stand-ins for the two AWS endpoints a GPU worker talks to on its instance: the ECS
-agent's task-protection endpoint and the instance metadata service (IMDSv2). Real HTTP on
-127.0.0.1, each call recorded; the answers are those the AWS documentation gives."""
+"""Loopback stand-ins for the two AWS endpoints a GPU worker talks to on its instance, real HTTP
+on 127.0.0.1 with each call recorded: the ECS agent's task-protection endpoint (make run's own
+stand-in) and the instance metadata service (IMDSv2, answered as the AWS documentation says)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+from sdsaas.local_pools import LocalAgent
 
 
 @dataclass(frozen=True)
@@ -81,38 +83,34 @@ class _Endpoint:
             return [c for c in self.calls if c.method == method and c.path == path]
 
 
-class FakeEcsAgent(_Endpoint):
-    """`$ECS_AGENT_URI/task-protection/v1/state`: PUT sets, GET reads; `down` answers 500."""
+@dataclass(frozen=True)
+class Protect:
+    """One PUT to the agent: what the worker asked for, and when."""
 
-    PATH = "/task-protection/v1/state"
-    TASK_ARN = "arn:aws:ecs:us-east-1:123456789012:task/sdsaas/0123456789abcdef"
+    worker: str
+    enabled: bool
+    minutes: int
+    at: float  # time.time()
+
+
+class RecordingEcsAgent(LocalAgent):
+    """`make run`'s loopback ECS agent (sdsaas/local_pools.py), each PUT kept (those it refused
+    too); while `down`, it answers 500 as the agent does when it fails."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.protected = False
+        self.puts: list[Protect] = []
         self.down = False
 
-    def answer(self, call: Call) -> tuple[int, Any]:
+    def protect(self, worker: str, *, enabled: bool, minutes: int) -> dt.datetime | None:
+        self.puts.append(Protect(worker, enabled, minutes, time.time()))
         if self.down:
-            return 500, {"error": {"Code": "ServerException", "Message": "agent unavailable"}}
-        if call.path != self.PATH:
-            return 404, {"error": {"Code": "NotFound"}}
-        if call.method == "PUT":
-            if not isinstance(call.body, dict) or "ProtectionEnabled" not in call.body:
-                return 400, {"error": {"Code": "InvalidParameterException"}}
-            self.protected = bool(call.body["ProtectionEnabled"])
-        minutes = (call.body or {}).get("ExpiresInMinutes", 120)
-        expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
-        protection = {
-            "ExpirationDate": expires.isoformat() if self.protected else None,
-            "ProtectionEnabled": self.protected,
-            "TaskArn": self.TASK_ARN,
-        }
-        return 200, {"protection": protection}
+            raise RuntimeError("agent unavailable")
+        return super().protect(worker, enabled=enabled, minutes=minutes)
 
-    def states(self) -> list[bool]:
+    def states(self, worker: str) -> list[bool]:
         """Each PUT's ProtectionEnabled, in order."""
-        return [bool(c.body["ProtectionEnabled"]) for c in self.recorded("PUT", self.PATH)]
+        return [put.enabled for put in self.puts if put.worker == worker]
 
 
 class FakeImds(_Endpoint):
