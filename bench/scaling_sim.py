@@ -10,8 +10,9 @@ Three policies decide the pool's size:
 
 - `ours`: `jobs.scaling.ScalingPolicy`, the module the production publisher and the local stack
   use, every 10 s on visible + in-flight jobs, with the measured seconds per job (the median of the
-  last 50); a job arriving at an empty pool asks for a worker at once; it never stops a busy
-  worker (ECS task scale-in protection).
+  last 50); workers above the need go after the scale-in delay, the last one after the
+  keep-alive without work; a job arriving at an empty pool asks for a worker at once; it never
+  stops a busy worker (ECS task scale-in protection).
 - `step_alarm`: the AWS Discord sample's step alarms on the visible messages, evaluated each
   minute: +1 worker once the queue held messages for 150 s, -1 once it held none for 25 min.
 - `queue_length`: KEDA's SQS scaler, `ceil(visible / 10)` polled every 30 s, in-flight
@@ -381,6 +382,7 @@ def policies(args: argparse.Namespace) -> dict[str, Policy]:
         acceptable_wait_s=args.acceptable_wait_s,
         default_seconds_per_job=5.0,  # SDSAAS_SCALING_DEFAULT_SECONDS_PER_JOB
         keep_alive_s=args.keep_alive_s,
+        scale_in_delay_s=args.scale_in_delay_s,
         max_workers=args.max_workers,
     )
     return {"ours": Ours(ours), "step_alarm": StepAlarm(), "queue_length": QueueLength()}
@@ -443,7 +445,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grace-s", type=int, default=25, help="SDSAAS_GPU_STOP_GRACE_S")
     parser.add_argument("--hours", type=float, help="the trace's length (default: its own)")
     parser.add_argument("--acceptable-wait-s", type=float, default=40.0, help="ours")
-    parser.add_argument("--keep-alive-s", type=float, default=60.0, help="ours")
+    parser.add_argument("--keep-alive-s", type=float, default=600.0, help="ours")
+    parser.add_argument("--scale-in-delay-s", type=float, default=60.0, help="ours")
     parser.add_argument("--spot-price", type=float, default=SPOT_PER_H)
     return parser.parse_args(argv)
 

@@ -228,12 +228,14 @@ class IdempotencyRecord(models.Model):
 
 
 class WorkerPool(models.Model):
-    """The size the scaling policy chose for a model's GPU pool, and until when it holds it
-    (jobs/scaling.py `PoolState`, kept between the publisher's runs: jobs/services/scaling.py)."""
+    """The size the scaling policy chose for a model's GPU pool, until when it holds it and until
+    when it keeps a warm worker (jobs/scaling.py `PoolState`, kept between the publisher's runs:
+    jobs/services/scaling.py)."""
 
     model = models.OneToOneField(DiffusionModel, on_delete=models.CASCADE, related_name="pool")
     workers = models.PositiveIntegerField(default=0)
     hold_until = models.DateTimeField(null=True, blank=True)
+    warm_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

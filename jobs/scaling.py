@@ -13,9 +13,12 @@ The policy, per model:
 - **Workers needed** = ceil(work / target backlog per worker), where the target backlog per
   worker = acceptable queue wait / measured seconds per job: the number of jobs one worker clears
   within the wait a client accepts. Never less than one worker while there is work.
-- **Scale out at once, scale in after a keep-alive**: the pool grows to the need as soon as it is
-  seen; it shrinks only once the need stayed below its size for the keep-alive, so a pool that
-  just emptied its queue is still there for the next burst, and one idle for longer costs nothing.
+- **Scale out at once, scale in after a delay**: the pool grows to the need as soon as it is
+  seen; workers above the need go once it stayed below the pool's size for the scale-in delay.
+- **A model in use keeps one warm worker**: the pool keeps one worker until it had no work for
+  the keep-alive, then goes to zero. A model with a trickle of jobs (one every few minutes)
+  would otherwise start an instance for nearly every job, each waiting out its boot and model
+  load, which costs more GPU time than the idle worker (bench/scaling_sim.py, bench/README.md).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class ScalingPolicy:
 
     acceptable_wait_s: float  # a job should start within this long of its admission
     default_seconds_per_job: float  # until a model has measured jobs
-    keep_alive_s: float  # an idle pool keeps its workers this long
+    keep_alive_s: float  # a pool keeps one worker until it had no work for this long
+    scale_in_delay_s: float  # workers above the need go once it stayed below for this long
     max_workers: int  # per model
 
     def target_backlog_per_worker(self, seconds_per_job: float) -> float:
@@ -59,16 +63,21 @@ class ScalingPolicy:
         return min(self.max_workers, max(1, workers))
 
     def next_pool(self, pool: PoolState, *, needed: int, now: float) -> PoolState:
-        """The pool's size after seeing `needed` at `now`: up at once, down after the keep-alive.
+        """The pool's size after seeing `needed` at `now`: up at once, down after the delay.
 
-        The keep-alive restarts each time the need reaches the pool's size; once it ran out, the
-        pool shrinks to the need (to zero for a model nobody used for that long).
+        The scale-in delay restarts each time the need reaches the pool's size; once it ran out,
+        the pool shrinks to the need, but not below one worker until the keep-alive since the
+        last work ran out.
         """
+        warm_until = now + self.keep_alive_s if needed > 0 else pool.warm_until
         if needed >= pool.workers:
-            return PoolState(workers=needed, hold_until=now + self.keep_alive_s)
+            return PoolState(needed, hold_until=now + self.scale_in_delay_s, warm_until=warm_until)
         if now < pool.hold_until:
-            return pool
-        return PoolState(workers=needed, hold_until=now + self.keep_alive_s)
+            return PoolState(pool.workers, hold_until=pool.hold_until, warm_until=warm_until)
+        floor = 1 if now < warm_until else 0
+        return PoolState(
+            max(needed, floor), hold_until=now + self.scale_in_delay_s, warm_until=warm_until
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,8 @@ class PoolState:
     """The size the policy last chose for a model's pool, and until when it holds it."""
 
     workers: int = 0
-    hold_until: float = 0.0
+    hold_until: float = 0.0  # no scale-in before
+    warm_until: float = 0.0  # one worker kept until (the last work + the keep-alive)
 
 
 def seconds_per_job(recent: Iterable[float], *, default: float) -> float:

@@ -214,6 +214,9 @@ def local_env(*, aws: str, base: str) -> dict[str, str]:
         # Jobs whose messages died with the last run's SQS server are sent again within about half
         # a minute of this start (moto's queue counts are exact: no lag to wait out).
         "SDSAAS_RECONCILE_AFTER_S": os.environ.get("SDSAAS_RECONCILE_AFTER_S", "15"),
+        # A pool keeps its warm worker a minute after its last job here (10 minutes by default),
+        # so that a laptop sees the pool go back to zero.
+        "SDSAAS_SCALING_KEEP_ALIVE_S": os.environ.get("SDSAAS_SCALING_KEEP_ALIVE_S", "60"),
     }
 
 

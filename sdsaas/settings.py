@@ -309,11 +309,13 @@ check_visibility_timing(
 
 # --- Scaling (jobs/scaling.py: the policy; jobs/services/scaling.py: its publisher) ------------
 # Each model's pool needs ceil(work / (SCALING_ACCEPTABLE_WAIT_S / measured seconds per job))
-# workers, grows at once and shrinks after SCALING_KEEP_ALIVE_S (defaults chosen with
+# workers, grows at once, sheds the workers above the need after SCALING_SCALE_IN_DELAY_S and
+# keeps one until it had no work for SCALING_KEEP_ALIVE_S (defaults chosen with
 # bench/scaling_sim.py: see bench/README.md). Published every SCALING_PERIOD_S to CloudWatch.
 SCALING_PERIOD_S = env_int("SDSAAS_SCALING_PERIOD_S", 10, minimum=1)
 SCALING_ACCEPTABLE_WAIT_S = env_int("SDSAAS_SCALING_ACCEPTABLE_WAIT_S", 40, minimum=1)
-SCALING_KEEP_ALIVE_S = env_int("SDSAAS_SCALING_KEEP_ALIVE_S", 60, minimum=0)
+SCALING_KEEP_ALIVE_S = env_int("SDSAAS_SCALING_KEEP_ALIVE_S", 600, minimum=0)
+SCALING_SCALE_IN_DELAY_S = env_int("SDSAAS_SCALING_SCALE_IN_DELAY_S", 60, minimum=0)
 SCALING_MAX_WORKERS = env_int("SDSAAS_SCALING_MAX_WORKERS", 20, minimum=1)
 # Before a model has finished jobs to measure.
 SCALING_DEFAULT_SECONDS_PER_JOB = env_int("SDSAAS_SCALING_DEFAULT_SECONDS_PER_JOB", 5, minimum=1)

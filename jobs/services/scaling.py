@@ -6,11 +6,13 @@ Every SCALING_PERIOD_S (`pools_publish`, on the beat scheduler), per enabled mod
 - the backlog: its queue's visible (and delayed) and in-flight messages (SQS attributes) and its
   admitted jobs not yet published (the database);
 - seconds per job: the median run (started -> completed) of its last 50 succeeded jobs;
-- the pool: `ScalingPolicy.next_pool`, kept in `WorkerPool` between runs;
+- the pool: `ScalingPolicy.next_pool`, kept in `WorkerPool` between runs (its size, the scale-in
+  delay and the keep-alive of its warm worker);
 - CloudWatch, namespace SCALING_METRIC_NAMESPACE, dimensions Deployment (the queue prefix) and
   Model, high resolution (1 s): `DesiredWorkers` (the pool's size), `WorkersNeeded` (the
-  formula, without the keep-alive), and the raw inputs `VisibleMessages`, `InFlightMessages`,
-  `UnpublishedJobs`, `SecondsPerJob`, `TargetBacklogPerWorker`. ECS service auto scaling acts on
+  formula, without the scale-in delay and the keep-alive), and the raw inputs
+  `VisibleMessages`, `InFlightMessages`, `UnpublishedJobs`, `SecondsPerJob`,
+  `TargetBacklogPerWorker`. ECS service auto scaling acts on
   `DesiredWorkers` (deploy/terraform/); the local stack's pools follow it too (sdsaas/devstack.py).
 
 On ECS (SDSAAS_SCALING_ECS_CLUSTER set) each run also sets every GPU service's desired count
@@ -60,7 +62,7 @@ class PoolReport:
     seconds_per_job: float
     target_backlog_per_worker: float
     needed: int
-    workers: int  # the pool's size, keep-alive included
+    workers: int  # the pool's size, scale-in delay and keep-alive included
 
 
 def scaling_policy() -> ScalingPolicy:
@@ -68,6 +70,7 @@ def scaling_policy() -> ScalingPolicy:
         acceptable_wait_s=settings.SCALING_ACCEPTABLE_WAIT_S,
         default_seconds_per_job=settings.SCALING_DEFAULT_SECONDS_PER_JOB,
         keep_alive_s=settings.SCALING_KEEP_ALIVE_S,
+        scale_in_delay_s=settings.SCALING_SCALE_IN_DELAY_S,
         max_workers=settings.SCALING_MAX_WORKERS,
     )
 
@@ -128,7 +131,7 @@ def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
     """Scale from zero: the pools of these models that were empty get one worker now. Their
     slugs. Called after a publish; never raises (the next `pools_publish` sizes them anyway)."""
     now = timezone.now()
-    hold = now + dt.timedelta(seconds=settings.SCALING_KEEP_ALIVE_S)
+    woke = _pool_fields(scaling_policy().next_pool(PoolState(), needed=1, now=_seconds(now)))
     woken: list[str] = []
     try:
         # One statement while the pools have workers, the common case.
@@ -138,13 +141,9 @@ def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
             )
         )
         for model in DiffusionModel.objects.filter(pk__in=set(model_ids) - awake, enabled=True):
-            wakes = WorkerPool.objects.filter(model=model, workers=0).update(
-                workers=1, hold_until=hold
-            )
+            wakes = WorkerPool.objects.filter(model=model, workers=0).update(**woke)
             if not wakes:
-                _, wakes = WorkerPool.objects.get_or_create(
-                    model=model, defaults={"workers": 1, "hold_until": hold}
-                )
+                _, wakes = WorkerPool.objects.get_or_create(model=model, defaults=woke)
             if wakes:
                 woken.append(model.slug)
         if woken:
@@ -178,13 +177,28 @@ def _pool_next(
         pool = WorkerPool.objects.select_for_update().get(model=model)
         state = PoolState(
             workers=pool.workers,
-            hold_until=((pool.hold_until or EPOCH) - EPOCH).total_seconds(),
+            hold_until=_seconds(pool.hold_until or EPOCH),
+            warm_until=_seconds(pool.warm_until or EPOCH),
         )
-        state = policy.next_pool(state, needed=needed, now=(now - EPOCH).total_seconds())
-        pool.workers = state.workers
-        pool.hold_until = EPOCH + dt.timedelta(seconds=state.hold_until)
-        pool.save(update_fields=["workers", "hold_until", "updated_at"])
+        state = policy.next_pool(state, needed=needed, now=_seconds(now))
+        fields = _pool_fields(state)
+        for name, value in fields.items():
+            setattr(pool, name, value)
+        pool.save(update_fields=[*fields, "updated_at"])
     return state.workers
+
+
+def _pool_fields(state: PoolState) -> dict[str, Any]:
+    """A `PoolState` as `WorkerPool`'s fields."""
+    return {
+        "workers": state.workers,
+        "hold_until": EPOCH + dt.timedelta(seconds=state.hold_until),
+        "warm_until": EPOCH + dt.timedelta(seconds=state.warm_until),
+    }
+
+
+def _seconds(at: dt.datetime) -> float:
+    return (at - EPOCH).total_seconds()
 
 
 def _metric_data(report: PoolReport, now: dt.datetime) -> list[dict[str, Any]]:

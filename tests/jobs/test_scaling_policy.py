@@ -1,5 +1,6 @@
 """The scaling policy (jobs/scaling.py) on constructed inputs: how many workers a model's pool
-needs, and how the pool follows the need (out at once, in after the keep-alive)."""
+needs, and how the pool follows the need (out at once, in after the scale-in delay, to zero after
+the keep-alive)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import pytest
 from jobs.scaling import Backlog, PoolState, ScalingPolicy, seconds_per_job
 
 POLICY = ScalingPolicy(
-    acceptable_wait_s=30, default_seconds_per_job=3, keep_alive_s=60, max_workers=8
+    acceptable_wait_s=30,
+    default_seconds_per_job=3,
+    keep_alive_s=300,
+    scale_in_delay_s=60,
+    max_workers=8,
 )
 
 
@@ -47,26 +52,40 @@ def test_the_pool_is_capped_per_model() -> None:
 
 def test_the_pool_grows_at_once_from_zero_and_when_the_need_grows() -> None:
     pool = POLICY.next_pool(PoolState(), needed=1, now=0)
-    assert pool == PoolState(workers=1, hold_until=60)
+    assert pool == PoolState(workers=1, hold_until=60, warm_until=300)
     pool = POLICY.next_pool(pool, needed=5, now=10)
     assert pool.workers == 5
 
 
-def test_the_pool_shrinks_to_the_need_only_after_the_keep_alive() -> None:
+def test_the_pool_shrinks_to_the_need_only_after_the_scale_in_delay() -> None:
     # given a pool of 4 whose need was last 4 at t=100
     pool = POLICY.next_pool(PoolState(workers=4, hold_until=0), needed=4, now=100)
-    # when the need drops, the pool holds its size for the keep-alive
+    # when the need drops, the pool holds its size for the delay
     for now in (110, 130, 159):
-        assert POLICY.next_pool(pool, needed=1, now=now) == pool
-    # then it shrinks to the need, and holds that size for another keep-alive
-    smaller = POLICY.next_pool(pool, needed=1, now=160)
-    assert smaller == PoolState(workers=1, hold_until=220)
-    # and an idle pool goes to zero after the next
-    assert POLICY.next_pool(smaller, needed=0, now=219).workers == 1
-    assert POLICY.next_pool(smaller, needed=0, now=220).workers == 0
+        assert POLICY.next_pool(pool, needed=2, now=now).workers == 4
+    # then it shrinks to the need, and holds that size for another delay
+    smaller = POLICY.next_pool(pool, needed=2, now=160)
+    assert smaller == PoolState(workers=2, hold_until=220, warm_until=460)
+    assert POLICY.next_pool(smaller, needed=1, now=219).workers == 2
+    assert POLICY.next_pool(smaller, needed=1, now=220).workers == 1
 
 
-def test_a_need_that_reaches_the_pool_again_restarts_the_keep_alive() -> None:
+def test_a_pool_without_work_keeps_one_warm_worker_until_the_keep_alive_then_none() -> None:
+    # given a pool of 3 whose last work was seen at t=100 (the keep-alive runs to 400)
+    pool = POLICY.next_pool(PoolState(), needed=3, now=100)
+    # when no work comes, the workers above one go after the scale-in delay
+    pool = POLICY.next_pool(pool, needed=0, now=160)
+    assert pool.workers == 1
+    # the last one stays through the keep-alive since the last work, and goes then
+    assert POLICY.next_pool(pool, needed=0, now=399).workers == 1
+    assert POLICY.next_pool(pool, needed=0, now=400).workers == 0
+    # a job in between restarts the keep-alive
+    pool = POLICY.next_pool(pool, needed=1, now=390)
+    assert POLICY.next_pool(pool, needed=0, now=689).workers == 1
+    assert POLICY.next_pool(pool, needed=0, now=690).workers == 0
+
+
+def test_a_need_that_reaches_the_pool_again_restarts_the_scale_in_delay() -> None:
     pool = PoolState(workers=3, hold_until=60)
     pool = POLICY.next_pool(pool, needed=3, now=50)
     assert pool.hold_until == 110

@@ -28,6 +28,7 @@ NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 def _policy(settings: Any) -> None:
     settings.SCALING_ACCEPTABLE_WAIT_S = 40
     settings.SCALING_KEEP_ALIVE_S = 60
+    settings.SCALING_SCALE_IN_DELAY_S = 30
     settings.SCALING_MAX_WORKERS = 20
     settings.SCALING_DEFAULT_SECONDS_PER_JOB = 5
     settings.SCALING_METRIC_NAMESPACE = f"sdsaas-test/{settings.SQS_QUEUE_PREFIX}"
@@ -126,7 +127,7 @@ def test_in_flight_messages_alone_keep_their_workers(local_aws: LocalAws) -> Non
     assert WorkerPool.objects.get(model=model).workers == 2
 
 
-def test_a_pool_without_work_keeps_its_workers_for_the_keep_alive_then_goes_to_zero(
+def test_a_pool_without_work_sheds_its_workers_after_the_delay_and_the_last_after_the_keep_alive(
     local_aws: LocalAws,
 ) -> None:
     # given a pool of 3 sized at NOW
@@ -138,8 +139,11 @@ def test_a_pool_without_work_keeps_its_workers_for_the_keep_alive_then_goes_to_z
     # when its queue empties
     sqs = local_aws.client("sqs")
     sqs.purge_queue(QueueUrl=ensure_model_queue("sd15"))
-    # then it keeps its size through the keep-alive, and is empty after it
-    assert pools_publish(now=NOW + dt.timedelta(seconds=59))[0].workers == 3
+    # then it keeps its size through the scale-in delay, one worker through the keep-alive (the
+    # state is kept in the database between runs), and is empty after it
+    assert pools_publish(now=NOW + dt.timedelta(seconds=29))[0].workers == 3
+    assert pools_publish(now=NOW + dt.timedelta(seconds=30))[0].workers == 1
+    assert pools_publish(now=NOW + dt.timedelta(seconds=59))[0].workers == 1
     assert pools_publish(now=NOW + dt.timedelta(seconds=60))[0].workers == 0
     assert metric(local_aws, "WorkersNeeded", "sd15")[-1] == 0
 
@@ -188,10 +192,12 @@ def test_on_ecs_each_run_applies_the_pool_to_the_gpu_service_up_and_down(
     # when the publisher runs, then the service is set to the pool's size (25 jobs / 8 a worker)
     assert pools_publish(now=NOW)[0].workers == 4
     assert desired_count(ecs, settings, "sd15") == 4
-    # and once the queue is empty past the keep-alive, back to zero
+    # and once the queue is empty, down to one past the scale-in delay, zero past the keep-alive
     local_aws.client("sqs").purge_queue(QueueUrl=ensure_model_queue("sd15"))
-    pools_publish(now=NOW + dt.timedelta(seconds=30))
+    pools_publish(now=NOW + dt.timedelta(seconds=29))
     assert desired_count(ecs, settings, "sd15") == 4
+    pools_publish(now=NOW + dt.timedelta(seconds=31))
+    assert desired_count(ecs, settings, "sd15") == 1
     pools_publish(now=NOW + dt.timedelta(seconds=61))
     assert desired_count(ecs, settings, "sd15") == 0
 
@@ -209,9 +215,13 @@ def test_a_job_published_for_an_empty_pool_wakes_it_at_once_and_raises_the_ecs_s
     assert jobs_publish(job_ids=[job.pk]) == 1
     # then, before the next run of the scaling publisher, the pool has a worker, CloudWatch
     # says so and the service's desired count is 1
-    assert WorkerPool.objects.get(model=model).workers == 1
+    woken = WorkerPool.objects.get(model=model)
+    assert woken.workers == 1
     assert metric(local_aws, "DesiredWorkers", "sd15")[-1] == 1
     assert desired_count(ecs, settings, "sd15") == 1
+    # held for the scale-in delay, kept warm for the keep-alive, as the policy's own wake
+    assert woken.hold_until is not None and woken.warm_until is not None
+    assert (woken.warm_until - woken.hold_until).total_seconds() == pytest.approx(30)
     # and a pool that has workers is left alone
     assert pools_wake(model_ids=[model.pk]) == []
 
