@@ -27,12 +27,21 @@ def lora_list(*, tenant: Tenant) -> QuerySet[LoraAdapter]:
     return LoraAdapter.objects.filter(_visible_to(tenant)).order_by("slug")
 
 
+# The poll's lookup, written out: Django compiling this query cost about as much as PostgreSQL
+# running it (0.55 ms against 0.30 ms raw, bench/README.md), on every `GET /v1/jobs/{id}`. The
+# model's slug comes with the row (`model_slug`), not the model.
+_JOB_OF_TENANT = (
+    f"SELECT j.*, m.slug AS model_slug FROM {Job._meta.db_table} j"
+    f" JOIN {DiffusionModel._meta.db_table} m ON m.id = j.model_id"
+    " WHERE j.tenant_id = %s AND j.public_id = %s"
+)
+
+
 def job_get(*, tenant: Tenant, public_id: str) -> Job:
     """The tenant's job; another tenant's job is NotFound, the same as a missing one."""
-    try:  # get, not first: the id is unique, and first's ORDER BY costs every poll
-        return Job.objects.select_related("model").get(tenant=tenant, public_id=public_id)
-    except Job.DoesNotExist:
-        raise NotFound(f"No job {public_id!r}.") from None
+    for job in Job.objects.raw(_JOB_OF_TENANT, [tenant.pk, public_id]):
+        return job  # public_id is unique: one row at most
+    raise NotFound(f"No job {public_id!r}.")
 
 
 def job_list(
