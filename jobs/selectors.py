@@ -4,7 +4,8 @@ import datetime as dt
 from collections.abc import Iterable
 
 from django.core.files.storage import default_storage
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db import connection
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter, Upload
 from sdsaas.errors import NotFound
@@ -79,34 +80,41 @@ def jobs_silent_in_flight(*, since: dt.datetime) -> QuerySet[Job]:
     )
 
 
+# A queued job's position is counted up to this many jobs ahead of it, so that what a poll costs
+# does not grow with its tenant's backlog; a job further back shows this number.
+QUEUE_POSITION_CAP = 1000
+
+
 def job_queue_position(*, job: Job) -> int | None:
-    """0-based position among the tenant's jobs waiting for admission; None once admitted."""
+    """0-based position among the tenant's jobs waiting for admission, up to
+    QUEUE_POSITION_CAP; None once admitted."""
     if job.status != Job.Status.QUEUED:
         return None
-    return Job.objects.filter(
-        tenant_id=job.tenant_id, status=Job.Status.QUEUED, id__lt=job.id
-    ).count()
+    ahead = Job.objects.filter(tenant_id=job.tenant_id, status=Job.Status.QUEUED, id__lt=job.id)
+    return ahead.order_by()[:QUEUE_POSITION_CAP].count()  # COUNT over a LIMIT: a bounded scan
+
+
+# Each job's `job_queue_position` in one statement: a bounded count per job (the tenant's
+# (tenant, status, id) index read backwards from the job, at most QUEUE_POSITION_CAP entries).
+_QUEUED_AHEAD = (
+    "SELECT j.id, (SELECT COUNT(*) FROM (SELECT 1 FROM {table} q WHERE q.tenant_id = j.tenant_id"
+    " AND q.status = %s AND q.id < j.id LIMIT %s) ahead) FROM {table} j WHERE j.id IN ({ids})"
+)
 
 
 def job_queue_positions(*, tenant: Tenant, jobs: Iterable[Job]) -> dict[int, int]:
     """`job_queue_position` of each of the tenant's queued `jobs`, by job id, in one query (none
     when no job is queued), so that a list page costs the same whatever its size. Jobs that are
     not queued, or not the tenant's, have no entry."""
-    queued = sorted(
+    queued = [
         job.id for job in jobs if job.status == Job.Status.QUEUED and job.tenant_id == tenant.id
-    )
+    ]
     if not queued:
         return {}
-    # One scan of the tenant's queue up to the page's last queued job, one count per job.
-    counts = Job.objects.filter(
-        tenant=tenant, status=Job.Status.QUEUED, id__lt=queued[-1]
-    ).aggregate(
-        **{
-            f"before_{index}": Count("id", filter=Q(id__lt=job_id))
-            for index, job_id in enumerate(queued)
-        }
-    )
-    return {job_id: counts[f"before_{index}"] for index, job_id in enumerate(queued)}
+    sql = _QUEUED_AHEAD.format(table=Job._meta.db_table, ids=", ".join(["%s"] * len(queued)))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [Job.Status.QUEUED.value, QUEUE_POSITION_CAP, *queued])
+        return {job_id: ahead for job_id, ahead in cursor.fetchall()}
 
 
 def _seconds_between(start: dt.datetime | None, end: dt.datetime | None) -> float | None:

@@ -14,7 +14,12 @@ from rest_framework import serializers
 
 from jobs.announcements import JobEventType
 from jobs.models import DiffusionModel, Job, LoraAdapter, Upload
-from jobs.selectors import job_metrics, job_output_urls, job_queue_position
+from jobs.selectors import (
+    QUEUE_POSITION_CAP,
+    job_metrics,
+    job_output_urls,
+    job_queue_position,
+)
 from sdsaas.api import (
     NumberField,
     QuerySerializer,
@@ -260,7 +265,13 @@ class JobSerializer(serializers.ModelSerializer):
         total = job.progress_total or int(job.input.get("steps", 0))
         return {"step": job.progress_step, "total": total}
 
-    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    @extend_schema_field(
+        serializers.IntegerField(
+            allow_null=True,
+            help_text="How many of your jobs wait for admission ahead of this one, counted up "
+            f"to {QUEUE_POSITION_CAP}; null once admitted.",
+        )
+    )
     def get_queue_position(self, job: Job) -> int | None:
         # A list passes `context={"queue_positions": ...}`, its page's positions read in one query
         # (selectors.job_queue_positions), rather than one query per queued job.

@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from pytest_django import DjangoAssertNumQueries
 from rest_framework.test import APIClient
 
+from jobs import selectors
 from jobs.models import Job
 from jobs.services.lifecycle import job_cancel
 from jobs.services.submit import job_submit
@@ -125,3 +126,22 @@ def test_list_positions_are_the_definition_and_the_single_job_gets(
         assert position == expected[public_id], public_id
         single = client.get(f"/v1/jobs/{public_id}").json()
         assert single["queue_position"] == position, public_id
+
+
+@pytest.mark.django_db
+def test_positions_are_counted_up_to_the_cap_in_the_list_and_the_single_job_get(
+    queues: Queues, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a cap below our 10 queued jobs
+    monkeypatch.setattr(selectors, "QUEUE_POSITION_CAP", 3)
+    client = queues.clients["ours"]
+    expected = {
+        public_id: None if position is None else min(position, 3)
+        for public_id, position in expected_positions(queues.ours).items()
+    }
+    assert sorted(p for p in expected.values() if p is not None) == [0, 1, 2] + [3] * 7
+    # when the list and each job are read, then a job further back than the cap shows the cap
+    listed = client.get("/v1/jobs?limit=100").json()["results"]
+    assert {job["id"]: job["queue_position"] for job in listed} == expected
+    for public_id, position in expected.items():
+        assert client.get(f"/v1/jobs/{public_id}").json()["queue_position"] == position
