@@ -159,7 +159,8 @@ def run_jobs(
 
     More than one: text-to-image jobs of one `batch_key`, micro-batched by the worker
     (gpu_worker/tasks.py). Each job is reported as if it ran alone: its own events, images and
-    metrics (load and inference are the batch's). The batch is watched as one: its time limit
+    metrics (load and inference are the batch's; `batch_size` says how many jobs shared them).
+    The batch is watched as one: its time limit
     is the sum of the jobs' (held to the worker's ceiling), it ends as canceled only once every
     job was canceled (a job canceled alone is reported at its end, and the control plane, for
     which it is final, drops the report), and it is preempted as a whole. A batch that fails for
@@ -239,7 +240,7 @@ def _run_live(
     if work_done is not None:
         work_done()
     for index, run, waited, stored in zip(indexes, batch, queue_s, keys, strict=True):
-        metrics = {"queue_s": round(waited, 3), **run.timings}
+        metrics = {"queue_s": round(waited, 3), "batch_size": float(len(batch)), **run.timings}
         run.send(JobSucceeded(run.message.job_id, run.attempt, output_keys=stored, metrics=metrics))
         outcomes[index] = RunOutcome.SUCCEEDED
     return True

@@ -5,7 +5,8 @@ Every SCALING_PERIOD_S (`pools_publish`, on the beat scheduler), per enabled mod
 
 - the backlog: its queue's visible (and delayed) and in-flight messages (SQS attributes) and its
   admitted jobs not yet published (the database);
-- seconds per job: the median run (started -> completed) of its last 50 succeeded jobs;
+- seconds per job: the median run (started -> completed) of its last 50 succeeded jobs, a run
+  of a micro-batch divided by its `batch_size` (its jobs share the worker for that long);
 - the pool: `ScalingPolicy.next_pool`, kept in `WorkerPool` between runs (its size, the scale-in
   delay and the keep-alive of its warm worker);
 - CloudWatch, namespace SCALING_METRIC_NAMESPACE, dimensions Deployment (the queue prefix) and
@@ -164,9 +165,13 @@ def _recent_runs(model: DiffusionModel) -> list[float]:
             started_at__isnull=False,
         )
         .order_by("-completed_at")
-        .values_list("started_at", "completed_at")[:RECENT_JOBS]
+        .values_list("started_at", "completed_at", "metrics")[:RECENT_JOBS]
     )
-    return [(done - started).total_seconds() for started, done in runs if started and done]
+    return [
+        (done - started).total_seconds() / max(1.0, float(metrics.get("batch_size", 1)))
+        for started, done, metrics in runs
+        if started and done
+    ]
 
 
 def _pool_next(

@@ -86,7 +86,8 @@ class JobSucceeded(Event):
     KIND = EventKind.SUCCEEDED
     TASK = "control.job_succeeded"
     output_keys: list[str]
-    # queue_s, load_s, inference_s, encode_s, upload_s: seconds, rounded to milliseconds
+    # queue_s, load_s, inference_s, encode_s, upload_s: seconds, rounded to milliseconds;
+    # batch_size: how many jobs ran as one batch with it (their load and inference are shared)
     metrics: dict[str, float]
 
 

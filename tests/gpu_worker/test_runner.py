@@ -76,7 +76,15 @@ def test_a_job_reports_started_then_succeeded_with_its_images_in_s3(tiny_model_d
         f"{job.output_prefix}0.png",
         f"{job.output_prefix}1.png",
     ]
-    assert set(succeeded["metrics"]) == {"queue_s", "load_s", "inference_s", "encode_s", "upload_s"}
+    assert set(succeeded["metrics"]) == {
+        "queue_s",
+        "batch_size",
+        "load_s",
+        "inference_s",
+        "encode_s",
+        "upload_s",
+    }
+    assert succeeded["metrics"]["batch_size"] == 1
     # and each image is in S3 with its own seed in its record
     for index, key in enumerate(succeeded["output_keys"]):
         with default_storage.open(key, "rb") as handle:
@@ -262,6 +270,8 @@ def test_jobs_run_as_one_batch_are_each_reported_with_their_own_images(
     assert all(job_id != "job_batch_c" for _, job_id in reported)
     # and each one's images are under its own prefix, from its own seeds
     succeeded = {kw["job_id"]: kw for _, name, kw in events if name == JobSucceeded.TASK}
+    # (the two that ran shared the batch, which their metrics say for the scaling signal)
+    assert [succeeded[job.job_id]["metrics"]["batch_size"] for job in jobs[:2]] == [2, 2]
     for job, count in ((jobs[0], 2), (jobs[1], 1)):
         keys = succeeded[job.job_id]["output_keys"]
         assert keys == [f"{job.output_prefix}{index}.png" for index in range(count)]

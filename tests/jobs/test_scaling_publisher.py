@@ -46,13 +46,14 @@ def queue_messages(aws: LocalAws, slug: str, *, visible: int, in_flight: int) ->
         taken += len(batch)
 
 
-def ran_jobs(model: DiffusionModel, seconds: list[float]) -> None:
+def ran_jobs(model: DiffusionModel, seconds: list[float], *, batch_size: int = 1) -> None:
     for run_s in seconds:
         JobFactory(
             model=model,
             status=Job.Status.SUCCEEDED,
             started_at=NOW - dt.timedelta(seconds=run_s),
             completed_at=NOW,
+            metrics={"inference_s": run_s, "batch_size": float(batch_size)},
         )
 
 
@@ -116,6 +117,17 @@ def test_the_pool_counts_visible_in_flight_and_unpublished_jobs_at_the_measured_
     assert metric(local_aws, "UnpublishedJobs", "sd15") == [3.0]
     assert metric(local_aws, "SecondsPerJob", "sd15") == [4.0]
     assert metric(local_aws, "TargetBacklogPerWorker", "sd15") == [10.0]
+
+
+def test_a_micro_batch_s_run_counts_once_per_job_not_once_for_each(local_aws: LocalAws) -> None:
+    # given a model whose last jobs ran in batches of 4, 16 s a batch (4 s a job)
+    model = DiffusionModelFactory(slug="sd15")
+    ran_jobs(model, [16.0] * 8, batch_size=4)
+    queue_messages(local_aws, "sd15", visible=30, in_flight=0)
+    # when the publisher runs, then a job takes 4 s of a worker, not the batch's 16
+    [report] = pools_publish(now=NOW)
+    assert report.seconds_per_job == 4.0
+    assert (report.needed, report.workers) == (3, 3)  # 30 jobs, 10 a worker in 40 s
 
 
 def test_in_flight_messages_alone_keep_their_workers(local_aws: LocalAws) -> None:
