@@ -154,6 +154,9 @@ MIDDLEWARE = [
     "sdsaas.ops.OpsMiddleware",
     "sdsaas.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The admin's static files, from STATIC_ROOT (collected into the web image): no other server
+    # is needed in front of the API for them.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -252,7 +255,9 @@ STORAGES = {
             ),
         },
     },
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # collectstatic also writes a compressed copy of each file, which WhiteNoise serves to
+    # clients that accept it.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
 # --- GPU workers -------------------------------------------------------------------------------
