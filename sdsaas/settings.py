@@ -6,6 +6,7 @@ See README.md, "Configuration", for the table of variables.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -218,6 +219,10 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
+if DEBUG:
+    # In development WhiteNoise serves the apps' own static files (its finders, on with DEBUG);
+    # STATIC_ROOT is filled only by collectstatic, in the web image, so its absence is expected.
+    warnings.filterwarnings("ignore", message="No directory at: ")
 
 # --- AWS: SQS broker and S3 storage -------------------------------------------------------------
 AWS_REGION = env_str("SDSAAS_AWS_REGION", "us-east-1")
