@@ -170,7 +170,11 @@ class ApiView(APIView):
         method = (request.method or "").upper()
         if not hasattr(self, method.lower()):
             return  # a method the view does not have is a 405, whatever its query
-        query = self.query_serializers.get(method, QuerySerializer)(data=request.query_params)
+        serializer = self.query_serializers.get(method)
+        if serializer is None and not request.query_params:
+            self.query = {}  # what validating nothing against no fields gives, on every poll
+            return
+        query = (serializer or QuerySerializer)(data=request.query_params)
         query.is_valid(raise_exception=True)
         self.query = dict(query.validated_data)
 
