@@ -65,19 +65,19 @@ class ScalingPolicy:
     def next_pool(self, pool: PoolState, *, needed: int, now: float) -> PoolState:
         """The pool's size after seeing `needed` at `now`: up at once, down after the delay.
 
-        The scale-in delay restarts each time the need reaches the pool's size; once it ran out,
-        the pool shrinks to the need, but not below one worker until the keep-alive since the
-        last work ran out.
+        The scale-in delay restarts each time the need reaches the pool's size (or the pool
+        shrinks); once it ran out, the pool shrinks to the need, but not below one worker until
+        the keep-alive since the last work ran out. The delay holds workers above one only: the
+        last one goes when the keep-alive ends, not a delay later.
         """
         warm_until = now + self.keep_alive_s if needed > 0 else pool.warm_until
         if needed >= pool.workers:
             return PoolState(needed, hold_until=now + self.scale_in_delay_s, warm_until=warm_until)
-        if now < pool.hold_until:
+        if now < pool.hold_until and pool.workers > 1:
             return PoolState(pool.workers, hold_until=pool.hold_until, warm_until=warm_until)
-        floor = 1 if now < warm_until else 0
-        return PoolState(
-            max(needed, floor), hold_until=now + self.scale_in_delay_s, warm_until=warm_until
-        )
+        workers = max(needed, 1 if now < warm_until else 0)
+        hold_until = pool.hold_until if workers == pool.workers else now + self.scale_in_delay_s
+        return PoolState(workers, hold_until=hold_until, warm_until=warm_until)
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def job_render(*, job: Job, user_id: str, upscale_model: str = "") -> Rendered:
     status = job.status
     if status == Job.Status.QUEUED:
         position = job_selectors.job_queue_position(job=job)
-        ahead = f"{position} ahead" if position else "next"
+        capped = position == job_selectors.QUEUE_POSITION_CAP
+        ahead = f"{position}{'+' if capped else ''} ahead" if position else "next"
         return Rendered(message(f"{head}\n🕒 Queued ({ahead})"))
     if status == Job.Status.STARTING:
         return Rendered(message(f"{head}\n⏳ Starting on `{job.model.slug}`"))

@@ -168,10 +168,16 @@ def _recent_runs(model: DiffusionModel) -> list[float]:
         .values_list("started_at", "completed_at", "metrics")[:RECENT_JOBS]
     )
     return [
-        (done - started).total_seconds() / max(1.0, float(metrics.get("batch_size", 1)))
+        (done - started).total_seconds() / _batch_size(metrics)
         for started, done, metrics in runs
         if started and done
     ]
+
+
+def _batch_size(metrics: Any) -> float:
+    """How many jobs shared the run (the worker's `batch_size`; 1 when absent or not a count)."""
+    size = metrics.get("batch_size") if isinstance(metrics, dict) else None
+    return float(size) if isinstance(size, int | float) and size >= 1 else 1.0
 
 
 def _pool_next(
@@ -183,7 +189,8 @@ def _pool_next(
         state = PoolState(
             workers=pool.workers,
             hold_until=_seconds(pool.hold_until or EPOCH),
-            warm_until=_seconds(pool.warm_until or EPOCH),
+            # A disabled model keeps no warm worker: no job will come for it.
+            warm_until=_seconds(pool.warm_until or EPOCH) if model.enabled else 0.0,
         )
         state = policy.next_pool(state, needed=needed, now=_seconds(now))
         fields = _pool_fields(state)

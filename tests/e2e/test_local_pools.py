@@ -29,7 +29,7 @@ IDLE_S = 1
 @pytest.fixture
 def pools(pool: Pool, local_aws: LocalAws, settings: Any) -> Iterator[LocalPools]:
     settings.SCALING_KEEP_ALIVE_S = KEEP_ALIVE_S
-    settings.SCALING_SCALE_IN_DELAY_S = KEEP_ALIVE_S
+    settings.SCALING_SCALE_IN_DELAY_S = 1  # the keep-alive, not the delay, holds the last one
     settings.SCALING_METRIC_NAMESPACE = f"e2e/{uuid.uuid4().hex[:8]}"
 
     def start_worker(name: str, slug: str, env: dict[str, str]) -> Any:

@@ -85,6 +85,16 @@ def test_a_pool_without_work_keeps_one_warm_worker_until_the_keep_alive_then_non
     assert POLICY.next_pool(pool, needed=0, now=690).workers == 0
 
 
+def test_the_last_worker_goes_when_the_keep_alive_ends_even_within_a_scale_in_delay() -> None:
+    # given a pool of 2 that shrank to its warm worker at t=250, whose last work was at t=0
+    pool = POLICY.next_pool(PoolState(), needed=2, now=0)
+    pool = POLICY.next_pool(pool, needed=0, now=250)
+    assert pool.workers == 1 and pool.hold_until == 310
+    # when the keep-alive ends at t=300, inside the delay the shrink started, then it is gone
+    assert POLICY.next_pool(pool, needed=0, now=299).workers == 1
+    assert POLICY.next_pool(pool, needed=0, now=300).workers == 0
+
+
 def test_a_need_that_reaches_the_pool_again_restarts_the_scale_in_delay() -> None:
     pool = PoolState(workers=3, hold_until=60)
     pool = POLICY.next_pool(pool, needed=3, now=50)

@@ -124,6 +124,14 @@ def test_a_micro_batch_s_run_counts_once_per_job_not_once_for_each(local_aws: Lo
     model = DiffusionModelFactory(slug="sd15")
     ran_jobs(model, [16.0] * 8, batch_size=4)
     queue_messages(local_aws, "sd15", visible=30, in_flight=0)
+    # (and a run whose batch size is unreadable counts as one job's)
+    JobFactory(
+        model=model,
+        status=Job.Status.SUCCEEDED,
+        started_at=NOW - dt.timedelta(seconds=4),
+        completed_at=NOW,
+        metrics={"batch_size": None},
+    )
     # when the publisher runs, then a job takes 4 s of a worker, not the batch's 16
     [report] = pools_publish(now=NOW)
     assert report.seconds_per_job == 4.0
@@ -251,9 +259,12 @@ def test_waking_never_fails_the_publish(local_aws: LocalAws, settings: Any) -> N
 def test_a_model_disabled_while_its_pool_had_workers_is_sized_down_to_zero(
     local_aws: LocalAws,
 ) -> None:
-    # given a model whose pool has 2 workers, then disabled (nothing more will come)
+    # given a model whose pool has 2 workers, one of them kept warm for 10 more minutes, then
+    # disabled (nothing more will come)
     model = DiffusionModelFactory(slug="sd15")
-    WorkerPool.objects.create(model=model, workers=2, hold_until=NOW)
+    WorkerPool.objects.create(
+        model=model, workers=2, hold_until=NOW, warm_until=NOW + dt.timedelta(minutes=10)
+    )
     DiffusionModel.objects.filter(pk=model.pk).update(enabled=False)
     # when the publisher runs, then the pool still goes to zero, and is then left alone
     assert [(r.model, r.workers) for r in pools_publish(now=NOW)] == [("sd15", 0)]

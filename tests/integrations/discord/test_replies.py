@@ -12,6 +12,7 @@ from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from integrations.discord.models import DiscordApplication, DiscordReply, HandledInteraction
+from integrations.discord.render import job_render
 from integrations.discord.services.replies import (
     handled_interactions_prune,
     on_job_state_change,
@@ -19,6 +20,7 @@ from integrations.discord.services.replies import (
 )
 from integrations.discord.services.sync import message_delete, reply_sync
 from integrations.discord.tokens import token_encrypt
+from jobs import selectors as job_selectors
 from jobs.announcements import JobStateChange
 from jobs.models import Job
 from sdsaas.broker.sqs import discord_queue_name
@@ -271,3 +273,25 @@ def test_handled_interaction_ids_are_forgotten_after_a_day(application: DiscordA
     recent = HandledInteraction.objects.create(interaction_id="2", application=application)
     assert handled_interactions_prune() == 1
     assert list(HandledInteraction.objects.values_list("pk", flat=True)) == [recent.pk]
+
+
+@pytest.mark.django_db
+def test_a_queued_job_s_reply_says_how_many_are_ahead_and_a_capped_count_as_a_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given three queued jobs of one tenant
+    first = JobFactory(status=Job.Status.QUEUED)
+    jobs = [first] + [
+        JobFactory(status=Job.Status.QUEUED, tenant=first.tenant, model=first.model)
+        for _ in range(2)
+    ]
+
+    def shown(job: Job) -> str:
+        return str(job_render(job=job, user_id="42").payload["content"])
+
+    # then the first is next and the last has two ahead
+    assert "🕒 Queued (next)" in shown(jobs[0])
+    assert "🕒 Queued (2 ahead)" in shown(jobs[2])
+    # and a count that reached the cap says so: at least that many ahead
+    monkeypatch.setattr(job_selectors, "QUEUE_POSITION_CAP", 1)
+    assert "🕒 Queued (1+ ahead)" in shown(jobs[2])
