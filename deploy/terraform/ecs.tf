@@ -26,14 +26,17 @@ locals {
   # Everything the control-plane services are told, secrets apart (local.control_plane_secrets).
   control_plane_env = merge(
     {
-      SDSAAS_AWS_REGION               = local.region
-      SDSAAS_S3_BUCKET                = aws_s3_bucket.data.bucket
-      SDSAAS_ALLOWED_HOSTS            = var.domain_name
-      SDSAAS_PUBLIC_BASE_URL          = local.public_base_url
-      SDSAAS_SCALING_ECS_CLUSTER      = aws_ecs_cluster.this.name
-      SDSAAS_SCALING_METRIC_NAMESPACE = var.scaling_metric_namespace
-      SDSAAS_SCALING_MAX_WORKERS      = tostring(var.gpu_max_workers)
-      SDSAAS_LOG_FORMAT               = "json"
+      SDSAAS_AWS_REGION                = local.region
+      SDSAAS_S3_BUCKET                 = aws_s3_bucket.data.bucket
+      SDSAAS_ALLOWED_HOSTS             = var.domain_name
+      SDSAAS_PUBLIC_BASE_URL           = local.public_base_url
+      SDSAAS_SCALING_ECS_CLUSTER       = aws_ecs_cluster.this.name
+      SDSAAS_SCALING_METRIC_NAMESPACE  = var.scaling_metric_namespace
+      SDSAAS_SCALING_MAX_WORKERS       = tostring(var.gpu_max_workers)
+      SDSAAS_SCALING_ACCEPTABLE_WAIT_S = tostring(var.scaling_acceptable_wait_seconds)
+      SDSAAS_SCALING_SCALE_IN_DELAY_S  = tostring(var.scaling_scale_in_delay_seconds)
+      SDSAAS_SCALING_KEEP_ALIVE_S      = tostring(var.scaling_keep_alive_seconds)
+      SDSAAS_LOG_FORMAT                = "json"
     },
     local.control_plane_queue_env,
     var.extra_environment,

@@ -284,6 +284,24 @@ variable "gpu_extra_environment" {
   default     = {}
 }
 
+variable "scaling_acceptable_wait_seconds" {
+  description = "SDSAAS_SCALING_ACCEPTABLE_WAIT_S: the queue wait each model's pool is sized for (target backlog per worker = this / measured seconds per job)."
+  type        = number
+  default     = 40
+}
+
+variable "scaling_scale_in_delay_seconds" {
+  description = "SDSAAS_SCALING_SCALE_IN_DELAY_S: the workers above a pool's need go once the need stayed below its size this long."
+  type        = number
+  default     = 60
+}
+
+variable "scaling_keep_alive_seconds" {
+  description = "SDSAAS_SCALING_KEEP_ALIVE_S: a pool keeps one warm worker until it had no work for this long, then goes to zero."
+  type        = number
+  default     = 600
+}
+
 variable "scaling_metric_namespace" {
   description = "SDSAAS_SCALING_METRIC_NAMESPACE: CloudWatch namespace of the DesiredWorkers metric the scheduler publishes and the GPU services scale on."
   type        = string
