@@ -90,16 +90,7 @@ def job_queue_position(*, job: Job) -> int | None:
     QUEUE_POSITION_CAP; None once admitted."""
     if job.status != Job.Status.QUEUED:
         return None
-    ahead = Job.objects.filter(tenant_id=job.tenant_id, status=Job.Status.QUEUED, id__lt=job.id)
-    return ahead.order_by()[:QUEUE_POSITION_CAP].count()  # COUNT over a LIMIT: a bounded scan
-
-
-# Each job's `job_queue_position` in one statement: a bounded count per job (the tenant's
-# (tenant, status, id) index read backwards from the job, at most QUEUE_POSITION_CAP entries).
-_QUEUED_AHEAD = (
-    "SELECT j.id, (SELECT COUNT(*) FROM (SELECT 1 FROM {table} q WHERE q.tenant_id = j.tenant_id"
-    " AND q.status = %s AND q.id < j.id LIMIT %s) ahead) FROM {table} j WHERE j.id IN ({ids})"
-)
+    return _queued_ahead(tenant_id=job.tenant_id, job_ids=[job.id])[job.id]
 
 
 def job_queue_positions(*, tenant: Tenant, jobs: Iterable[Job]) -> dict[int, int]:
@@ -109,11 +100,23 @@ def job_queue_positions(*, tenant: Tenant, jobs: Iterable[Job]) -> dict[int, int
     queued = [
         job.id for job in jobs if job.status == Job.Status.QUEUED and job.tenant_id == tenant.id
     ]
-    if not queued:
-        return {}
-    sql = _QUEUED_AHEAD.format(table=Job._meta.db_table, ids=", ".join(["%s"] * len(queued)))
+    return _queued_ahead(tenant_id=tenant.id, job_ids=queued) if queued else {}
+
+
+# A bounded count per job, in one statement: the (tenant, status, id) index read backwards from
+# each job, at most QUEUE_POSITION_CAP entries.
+_QUEUED_AHEAD = (
+    "SELECT j.id, (SELECT COUNT(*) FROM (SELECT 1 FROM {table} q WHERE q.tenant_id = j.tenant_id"
+    " AND q.status = %s AND q.id < j.id LIMIT %s) ahead) FROM {table} j"
+    " WHERE j.tenant_id = %s AND j.id IN ({ids})"
+)
+
+
+def _queued_ahead(*, tenant_id: int, job_ids: list[int]) -> dict[int, int]:
+    """How many of the tenant's queued jobs are ahead of each of `job_ids` (up to the cap)."""
+    sql = _QUEUED_AHEAD.format(table=Job._meta.db_table, ids=", ".join(["%s"] * len(job_ids)))
     with connection.cursor() as cursor:
-        cursor.execute(sql, [Job.Status.QUEUED.value, QUEUE_POSITION_CAP, *queued])
+        cursor.execute(sql, [Job.Status.QUEUED.value, QUEUE_POSITION_CAP, tenant_id, *job_ids])
         return {job_id: ahead for job_id, ahead in cursor.fetchall()}
 
 
