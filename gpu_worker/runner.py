@@ -10,13 +10,16 @@ turns each into the outcome and the event the control plane gets.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import diffusers
 import torch
@@ -27,13 +30,12 @@ from django.core.files.storage import Storage
 from PIL import Image
 
 from gpu_worker import inference
-from gpu_worker.events import send_event
+from gpu_worker.events import Send, send_events
 from gpu_worker.loading import load_model, local_loras
 from gpu_worker.retry import retry_through_outage
 from gpu_worker.watchdog import STOP, JobWatchdog, Reason, canceled
 from sdsaas import telemetry
 from sdsaas.contract import (
-    Event,
     FailureCode,
     JobFailed,
     JobKind,
@@ -53,6 +55,8 @@ from sdsaas.contract import (
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Preempted(Exception):
@@ -88,7 +92,7 @@ class JobRun:
     message: JobMessage
     attempt: int
     storage: Storage
-    send: Callable[[Event], None]
+    send: Send
     device: torch.device = field(default_factory=inference.pick_device)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -133,7 +137,7 @@ def run_job(
     attempt: int,
     storage: Storage,
     abandon: Callable[[Reason], None],
-    send: Callable[[Event], None] = send_event,
+    send: Send = send_events,
     work_done: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """Run one job message; return how it ended (`run_jobs` of one)."""
@@ -152,7 +156,7 @@ def run_jobs(
     *,
     storage: Storage,
     abandon: Abandon,
-    send: Callable[[Event], None] = send_event,
+    send: Send = send_events,
     work_done: Callable[[], None] | None = None,
 ) -> list[RunOutcome]:
     """Run job messages (each with its attempt) as one batch; how each ended, in order.
@@ -174,15 +178,16 @@ def run_jobs(
     runs = [JobRun(message=m, attempt=a, storage=storage, send=send) for m, a in members]
     outcomes: dict[int, RunOutcome] = {}
     live: list[int] = []
+    canceled_now = each_at_once(lambda run: cancel_check(run)(), runs)
     for index, run in enumerate(runs):
-        if cancel_check(run)():
+        if canceled_now[index]:
             logger.info("job %s was canceled before it started", run.message.job_id)
             outcomes[index] = RunOutcome.CANCELED
         else:
-            # Before anything that may kill the worker (loading the model), on the events thread:
-            # a cold load takes seconds, a warm one none, and then the job is not at risk.
-            send(JobReceived(run.message.job_id, run.attempt))
             live.append(index)
+    # Before anything that may kill the worker (loading the model), on the events thread: a cold
+    # load takes seconds, a warm one none, and then the jobs are not at risk.
+    send([JobReceived(runs[index].message.job_id, runs[index].attempt) for index in live])
     if live and not _run_live(runs, live, outcomes, abandon, work_done):
         logger.info("batch of %d failed for one job's reason: its jobs run one by one", len(live))
         for index in live:
@@ -190,6 +195,25 @@ def run_jobs(
         if work_done is not None:
             work_done()
     return [outcomes[index] for index in range(len(runs))]
+
+
+def each_at_once(call: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`call` of each item, in order; a batch's at once, in threads: its jobs' round trips to S3
+    (cancel checks, uploads) overlap instead of adding up. Each call sees the caller's context
+    (the log's ids, the trace). The first error is raised, once every call ended."""
+    if len(items) < 2:
+        return [call(item) for item in items]
+    threads = batch_threads()
+    futures = [threads.submit(contextvars.copy_context().run, call, item) for item in items]
+    wait(futures)
+    return [future.result() for future in futures]
+
+
+@functools.cache
+def batch_threads() -> ThreadPoolExecutor:
+    """The process's threads for `each_at_once`, kept: each keeps its own S3 client (the storage
+    makes one a thread, which costs far more than the call it makes)."""
+    return ThreadPoolExecutor(max_workers=settings.GPU_MAX_BATCH, thread_name_prefix="batch")
 
 
 def cancel_check(run: JobRun) -> Callable[[], bool]:
@@ -231,7 +255,8 @@ def _run_live(
         with watchdog:
             model, loras = load(batch)
             images = generate(batch, model, loras, watchdog)
-            keys = [upload(run, encode(run, mine)) for run, mine in zip(batch, images, strict=True)]
+            encoded = [encode(run, mine) for run, mine in zip(batch, images, strict=True)]
+            keys = each_at_once(lambda pair: upload(*pair), list(zip(batch, encoded, strict=True)))
     except Exception as exc:
         if len(batch) > 1 and _one_jobs_fault(exc):
             return False
@@ -239,10 +264,14 @@ def _run_live(
         return True
     if work_done is not None:
         work_done()
+    succeeded = []
     for index, run, waited, stored in zip(indexes, batch, queue_s, keys, strict=True):
         metrics = {"queue_s": round(waited, 3), "batch_size": float(len(batch)), **run.timings}
-        run.send(JobSucceeded(run.message.job_id, run.attempt, output_keys=stored, metrics=metrics))
+        succeeded.append(
+            JobSucceeded(run.message.job_id, run.attempt, output_keys=stored, metrics=metrics)
+        )
         outcomes[index] = RunOutcome.SUCCEEDED
+    batch[0].send(succeeded)  # together: a batch's outcomes in one call to SQS
     return True
 
 
@@ -260,7 +289,7 @@ def load(runs: list[JobRun]) -> tuple[inference.LoadedModel, inference.LoraFiles
     loras = local_loras(first.message.loras)
     for run in runs:
         run.timed("load_s", started)
-        run.send(JobStarted(run.message.job_id, run.attempt, load_s=run.timings["load_s"]))
+    first.send([JobStarted(r.message.job_id, r.attempt, load_s=r.timings["load_s"]) for r in runs])
     return model, loras
 
 
@@ -283,8 +312,7 @@ def generate(
         now = time.monotonic()
         if now - last_progress >= PROGRESS_INTERVAL_S:
             last_progress = now
-            for run in runs:
-                run.send(JobProgress(run.message.job_id, run.attempt, step=step, total=total))
+            runs[0].send([JobProgress(r.message.job_id, r.attempt, step, total) for r in runs])
 
     requests = [_request(run, loras) for run in runs]
     started = time.monotonic()
@@ -388,7 +416,7 @@ def _ended(run: JobRun, exc: Exception) -> RunOutcome:
         return RunOutcome.CANCELED
     if isinstance(exc, Preempted):
         logger.info("job %s preempted: the worker is stopping", job_id)
-        run.send(JobPreempted(job_id, attempt))
+        run.send([JobPreempted(job_id, attempt)])
         return RunOutcome.PREEMPTED
     if isinstance(exc, TimedOut):
         limit_s = time_limit_s(run.message)
@@ -405,5 +433,5 @@ def _ended(run: JobRun, exc: Exception) -> RunOutcome:
         )
     else:
         raise exc
-    run.send(JobFailed(job_id, attempt, code=code, message=text))
+    run.send([JobFailed(job_id, attempt, code=code, message=text)])
     return RunOutcome.FAILED

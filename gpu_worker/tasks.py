@@ -189,8 +189,7 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
         hand_back(delivery_info, after_s=RETRY_AFTER_S)
         raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
     metrics.count(outcomes)
-    for member, outcome in zip(batch, outcomes[1:], strict=True):
-        settle(member, outcome)
+    settle_all(batch, outcomes[1:])
     outcome = outcomes[0]
     if outcome == RunOutcome.PREEMPTED and not requeue_as_next_attempt(message, attempt):
         hand_back(delivery_info, after_s=0)
@@ -266,10 +265,20 @@ def delivery_info_of(taken: Taken) -> dict[str, Any]:
 
 def settle(member: Member, outcome: RunOutcome) -> None:
     """Settle the message of a batch's job as Celery settles the delivered one's."""
-    if outcome != RunOutcome.PREEMPTED or requeue_as_next_attempt(member.message, member.attempt):
-        delete_message(member.delivery_info)
-    else:
-        hand_back(member.delivery_info, after_s=0)
+    settle_all([member], [outcome])
+
+
+def settle_all(members: list[Member], outcomes: list[RunOutcome]) -> None:
+    """`settle` each; the messages to delete in DeleteMessageBatch calls, not one by one."""
+    done = []
+    for member, outcome in zip(members, outcomes, strict=True):
+        if outcome != RunOutcome.PREEMPTED or requeue_as_next_attempt(
+            member.message, member.attempt
+        ):
+            done.append(member.delivery_info)
+        else:
+            hand_back(member.delivery_info, after_s=0)
+    delete_messages(done)
 
 
 def settle_after_error(member: Member, exc: Exception) -> None:
@@ -331,14 +340,36 @@ def abandon_job(member: Member, reason: Reason) -> None:
 
 def delete_message(delivery_info: Any) -> None:
     """Ack the message of the job being run, outside Celery (best effort, as `hand_back`)."""
-    message = sqs_message_of(delivery_info)
-    if message is None:
-        return
-    queue_url, receipt_handle = message
-    try:
-        sqs_client().delete_message(QueueUrl=queue_url, ReceiptHandle=receipt_handle)
-    except Exception as exc:
-        logger.warning("could not delete the message of an abandoned job: %s", exc)
+    delete_messages([delivery_info])
+
+
+# SQS's limit of a DeleteMessageBatch call.
+DELETE_BATCH_ENTRIES = 10
+
+
+def delete_messages(delivery_infos: list[Any]) -> None:
+    """`delete_message` of each, up to 10 of a queue in one DeleteMessageBatch call (best
+    effort, as `hand_back`)."""
+    by_queue: dict[str, list[str]] = {}
+    for info in delivery_infos:
+        message = sqs_message_of(info)
+        if message is not None:
+            by_queue.setdefault(message[0], []).append(message[1])
+    for queue_url, handles in by_queue.items():
+        for start in range(0, len(handles), DELETE_BATCH_ENTRIES):
+            chunk = handles[start : start + DELETE_BATCH_ENTRIES]
+            entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)]
+            try:
+                answer = sqs_client().delete_message_batch(QueueUrl=queue_url, Entries=entries)
+            except Exception as exc:
+                logger.warning("could not delete %d message(s) of run jobs: %s", len(chunk), exc)
+                continue
+            for failed in answer.get("Failed", []):
+                logger.warning(
+                    "could not delete the message of a run job: %s %s",
+                    failed.get("Code"),
+                    failed.get("Message", ""),
+                )
 
 
 def end_process(*, restart: bool) -> NoReturn:

@@ -66,5 +66,5 @@ class Slot:
                 if not self.ready:
                     self.ready = True
                     self.boot_s.append(time.monotonic() - self.started_at)
-            elif self.current is not None:
+            elif entry.kind == "end" and self.current is not None:
                 self.current.end, self.current = entry.at, None

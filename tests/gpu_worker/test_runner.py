@@ -11,6 +11,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ pytestmark = pytest.mark.usefixtures("local_aws")
 class Events(list[tuple[float, str, dict[str, Any]]]):
     """What the runner reports: (when, task name, the event as it goes on the wire)."""
 
-    def __call__(self, event: Event) -> None:
-        self.append((time.monotonic(), event.TASK, event.to_wire()))
+    def __call__(self, events: Sequence[Event]) -> None:
+        self.extend((time.monotonic(), event.TASK, event.to_wire()) for event in events)
 
     def kinds(self) -> list[str]:
         return [name for _, name, _ in self if name != JobProgress.TASK]
@@ -335,3 +336,38 @@ def test_a_batch_run_one_by_one_tells_its_abandon_which_job_runs_and_how_the_oth
         ("timeout", [1], {0: "succeeded"}),
         ("timeout", [2], {0: "succeeded", 1: "succeeded"}),
     ]
+
+
+def test_a_batch_s_outcomes_go_in_one_call_and_after_the_control_queue_was_deleted_too(
+    local_aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a worker that sent outcomes together (kombu now caches the control queue's URL),
+    # then the queue deleted
+    worker_events.send_events([JobReceived("job_batch_0", 1), *failed("job_batch_0", "job_b")])
+    url = local_aws.queue_url(control_queue_name())
+    local_aws.client("sqs").delete_queue(QueueUrl=url)
+    calls: list[int] = []
+    send_collected = worker_events.send_collected
+
+    def counted(collected: list[Any]) -> list[str | None]:
+        calls.append(len(collected))
+        return send_collected(collected)
+
+    monkeypatch.setattr(worker_events, "send_collected", counted)
+    # when a batch of three jobs reports its outcomes together
+    outcomes = [
+        JobSucceeded(f"job_batch_{n}", 1, output_keys=[f"k{n}"], metrics={}) for n in range(3)
+    ]
+    worker_events.send_events(outcomes)
+    # then the call to the gone queue was tried again, and the three went in one
+    # SendMessageBatch to the queue created again, in order, each as the task a single send makes
+    assert calls == [3, 3]
+    tasks = local_aws.drain_tasks(control_queue_name())
+    assert [(t["task"], t["kwargs"]) for t in tasks] == [
+        (JobSucceeded.TASK, outcome.to_wire()) for outcome in outcomes
+    ]
+
+
+def failed(*job_ids: str) -> list[JobFailed]:
+    code = FailureCode.INTERNAL_ERROR
+    return [JobFailed(job_id, 1, code=code, message="x") for job_id in job_ids]

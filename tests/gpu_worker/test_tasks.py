@@ -5,14 +5,17 @@ instead of made: what is checked is which message gets what."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from gpu_worker import tasks
 from sdsaas.broker.transport import Taken
 from sdsaas.contract import JobFailed, RunOutcome
+from tests.support.aws import LocalAws
 from tests.support.job_messages import message as job_message
 
 
@@ -37,7 +40,9 @@ def test_an_abandoned_batch_settles_each_message_by_where_its_job_was(
     calls: list[tuple[str, Any]] = []
     monkeypatch.setattr(tasks, "send_event", lambda event: calls.append(("event", event)))
     monkeypatch.setattr(
-        tasks, "delete_message", lambda info: calls.append(("delete", info["receipt_handle"]))
+        tasks,
+        "delete_messages",
+        lambda infos: calls.extend(("delete", info["receipt_handle"]) for info in infos),
     )
     monkeypatch.setattr(
         tasks,
@@ -70,3 +75,38 @@ def test_an_abandoned_batch_settles_each_message_by_where_its_job_was(
         ("hand back", "r9"),
         ("end", True),
     ]
+
+
+def test_a_batch_s_messages_are_deleted_ten_at_a_time_and_a_bad_receipt_only_logs(
+    local_aws: LocalAws, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given 12 messages received from a queue of the local SQS server
+    sqs = local_aws.client("sqs")
+    url = sqs.create_queue(QueueName=f"delete-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    for n in range(12):
+        sqs.send_message(QueueUrl=url, MessageBody=f"job {n}")
+    received: list[dict[str, Any]] = []
+    while len(received) < 12:
+        received += sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    infos = [{"queue_url": url, "receipt_handle": m["ReceiptHandle"]} for m in received]
+    calls: list[int] = []
+    client = tasks.sqs_client()
+    batch_delete = client.delete_message_batch
+
+    def counted(**kwargs: Any) -> Any:
+        calls.append(len(kwargs["Entries"]))
+        return batch_delete(**kwargs)
+
+    # when they are deleted together, with one receipt that SQS refuses among them
+    refused = {"queue_url": url, "receipt_handle": "not-a-receipt"}
+    with (
+        mock.patch.object(client, "delete_message_batch", counted),
+        mock.patch.object(tasks, "sqs_client", return_value=client),
+    ):
+        tasks.delete_messages([*infos, refused])
+    # then two calls deleted every message, and the refused one was logged, not raised
+    assert calls == [10, 3]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+    assert "could not delete the message of a run job" in caplog.text
