@@ -47,7 +47,7 @@ from psycopg import sql
 from bench.api_cpu import CpuMeter, database_backends, tree
 from bench.api_load import Request, Round, run_round
 from bench.api_profile import profile_submits
-from bench.stack import Home, free_port, stack_env, use_env
+from bench.stack import Home, stack_env, use_env
 from bench.stats import percentile
 from sdsaas import devstack
 
@@ -219,7 +219,7 @@ def start_drain(stack: devstack.Stack, home: Home, model: str) -> None:
 def start_servers(stack: devstack.Stack, home: Home) -> dict[str, str]:
     """Both gunicorns (sdsaas on the home's API port): their base URLs by side."""
     devstack.start_api(stack, port=home.api_port)
-    port = free_port()
+    port = devstack.free_port()
     argv = [str(devstack.BIN / "gunicorn"), "-c", "python:sdsaas.gunicorn_conf", "sdsaas.wsgi"]
     baseline_env = {
         **stack.env,

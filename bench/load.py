@@ -255,8 +255,8 @@ class LocalS3:
     """moto_server on loopback in a temporary folder (sdsaas.devstack's start), one bucket."""
 
     def __init__(self) -> None:
-        from bench.stack import free_port
         from sdsaas import devstack
+        from sdsaas.devstack import free_port
 
         self.home = Path(tempfile.mkdtemp(prefix="sdsaas-load-"))
         port = free_port()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,6 @@ TINY_MODEL = devstack.ROOT / "var" / "models" / "tiny"
 # One CPU thread per GPU worker: each stands for one GPU, and two workers with a thread per core
 # each fight over the cores (a 512x512 job took 20x longer in a soak trial).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,8 @@ class Home:
     def create(cls, name: str) -> Home:
         path = Path(tempfile.mkdtemp(prefix=f"sdsaas-{name}-"))
         (path / "logs").mkdir()
-        return cls(path, path / "logs", aws_port=free_port(), api_port=free_port())
+        ports = {"aws_port": devstack.free_port(), "api_port": devstack.free_port()}
+        return cls(path, path / "logs", **ports)
 
     @property
     def base(self) -> str:

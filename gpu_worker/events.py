@@ -9,8 +9,8 @@ thread (`interim_events`) and the job goes on at once; a job's outcome (`succeed
 `preempted`) is sent by the caller, once every interim event handed over before it was sent, so
 the control plane gets a job's events in order and the outcome before the message is settled.
 An interim event lost with its process changes nothing the next delivery does not report again.
-The outcomes of a micro-batch's jobs, sent together, go in SendMessageBatch calls
-(`sdsaas.broker.batch`): one round trip for up to 10 instead of one each.
+Events sent together (a micro-batch's outcomes, what the event thread was handed since it last
+sent) go in SendMessageBatch calls (`sdsaas.broker.batch`): one round trip for up to 10.
 """
 
 from __future__ import annotations
@@ -45,42 +45,53 @@ def send_events(events: Sequence[Event]) -> None:
     outcomes = [event for event in events if not isinstance(event, INTERIM)]
     if interim:
         interim_events().put(interim)
-    if not outcomes:
-        return
-    interim_events().flush()
-    if len(outcomes) == 1:
-        publish(outcomes[0])
-    else:
-        retry_through_outage(f"{len(outcomes)} events", partial(publish_together, outcomes))
+    if outcomes:
+        interim_events().flush()
+        publish_all(outcomes)
 
 
 def publish(event: Event) -> None:
     """Send one event now, on the caller's thread."""
-
-    def send() -> None:
-        celery_app.send_task(event.TASK, kwargs=event.to_wire(), queue=control_queue_name())
-
-    if isinstance(event, JobProgress):
-        skip_during_outage("progress event", send, None)
-    else:
-        retry_through_outage(f"event {event.TASK}", send)
+    publish_all([event])
 
 
-def _publish_each(events: list[Event]) -> None:
-    for event in events:
-        publish(event)
+def publish_all(events: Sequence[Event]) -> None:
+    """Send events now, on the caller's thread, in order: progress is skipped during an outage,
+    any other event waits it out; more than one in SendMessageBatch calls. A job's progress comes
+    after its other interim events, so sending it last keeps each job's order."""
+    progress: list[Event] = [event for event in events if isinstance(event, JobProgress)]
+    others: list[Event] = [event for event in events if not isinstance(event, JobProgress)]
+    # Each policy calls `_send` again with the same list: what SQS took is gone from it.
+    if others:
+        retry_through_outage(_what(others), partial(_send, others))
+    if progress:
+        skip_during_outage(_what(progress), partial(_send, progress), None)
+
+
+def _what(events: Sequence[Event]) -> str:
+    return f"event {events[0].TASK}" if len(events) == 1 else f"{len(events)} events"
+
+
+def _send(events: list[Event]) -> None:
+    if len(events) > 1:
+        publish_together(events)
+        return
+    [event] = events
+    celery_app.send_task(event.TASK, kwargs=event.to_wire(), queue=control_queue_name())
 
 
 @functools.cache
 def interim_events() -> BackgroundBatches[Event]:
-    return BackgroundBatches("job-events", _publish_each)
+    """The event thread: what was handed over since it last sent goes together."""
+    return BackgroundBatches("job-events", publish_all)
 
 
 def publish_together(events: list[Event]) -> None:
-    """Send events now, on the caller's thread, in SendMessageBatch calls. SQS refusing any of
-    them fails the whole (transient: `retry_through_outage` sends them all again, and the control
-    plane applies an event sent twice once; a control queue gone meanwhile is created again by
-    the next try)."""
+    """Send events now, on the caller's thread, in SendMessageBatch calls, removing from `events`
+    each that SQS took. What it refused for a reason of its own is left in `events` and raises a
+    transient error, to be sent again by the caller's retry (a control queue gone meanwhile is
+    created again by the next try); an entry refused as the sender's fault raises at once, as a
+    single send's would."""
     with _batch_publisher_pool().acquire(block=True) as connection:
         with collecting(connection) as collected:
             for event in events:
@@ -91,12 +102,17 @@ def publish_together(events: list[Event]) -> None:
                     connection=connection,
                     retry=False,
                 )
-        refused = [reason for reason in send_collected(collected) if reason is not None]
+        outcome = send_collected(collected)
+    refused = [reason for reason in outcome if reason is not None]
+    events[:] = [event for event, reason in zip(events, outcome, strict=True) if reason]
+    if any(reason.sender_fault for reason in refused):
+        raise ValueError(f"SQS refused {len(refused)} events: {refused[0]}")
     if refused:
-        raise OperationalError(f"SQS refused {len(refused)} of {len(events)} events: {refused[0]}")
+        raise OperationalError(f"SQS refused {len(refused)} events: {refused[0]}")
 
 
 @functools.cache
 def _batch_publisher_pool() -> ConnectionPool:
+    """Connections of the batch transport: the task's thread and the event thread's."""
     connection = celery_app.connection_for_write(transport="sdsaas.broker.batch:Transport")
-    return connection.Pool(limit=1)
+    return connection.Pool(limit=2)

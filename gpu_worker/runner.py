@@ -211,9 +211,12 @@ def each_at_once(call: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
 @functools.cache
 def batch_threads() -> ThreadPoolExecutor:
-    """The process's threads for `each_at_once`, kept: each keeps its own S3 client (the storage
-    makes one a thread, which costs far more than the call it makes)."""
-    return ThreadPoolExecutor(max_workers=settings.GPU_MAX_BATCH, thread_name_prefix="batch")
+    """The process's threads for `each_at_once`, kept for its life: the storage makes an S3 client
+    for each thread that reads (`exists`, the cancel checks), which costs far more than the call.
+    The uploads share the storage's one bucket and its client, whose pool keeps 10 connections:
+    beyond 10 jobs a batch's uploads wait for one."""
+    threads = max(2, settings.GPU_MAX_BATCH)
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="batch")
 
 
 def cancel_check(run: JobRun) -> Callable[[], bool]:

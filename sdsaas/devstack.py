@@ -19,8 +19,10 @@ import argparse
 import io
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +99,32 @@ class Stack:
         servers = [process for name, process in self.processes if name == "moto_server"]
         _stop([process for process in processes if process not in servers])
         _stop(servers)
+
+
+def free_port() -> int:
+    """A port free now on 127.0.0.1, for a server started later (tests, benchmarks).
+
+    Below the kernel's range of ephemeral ports: a port picked from it (`bind(0)` picks there)
+    can be taken as the local port of any outgoing connection (to moto, to PostgreSQL) before
+    the server binds it.
+    """
+    low = _ephemeral_ports_start()
+    for _ in range(100):
+        port = random.randrange(10_000, low) if low > 10_001 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:

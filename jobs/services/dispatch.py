@@ -28,7 +28,7 @@ from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.common import lock_tenant
 from jobs.services.scaling import pools_wake
 from sdsaas.background import BackgroundBatches
-from sdsaas.broker.batch import MAX_ENTRIES, collecting, send_collected
+from sdsaas.broker.batch import MAX_ENTRIES, Refusal, collecting, send_collected
 from sdsaas.broker.sqs import (
     control_queue_name,
     ensure_model_queue,
@@ -258,7 +258,7 @@ def _send_batch(
     queue: str,
     model_slug: str | None,
     connection: Any,
-) -> list[str | None]:
+) -> list[Refusal | None]:
     """Send up to 10 tasks to one queue in one SendMessageBatch call; for each, None if sent, else
     why SQS refused it. The messages are the ones `send_task` makes (`sdsaas.broker.batch`).
 

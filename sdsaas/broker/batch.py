@@ -81,7 +81,19 @@ def collecting(connection: Any) -> Iterator[list[Collected]]:
         channel._collected = None
 
 
-def send_collected(collected: list[Collected]) -> list[str | None]:
+@dataclass(frozen=True)
+class Refusal:
+    """SQS's reason for refusing one entry of a SendMessageBatch call."""
+
+    code: str
+    message: str
+    sender_fault: bool  # the entry itself is wrong: sending it again cannot help
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def send_collected(collected: list[Collected]) -> list[Refusal | None]:
     """Send messages of one queue, collected by `collecting`, in SendMessageBatch calls, each
     within SQS's count and size limits; for each message in order, None if SQS took it, else
     SQS's reason for refusing that entry.
@@ -89,7 +101,7 @@ def send_collected(collected: list[Collected]) -> list[str | None]:
     A failed call (SQS unreachable, the queue gone) raises, and the messages of calls not made
     yet are not sent: the caller treats them all as unsent.
     """
-    outcome: list[str | None] = []
+    outcome: list[Refusal | None] = []
     for chunk in _chunks(collected):
         [url] = {item.kwargs["QueueUrl"] for item in chunk}
         entries = [
@@ -101,7 +113,13 @@ def send_collected(collected: list[Collected]) -> list[str | None]:
         for index in range(len(chunk)):
             entry = failed.get(str(index))
             outcome.append(
-                None if entry is None else f"{entry.get('Code')}: {entry.get('Message', '')}"
+                None
+                if entry is None
+                else Refusal(
+                    str(entry.get("Code")),
+                    str(entry.get("Message", "")),
+                    bool(entry.get("SenderFault")),
+                )
             )
     return outcome
 

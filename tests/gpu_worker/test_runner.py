@@ -25,7 +25,9 @@ from PIL import Image
 
 from gpu_worker import events as worker_events
 from gpu_worker import inference, runner, watchdog
+from gpu_worker import retry as worker_retry
 from gpu_worker.events import publish, send_event
+from sdsaas.broker.batch import Refusal
 from sdsaas.broker.sqs import control_queue_name
 from sdsaas.contract import (
     CONTRACT_VERSION,
@@ -231,11 +233,11 @@ def test_interim_events_leave_the_jobs_path_and_its_outcome_is_sent_after_them(
     sent: list[str] = []
     answer = threading.Event()
 
-    def slow_publish(event: Event) -> None:
+    def slow_send(events: Sequence[Event]) -> None:
         assert answer.wait(10)
-        sent.append(event.TASK)
+        sent.extend(event.TASK for event in events)
 
-    monkeypatch.setattr(worker_events, "publish", slow_publish)
+    monkeypatch.setattr(worker_events, "_send", slow_send)
     # when a job reports received, started and progress, then they are not waited for
     send_event(JobReceived("job_events_order", 1))
     send_event(JobStarted("job_events_order", 1, load_s=0.1))
@@ -371,3 +373,64 @@ def test_a_batch_s_outcomes_go_in_one_call_and_after_the_control_queue_was_delet
 def failed(*job_ids: str) -> list[JobFailed]:
     code = FailureCode.INTERNAL_ERROR
     return [JobFailed(job_id, 1, code=code, message="x") for job_id in job_ids]
+
+
+def test_a_batch_s_interim_events_go_together_from_the_event_thread_each_job_in_order(
+    local_aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the control queue empty, and SendMessageBatch calls counted
+    local_aws.drain_tasks(control_queue_name())
+    calls: list[int] = []
+    send_collected = worker_events.send_collected
+
+    def counted(collected: list[Any]) -> list[str | None]:
+        calls.append(len(collected))
+        return send_collected(collected)
+
+    monkeypatch.setattr(worker_events, "send_collected", counted)
+    jobs = [f"job_interim_{n}" for n in range(3)]
+    # when a batch of three reports received, then started, then its outcomes, as the runner does
+    worker_events.send_events([JobReceived(job, 1) for job in jobs])
+    worker_events.send_events([JobStarted(job, 1, load_s=0.1) for job in jobs])
+    worker_events.send_events(failed(*jobs))
+    # then the nine events went in at most three calls, and each job's arrived in order
+    assert sum(calls) == 9 and len(calls) <= 3, calls
+    tasks = local_aws.drain_tasks(control_queue_name())
+    for job in jobs:
+        assert [t["task"] for t in tasks if t["kwargs"]["job_id"] == job] == [
+            JobReceived.TASK,
+            JobStarted.TASK,
+            JobFailed.TASK,
+        ]
+
+
+@pytest.mark.parametrize("sender_fault", [False, True])
+def test_events_sqs_refuses_are_sent_again_alone_unless_refused_as_the_sender_s_fault(
+    local_aws: Any, monkeypatch: pytest.MonkeyPatch, sender_fault: bool
+) -> None:
+    # given SQS refusing the second of three events once (throttled, or a bad entry)
+    local_aws.drain_tasks(control_queue_name())
+    calls: list[int] = []
+    send_collected = worker_events.send_collected
+
+    def refuse_once(collected: list[Any]) -> list[Refusal | None]:
+        calls.append(len(collected))
+        if len(calls) > 1:
+            return send_collected(collected)
+        refusal = Refusal("Refused", "the second", sender_fault)
+        return [*send_collected(collected[:1]), refusal, *send_collected(collected[2:])]
+
+    monkeypatch.setattr(worker_events, "send_collected", refuse_once)
+    monkeypatch.setattr(worker_retry.time, "sleep", lambda _: None)
+    events = failed("job_refused_0", "job_refused_1", "job_refused_2")
+    if sender_fault:
+        # when they are sent, then the bad entry fails at once, not retried as an outage
+        with pytest.raises(ValueError, match="Refused: the second"):
+            worker_events.publish_all(events)
+        assert calls == [3]
+        return
+    # when they are sent, then the refused one alone is sent again, and each arrived once
+    worker_events.publish_all(events)
+    assert calls == [3]  # the second try sent one event: a single SendMessage, not a batch
+    tasks = local_aws.drain_tasks(control_queue_name())
+    assert sorted(t["kwargs"]["job_id"] for t in tasks) == [e.job_id for e in events]

@@ -20,12 +20,7 @@ from typing import Any
 import boto3
 
 from sdsaas.broker.sqs import decode_task
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from sdsaas.devstack import free_port
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
