@@ -16,6 +16,7 @@ sent) go in SendMessageBatch calls (`sdsaas.broker.batch`): one round trip for u
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -28,6 +29,8 @@ from sdsaas.background import BackgroundBatches
 from sdsaas.broker.batch import collecting, send_collected
 from sdsaas.broker.sqs import control_queue_name
 from sdsaas.contract import Event, JobProgress, JobReceived, JobStarted
+
+logger = logging.getLogger(__name__)
 
 INTERIM = (JobReceived, JobStarted, JobProgress)
 
@@ -48,11 +51,6 @@ def send_events(events: Sequence[Event]) -> None:
     if outcomes:
         interim_events().flush()
         publish_all(outcomes)
-
-
-def publish(event: Event) -> None:
-    """Send one event now, on the caller's thread."""
-    publish_all([event])
 
 
 def publish_all(events: Sequence[Event]) -> None:
@@ -88,10 +86,11 @@ def interim_events() -> BackgroundBatches[Event]:
 
 def publish_together(events: list[Event]) -> None:
     """Send events now, on the caller's thread, in SendMessageBatch calls, removing from `events`
-    each that SQS took. What it refused for a reason of its own is left in `events` and raises a
-    transient error, to be sent again by the caller's retry (a control queue gone meanwhile is
-    created again by the next try); an entry refused as the sender's fault raises at once, as a
-    single send's would."""
+    each one SQS took. What it refused for a reason of its own stays in `events` and raises a
+    transient error, for the caller's retry to send again (a control queue gone meanwhile is
+    created again by the next try). An event refused as the sender's fault is logged and dropped:
+    sending it again cannot help, and failing the task would fail the batch's jobs whose outcome
+    SQS took; a job whose outcome is lost so is found by the control plane's reconciler."""
     with _batch_publisher_pool().acquire(block=True) as connection:
         with collecting(connection) as collected:
             for event in events:
@@ -103,12 +102,17 @@ def publish_together(events: list[Event]) -> None:
                     retry=False,
                 )
         outcome = send_collected(collected)
-    refused = [reason for reason in outcome if reason is not None]
-    events[:] = [event for event, reason in zip(events, outcome, strict=True) if reason]
-    if any(reason.sender_fault for reason in refused):
-        raise ValueError(f"SQS refused {len(refused)} events: {refused[0]}")
-    if refused:
-        raise OperationalError(f"SQS refused {len(refused)} events: {refused[0]}")
+    again = []
+    for event, reason in zip(events, outcome, strict=True):
+        if reason is None:
+            continue
+        if reason.sender_fault:
+            logger.error("SQS refused event %s of job %s: %s", event.TASK, event.job_id, reason)
+        else:
+            again.append((event, reason))
+    events[:] = [event for event, _ in again]
+    if again:
+        raise OperationalError(f"SQS refused {len(again)} events: {again[0][1]}")
 
 
 @functools.cache

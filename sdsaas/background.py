@@ -50,7 +50,8 @@ class BackgroundBatches(Generic[T]):
         os.register_at_fork(after_in_child=self._forget_parent)
 
     def _forget_parent(self) -> None:
-        self._items: queue.SimpleQueue[tuple[T] | None] = queue.SimpleQueue()
+        # One entry a `put`: what is handed over together is handled together.
+        self._items: queue.SimpleQueue[tuple[T, ...] | None] = queue.SimpleQueue()
         self._pending = 0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -62,8 +63,7 @@ class BackgroundBatches(Generic[T]):
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._pending += len(items)
-        for item in items:
-            self._items.put((item,))
+        self._items.put(tuple(items))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything put so far was handled (or failed); whether it was in time."""
@@ -82,7 +82,7 @@ class BackgroundBatches(Generic[T]):
             batch = [self._items.get()]
             while not self._items.empty():
                 batch.append(self._items.get_nowait())
-            items = [entry[0] for entry in batch if entry is not None]
+            items = [item for entry in batch if entry is not None for item in entry]
             try:
                 if items:
                     self._handle(items)
@@ -92,7 +92,7 @@ class BackgroundBatches(Generic[T]):
                 with self._changed:
                     self._pending -= len(items)
                     self._changed.notify_all()
-            if len(items) < len(batch):  # stopped
+            if None in batch:  # stopped
                 self._at_stop()
                 return
             self._after_batch()

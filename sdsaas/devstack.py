@@ -109,8 +109,9 @@ def free_port() -> int:
     the server binds it.
     """
     low = _ephemeral_ports_start()
+    lowest = 10_000 if low > 11_000 else 1024  # above the well-known and registered ports
     for _ in range(100):
-        port = random.randrange(10_000, low) if low > 10_001 else 0
+        port = random.randrange(lowest, low) if low > lowest else 0
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
