@@ -340,14 +340,10 @@ def test_a_batch_run_one_by_one_tells_its_abandon_which_job_runs_and_how_the_oth
     ]
 
 
-def test_a_batch_s_outcomes_go_in_one_call_and_after_the_control_queue_was_deleted_too(
-    local_aws: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # given a worker that sent outcomes together (kombu now caches the control queue's URL),
-    # then the queue deleted
-    worker_events.send_events([JobReceived("job_batch_0", 1), *failed("job_batch_0", "job_b")])
-    url = local_aws.queue_url(control_queue_name())
-    local_aws.client("sqs").delete_queue(QueueUrl=url)
+@pytest.fixture
+def batch_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many events each SendMessageBatch call of the worker's events carried (counted, then
+    made)."""
     calls: list[int] = []
     send_collected = worker_events.send_collected
 
@@ -356,6 +352,18 @@ def test_a_batch_s_outcomes_go_in_one_call_and_after_the_control_queue_was_delet
         return send_collected(collected)
 
     monkeypatch.setattr(worker_events, "send_collected", counted)
+    return calls
+
+
+def test_a_batch_s_outcomes_go_in_one_call_and_after_the_control_queue_was_deleted_too(
+    local_aws: Any, batch_calls: list[int]
+) -> None:
+    # given a worker that sent outcomes together (kombu now caches the control queue's URL),
+    # then the queue deleted
+    worker_events.send_events([JobReceived("job_batch_0", 1), *failed("job_batch_0", "job_b")])
+    url = local_aws.queue_url(control_queue_name())
+    local_aws.client("sqs").delete_queue(QueueUrl=url)
+    batch_calls.clear()
     # when a batch of three jobs reports its outcomes together
     outcomes = [
         JobSucceeded(f"job_batch_{n}", 1, output_keys=[f"k{n}"], metrics={}) for n in range(3)
@@ -363,7 +371,7 @@ def test_a_batch_s_outcomes_go_in_one_call_and_after_the_control_queue_was_delet
     worker_events.send_events(outcomes)
     # then the call to the gone queue was tried again, and the three went in one
     # SendMessageBatch to the queue created again, in order, each as the task a single send makes
-    assert calls == [3, 3]
+    assert batch_calls == [3, 3]
     tasks = local_aws.drain_tasks(control_queue_name())
     assert [(t["task"], t["kwargs"]) for t in tasks] == [
         (JobSucceeded.TASK, outcome.to_wire()) for outcome in outcomes
@@ -376,25 +384,17 @@ def failed(*job_ids: str) -> list[JobFailed]:
 
 
 def test_a_batch_s_interim_events_go_together_from_the_event_thread_each_job_in_order(
-    local_aws: Any, monkeypatch: pytest.MonkeyPatch
+    local_aws: Any, batch_calls: list[int]
 ) -> None:
     # given the control queue empty, and SendMessageBatch calls counted
     local_aws.drain_tasks(control_queue_name())
-    calls: list[int] = []
-    send_collected = worker_events.send_collected
-
-    def counted(collected: list[Any]) -> list[Refusal | None]:
-        calls.append(len(collected))
-        return send_collected(collected)
-
-    monkeypatch.setattr(worker_events, "send_collected", counted)
     jobs = [f"job_interim_{n}" for n in range(3)]
     # when a batch of three reports received, then started, then its outcomes, as the runner does
     worker_events.send_events([JobReceived(job, 1) for job in jobs])
     worker_events.send_events([JobStarted(job, 1, load_s=0.1) for job in jobs])
     worker_events.send_events(failed(*jobs))
     # then the nine events went in at most three calls, and each job's arrived in order
-    assert sum(calls) == 9 and len(calls) <= 3, calls
+    assert sum(batch_calls) == 9 and len(batch_calls) <= 3, batch_calls
     tasks = local_aws.drain_tasks(control_queue_name())
     for job in jobs:
         assert [t["task"] for t in tasks if t["kwargs"]["job_id"] == job] == [
