@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from celery import Task, shared_task
@@ -9,19 +10,24 @@ from django.conf import settings
 from jobs.services import dispatch, idempotency, image_fetch, lifecycle, reconcile, scaling
 from sdsaas.contract import (
     TASK_FETCH_INPUT_IMAGE,
+    TASK_JOB_EVENTS,
     TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
     TASK_SCALING_PUBLISH,
     TASK_SWEEP_DEAD_LETTERS,
     TASK_SWEEP_UNPUBLISHED,
+    Event,
     JobFailed,
     JobPreempted,
     JobProgress,
     JobReceived,
     JobStarted,
     JobSucceeded,
+    event_from_wire,
 )
 from tenants.services import rate_windows_prune
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -71,55 +77,93 @@ def reconcile_lost() -> dict[str, list[str]]:
     return {"unseen": done.unseen, "republished": done.republished, "failed": done.failed}
 
 
-# Events from GPU workers, decoded by the contract (sdsaas/contract/): their keyword arguments
-# are the event's fields, and fields a newer worker adds are ignored here. Each is safe to run
-# twice: the services fence by attempt and status.
+# Events from GPU workers, decoded by the contract (sdsaas/contract/): a task's keyword arguments
+# are the event's fields, or, for events sent together, the list of them; fields a newer worker
+# adds are ignored here. Each is safe to run twice: the services fence by attempt and status.
+
+
+def _apply(event: Event) -> None:
+    match event:
+        case JobReceived():
+            lifecycle.job_mark_received(
+                job_public_id=event.job_id, attempt=event.attempt, contract_version=event.v
+            )
+        case JobStarted():
+            lifecycle.job_mark_started(
+                job_public_id=event.job_id, attempt=event.attempt, load_s=event.load_s
+            )
+        case JobProgress():
+            lifecycle.job_mark_progress(
+                job_public_id=event.job_id,
+                attempt=event.attempt,
+                step=event.step,
+                total=event.total,
+            )
+        case JobSucceeded():
+            lifecycle.job_mark_succeeded(
+                job_public_id=event.job_id,
+                attempt=event.attempt,
+                output_keys=event.output_keys,
+                metrics=event.metrics,
+            )
+        case JobFailed():
+            lifecycle.job_mark_failed(
+                job_public_id=event.job_id,
+                attempt=event.attempt,
+                code=event.code,
+                message=event.message,
+            )
+        case JobPreempted():
+            lifecycle.job_mark_preempted(job_public_id=event.job_id, attempt=event.attempt)
+        case _:
+            raise TypeError(f"no service applies {type(event).__name__}")
+
+
+@shared_task(name=TASK_JOB_EVENTS, ignore_result=True)
+def job_events(events: list[dict[str, Any]]) -> None:
+    """Events a worker sent together, applied in order, each on its own (its own transaction): one
+    that fails is logged and the others are still applied, then the first failure is raised. A
+    kind this release does not know (a newer worker's) is skipped."""
+    failures: list[Exception] = []
+    for data in events:
+        event = event_from_wire(data)
+        if event is None:
+            logger.warning("skipped a job event of unknown kind %r", data.get("kind"))
+            continue
+        try:
+            _apply(event)
+        except Exception as exc:
+            logger.exception("could not apply the %s event of job %s", event.KIND, event.job_id)
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 @shared_task(name=JobReceived.TASK, ignore_result=True)
 def job_received(**fields: Any) -> None:
-    event = JobReceived.from_wire(fields)
-    lifecycle.job_mark_received(
-        job_public_id=event.job_id, attempt=event.attempt, contract_version=event.v
-    )
+    _apply(JobReceived.from_wire(fields))
 
 
 @shared_task(name=JobStarted.TASK, ignore_result=True)
 def job_started(**fields: Any) -> None:
-    event = JobStarted.from_wire(fields)
-    lifecycle.job_mark_started(
-        job_public_id=event.job_id, attempt=event.attempt, load_s=event.load_s
-    )
+    _apply(JobStarted.from_wire(fields))
 
 
 @shared_task(name=JobProgress.TASK, ignore_result=True)
 def job_progress(**fields: Any) -> None:
-    event = JobProgress.from_wire(fields)
-    lifecycle.job_mark_progress(
-        job_public_id=event.job_id, attempt=event.attempt, step=event.step, total=event.total
-    )
+    _apply(JobProgress.from_wire(fields))
 
 
 @shared_task(name=JobSucceeded.TASK, ignore_result=True)
 def job_succeeded(**fields: Any) -> None:
-    event = JobSucceeded.from_wire(fields)
-    lifecycle.job_mark_succeeded(
-        job_public_id=event.job_id,
-        attempt=event.attempt,
-        output_keys=event.output_keys,
-        metrics=event.metrics,
-    )
+    _apply(JobSucceeded.from_wire(fields))
 
 
 @shared_task(name=JobFailed.TASK, ignore_result=True)
 def job_failed(**fields: Any) -> None:
-    event = JobFailed.from_wire(fields)
-    lifecycle.job_mark_failed(
-        job_public_id=event.job_id, attempt=event.attempt, code=event.code, message=event.message
-    )
+    _apply(JobFailed.from_wire(fields))
 
 
 @shared_task(name=JobPreempted.TASK, ignore_result=True)
 def job_preempted(**fields: Any) -> None:
-    event = JobPreempted.from_wire(fields)
-    lifecycle.job_mark_preempted(job_public_id=event.job_id, attempt=event.attempt)
+    _apply(JobPreempted.from_wire(fields))

@@ -8,7 +8,8 @@ object key anywhere else. What crosses the queues:
 - control plane -> GPU worker: the task `TASK_GPU_GENERATE` with one keyword argument `job`, a
   `JobMessage` as a dict (`to_wire`), self-contained: the worker has no database;
 - GPU worker -> control plane: one task per event (`JobReceived` ... `JobPreempted`) on the
-  control queue, whose keyword arguments are the event's fields.
+  control queue, whose keyword arguments are the event's fields; or, for events sent together,
+  one `TASK_JOB_EVENTS` task whose `events` argument lists them (`events_to_wire`).
 
 Compatibility during a rolling deploy, when workers of two releases run side by side:
 - every wire dict carries `v`, the `CONTRACT_VERSION` of its writer; a dict without it was written
@@ -42,6 +43,8 @@ from sdsaas.contract.events import (
     JobStarted,
     JobSucceeded,
     RunOutcome,
+    event_from_wire,
+    events_to_wire,
 )
 from sdsaas.contract.message import (
     GenerationInput,
@@ -57,6 +60,7 @@ from sdsaas.contract.names import (
     TASK_DISCORD_REPLY_SYNC,
     TASK_FETCH_INPUT_IMAGE,
     TASK_GPU_GENERATE,
+    TASK_JOB_EVENTS,
     TASK_PRUNE_RECORDS,
     TASK_RECONCILE_LOST,
     TASK_SCALING_PUBLISH,
@@ -106,6 +110,7 @@ __all__ = [
     "TASK_DISCORD_REPLY_SYNC",
     "TASK_FETCH_INPUT_IMAGE",
     "TASK_GPU_GENERATE",
+    "TASK_JOB_EVENTS",
     "TASK_PRUNE_RECORDS",
     "TASK_RECONCILE_LOST",
     "TASK_SCALING_PUBLISH",
@@ -138,6 +143,8 @@ __all__ = [
     "dead_letter_queue_name",
     "decode_input_image",
     "discord_queue_name",
+    "event_from_wire",
+    "events_to_wire",
     "input_image_key",
     "job_output_prefix",
     "model_queue_name",

@@ -1,9 +1,11 @@
-"""Events: GPU worker -> control plane, one task each on the control queue."""
+"""Events: GPU worker -> control plane, as tasks on the control queue: one event as its own task
+(`Event.TASK`, its fields the keyword arguments), several sent together as one `TASK_JOB_EVENTS`
+task (`events_to_wire`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Self
@@ -123,3 +125,18 @@ EVENTS: tuple[type[Event], ...] = (
     JobFailed,
     JobPreempted,
 )
+
+
+BY_KIND: dict[str, type[Event]] = {event.KIND.value: event for event in EVENTS}
+
+
+def events_to_wire(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """Events as the `events` argument of `TASK_JOB_EVENTS`: each one's wire dict and its kind."""
+    return [{"kind": event.KIND.value, **event.to_wire()} for event in events]
+
+
+def event_from_wire(data: Mapping[str, Any]) -> Event | None:
+    """One entry of `events_to_wire`; None for a kind this release does not know (a newer
+    worker's), which the reader skips as it skips a field it does not know."""
+    kind = BY_KIND.get(str(data.get("kind")))
+    return None if kind is None else kind.from_wire(data)

@@ -10,6 +10,10 @@ from sdsaas.contract.vocabulary import OutputFormat
 TASK_GPU_GENERATE = "gpu.generate"
 
 # Executed by the control worker (CPU, has the database).
+# A GPU worker's events sent together (a micro-batch's, what its event thread was handed at once)
+# as one task: its one keyword argument `events` is `events_to_wire` of them (one SQS message, one
+# task to run, instead of one each: sdsaas/contract/events.py).
+TASK_JOB_EVENTS = "control.job_events"
 TASK_SWEEP_UNPUBLISHED = "control.sweep_unpublished"
 TASK_SWEEP_DEAD_LETTERS = "control.sweep_dead_letters"
 # Admitted jobs whose queue message is gone: sent again (fenced by attempt) or failed.

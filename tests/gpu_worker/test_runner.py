@@ -25,12 +25,11 @@ from PIL import Image
 
 from gpu_worker import events as worker_events
 from gpu_worker import inference, runner, watchdog
-from gpu_worker import retry as worker_retry
 from gpu_worker.events import publish_all, send_event
-from sdsaas.broker.batch import Refusal
 from sdsaas.broker.sqs import control_queue_name
 from sdsaas.contract import (
     CONTRACT_VERSION,
+    TASK_JOB_EVENTS,
     Event,
     FailureCode,
     JobFailed,
@@ -40,6 +39,7 @@ from sdsaas.contract import (
     JobStarted,
     JobSucceeded,
     cancel_marker_key,
+    event_from_wire,
 )
 from tests.support.job_messages import message, message_dict
 
@@ -340,42 +340,37 @@ def test_a_batch_run_one_by_one_tells_its_abandon_which_job_runs_and_how_the_oth
     ]
 
 
-@pytest.fixture
-def batch_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many events each SendMessageBatch call of the worker's events carried (counted, then
-    made)."""
-    calls: list[int] = []
-    send_collected = worker_events.send_collected
-
-    def counted(collected: list[Any]) -> list[Refusal | None]:
-        calls.append(len(collected))
-        return send_collected(collected)
-
-    monkeypatch.setattr(worker_events, "send_collected", counted)
-    return calls
+def sent_events(tasks: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The events of the control queue's tasks, in order: (their own task's name, their fields);
+    the tasks that carried several, one each."""
+    events = []
+    for task in tasks:
+        if task["task"] == TASK_JOB_EVENTS:
+            decoded = [event_from_wire(data) for data in task["kwargs"]["events"]]
+            events += [(event.TASK, event.to_wire()) for event in decoded if event is not None]
+        else:
+            events.append((task["task"], task["kwargs"]))
+    return events
 
 
-def test_a_batch_s_outcomes_go_in_one_call_and_after_the_control_queue_was_deleted_too(
-    local_aws: Any, batch_calls: list[int]
+def test_a_batch_s_outcomes_go_as_one_message_and_after_the_control_queue_was_deleted_too(
+    local_aws: Any,
 ) -> None:
     # given a worker that sent outcomes together (kombu now caches the control queue's URL),
     # then the queue deleted
     worker_events.send_events([JobReceived("job_batch_0", 1), *failed("job_batch_0", "job_b")])
     url = local_aws.queue_url(control_queue_name())
     local_aws.client("sqs").delete_queue(QueueUrl=url)
-    batch_calls.clear()
     # when a batch of three jobs reports its outcomes together
     outcomes = [
         JobSucceeded(f"job_batch_{n}", 1, output_keys=[f"k{n}"], metrics={}) for n in range(3)
     ]
     worker_events.send_events(outcomes)
-    # then the call to the gone queue was tried again, and the three went in one
-    # SendMessageBatch to the queue created again, in order, each as the task a single send makes
-    assert batch_calls == [3, 3]
+    # then the send to the gone queue was tried again, and the three went to the queue created
+    # again as one task, in order, each as it goes alone
     tasks = local_aws.drain_tasks(control_queue_name())
-    assert [(t["task"], t["kwargs"]) for t in tasks] == [
-        (JobSucceeded.TASK, outcome.to_wire()) for outcome in outcomes
-    ]
+    assert [task["task"] for task in tasks] == [TASK_JOB_EVENTS]
+    assert sent_events(tasks) == [(JobSucceeded.TASK, outcome.to_wire()) for outcome in outcomes]
 
 
 def failed(*job_ids: str) -> list[JobFailed]:
@@ -384,58 +379,36 @@ def failed(*job_ids: str) -> list[JobFailed]:
 
 
 def test_a_batch_s_interim_events_go_together_from_the_event_thread_each_job_in_order(
-    local_aws: Any, batch_calls: list[int]
+    local_aws: Any,
 ) -> None:
-    # given the control queue empty, and SendMessageBatch calls counted
+    # given the control queue empty
     local_aws.drain_tasks(control_queue_name())
     jobs = [f"job_interim_{n}" for n in range(3)]
     # when a batch of three reports received, then started, then its outcomes, as the runner does
     worker_events.send_events([JobReceived(job, 1) for job in jobs])
     worker_events.send_events([JobStarted(job, 1, load_s=0.1) for job in jobs])
     worker_events.send_events(failed(*jobs))
-    # then the nine events went in at most three calls, and each job's arrived in order
-    assert sum(batch_calls) == 9 and len(batch_calls) <= 3, batch_calls
+    # then the nine events went in at most three messages, and each job's arrived in order
     tasks = local_aws.drain_tasks(control_queue_name())
+    events = sent_events(tasks)
+    assert len(events) == 9 and len(tasks) <= 3, tasks
     for job in jobs:
-        assert [t["task"] for t in tasks if t["kwargs"]["job_id"] == job] == [
+        assert [name for name, fields in events if fields["job_id"] == job] == [
             JobReceived.TASK,
             JobStarted.TASK,
             JobFailed.TASK,
         ]
 
 
-@pytest.mark.parametrize("sender_fault", [False, True])
-def test_events_sqs_refuses_are_sent_again_alone_unless_refused_as_the_sender_s_fault(
-    local_aws: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    sender_fault: bool,
-) -> None:
-    # given SQS refusing the second of three events once (throttled, or a bad entry)
+def test_events_past_one_message_s_share_go_in_more_than_one(local_aws: Any) -> None:
+    # given the control queue empty
     local_aws.drain_tasks(control_queue_name())
-    calls: list[int] = []
-    send_collected = worker_events.send_collected
-
-    def refuse_once(collected: list[Any]) -> list[Refusal | None]:
-        calls.append(len(collected))
-        if len(calls) > 1:
-            return send_collected(collected)
-        refusal = Refusal("Refused", "the second", sender_fault)
-        return [*send_collected(collected[:1]), refusal, *send_collected(collected[2:])]
-
-    monkeypatch.setattr(worker_events, "send_collected", refuse_once)
-    monkeypatch.setattr(worker_retry.time, "sleep", lambda _: None)
-    events = failed("job_refused_0", "job_refused_1", "job_refused_2")
-    # when they are sent
-    worker_events.publish_all(events)
-    # then no call was made again as a batch (a second try would send one event alone)
-    assert calls == [3]
+    # when more outcomes than one message holds are sent together
+    outcomes = failed(*(f"job_many_{n}" for n in range(worker_events.EVENTS_PER_MESSAGE + 3)))
+    publish_all(outcomes)
+    # then they went as two tasks, every one once
     tasks = local_aws.drain_tasks(control_queue_name())
-    arrived = sorted(t["kwargs"]["job_id"] for t in tasks)
-    if sender_fault:
-        # and the bad entry was dropped with an error in the log, its peers arrived once
-        assert arrived == ["job_refused_0", "job_refused_2"]
-        assert "SQS refused event control.job_failed of job job_refused_1" in caplog.text
-    else:
-        # and the refused one alone was sent again: each arrived once
-        assert arrived == [e.job_id for e in events]
+    assert len(tasks) == 2
+    assert sorted(fields["job_id"] for _, fields in sent_events(tasks)) == sorted(
+        outcome.job_id for outcome in outcomes
+    )

@@ -35,6 +35,8 @@ from sdsaas.contract import (
     JobSucceeded,
     OutputFormat,
     Scheduler,
+    event_from_wire,
+    events_to_wire,
 )
 from tests.support.factories import (
     DiffusionModelFactory,
@@ -156,6 +158,12 @@ def test_every_task_the_contract_names_for_the_control_plane_is_registered_by_a_
     assert sorted(names - set(celery_app.tasks)) == []
 
 
+def test_events_sent_together_decode_to_themselves_and_an_unknown_kind_to_none() -> None:
+    events = list(EXAMPLES.values())
+    wire = over_the_wire({"events": [*events_to_wire(events), {"kind": "overheated", "v": 9}]})
+    assert [event_from_wire(data) for data in wire["events"]] == [*events, None]
+
+
 def test_a_failure_code_this_release_does_not_know_is_an_internal_error_naming_it() -> None:
     wire = {"job_id": "job_x", "attempt": 1, "code": "gpu_fell_off", "message": "ouch", "v": 9}
     event = JobFailed.from_wire(wire)
@@ -192,6 +200,34 @@ def test_events_with_fields_of_a_newer_worker_are_applied(local_aws: Any) -> Non
     assert job.output_keys == succeeded["output_keys"]
     received = JobEvent.objects.get(job=job, kind="received")
     assert received.detail == {"contract": CONTRACT_VERSION + 1}
+
+
+def test_events_sent_together_are_applied_in_order_past_an_unknown_kind_and_a_failing_one(
+    local_aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a received job, and progress that fails to apply (the database refused it)
+    job = run_job_to_processing(local_aws, version_fields={})
+
+    def refused(**_: Any) -> bool:
+        raise RuntimeError("refused")
+
+    monkeypatch.setattr(tasks.lifecycle, "job_mark_progress", refused)
+    key = f"tenants/{job.tenant_id}/jobs/{job.public_id}/0.png"
+    together = [
+        JobStarted(job.public_id, 1, load_s=0.5),
+        JobProgress(job.public_id, 1, step=1, total=2),
+        JobSucceeded(job.public_id, 1, output_keys=[key], metrics={"inference_s": 1.0}),
+    ]
+    wire = events_to_wire(together)
+    wire.insert(1, {"kind": "overheated", "job_id": job.public_id, "attempt": 1, "v": 9})
+    # when the worker's events arrive as one task
+    with pytest.raises(RuntimeError, match="refused"):
+        tasks.job_events(**over_the_wire({"events": wire}))
+    # then the ones past the unknown kind and the failing one were applied, and the failure raised
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.output_keys == [key]
+    assert JobEvent.objects.filter(job=job, kind="started").exists()
 
 
 def test_a_worker_of_the_release_before_versioning_is_told_apart(local_aws: Any) -> None:
