@@ -18,8 +18,9 @@ Figures, medians over `--repeats`, the two sides alternating (ABBA):
   not counted. The baseline's rate is its loop alone (the pipeline loaded before).
 - gap_ms_p50: from one job's end to the next one's start on the worker under that backlog, from
   the worker's log (`Task gpu.generate[…] succeeded` to the next `job … attempt` line): the
-  ack, the next receive and the message's decode. With `--max-batch` N > 1 the worker runs up to
-  N waiting jobs as one micro-batch (SDSAAS_GPU_MAX_BATCH): a batch is one task, its jobs end
+  ack, the next receive and the message's decode. The worker runs up to `--max-batch` (its
+  SDSAAS_GPU_MAX_BATCH, by default the worker's default) waiting jobs as one micro-batch, within
+  its latency budget (the warm-up job measures the shape): a batch is one task, its jobs end
   together, the gap is between tasks, and the profile gives each job its share of its batch.
 - idle_queue_ms_p95: the worker idle (long-polling an empty queue), `--idle-jobs` jobs sent one
   at a time after a random pause: from the job row's `created_at` to the job's start in the
@@ -94,7 +95,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--no-pin", action="store_true", help="no CPU of its own for the worker")
     parser.add_argument(
-        "--max-batch", type=int, default=1, help="the worker's SDSAAS_GPU_MAX_BATCH (default 1)"
+        "--max-batch",
+        type=int,
+        help="the worker's SDSAAS_GPU_MAX_BATCH (default: the worker's own, 8)",
     )
     parser.add_argument("--seed", type=int, default=5, help="of the idle pauses")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -104,7 +107,7 @@ def parse_args() -> argparse.Namespace:
     args.jobs = args.jobs or jobs
     args.repeats = args.repeats or repeats
     args.idle_jobs = args.idle_jobs or idle_jobs
-    if min(args.jobs, args.repeats, args.idle_jobs, args.max_batch) < 1:
+    if min(args.jobs, args.repeats, args.idle_jobs, args.max_batch or 1) < 1:
         parser.error("--jobs, --repeats, --idle-jobs and --max-batch take 1 or more")
     return args
 
@@ -160,12 +163,14 @@ class Worker:
     name: str = "gpu"
     offset: int = 0
     ready: bool = False
-    max_batch: int = 1
+    max_batch: int | None = None  # None: the worker's default
     runs: dict[str, Run] = field(default_factory=dict)  # by job id: its last run
     current: list[Run] = field(default_factory=list)  # the running task's: its job, its batch
 
     def start(self) -> None:
-        env = {**ONE_THREAD, "SDSAAS_GPU_MAX_BATCH": str(self.max_batch)}
+        env = dict(ONE_THREAD)
+        if self.max_batch is not None:
+            env["SDSAAS_GPU_MAX_BATCH"] = str(self.max_batch)
         devstack.start_gpu_worker(
             self.stack, name=self.name, node=self.name, env=env, loglevel="INFO"
         )
@@ -480,7 +485,7 @@ def print_table(summary: dict[str, Any]) -> None:
         f"N={summary['jobs']} jobs x {summary['repeats']} repeats,"
         f" {summary['idle_jobs']} idle jobs, {summary['size']}px {summary['steps']} steps,"
         f" 1 thread, {summary['cores']} cores, pinned: {summary['pinned']},"
-        f" max batch {summary['max_batch']} (mean {summary['batch_size_mean']})"
+        f" max batch {summary['max_batch'] or 'the default'} (mean {summary['batch_size_mean']})"
     )
 
 

@@ -30,6 +30,7 @@ from django.core.files.storage import Storage
 from PIL import Image
 
 from gpu_worker import inference
+from gpu_worker.batch_budget import BUDGET
 from gpu_worker.events import Send, send_events
 from gpu_worker.loading import load_model, local_loras
 from gpu_worker.retry import retry_through_outage
@@ -234,6 +235,7 @@ def _run_live(
     outcome filled in, when a batch of several failed for what one job could cause."""
     now = dt.datetime.now(dt.UTC)
     batch = [runs[index] for index in indexes]
+    key = batch_key(batch[0].message)
     queue_s = [
         (now - dt.datetime.fromisoformat(run.message.created_at)).total_seconds() for run in batch
     ]
@@ -258,10 +260,14 @@ def _run_live(
         with watchdog:
             model, loras = load(batch)
             images = generate(batch, model, loras, watchdog)
+            if key is not None:
+                BUDGET.ran(key, sum(map(len, images)), batch[0].timings["inference_s"])
             encoded = [encode(run, mine) for run, mine in zip(batch, images, strict=True)]
             keys = each_at_once(lambda pair: upload(*pair), list(zip(batch, encoded, strict=True)))
     except Exception as exc:
         if len(batch) > 1 and _one_jobs_fault(exc):
+            if key is not None and inference.out_of_memory(exc):
+                BUDGET.out_of_memory(key, sum(run.message.input.num_outputs for run in batch))
             return False
         outcomes.update({index: _ended(runs[index], exc) for index in indexes})
         return True

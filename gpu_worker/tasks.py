@@ -20,6 +20,7 @@ from django.core.files.storage import default_storage
 
 from gpu_worker import metrics
 from gpu_worker.app import app
+from gpu_worker.batch_budget import BUDGET
 from gpu_worker.events import send_event
 from gpu_worker.heartbeat import VisibilityHeartbeat
 from gpu_worker.protection import scale_in_protection
@@ -211,17 +212,22 @@ class Later:
 def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     """The jobs that run with the one delivered as a micro-batch: up to GPU_MAX_BATCH - 1 more
     messages of its queue, received now (those already waiting: none is waited for), that share
-    its batch key (`runner.batch_key`). The others received are left to the channel, to run
-    after it, one by one (`Channel.deliver_later`)."""
+    its batch key (`runner.batch_key`) and whose images fit the batch's latency budget
+    (gpu_worker/batch_budget.py). The others received are left to the channel, to run after it,
+    one by one (`Channel.deliver_later`)."""
     channel = channel_of(delivered.delivery_info)
     key = batch_key(delivered.message)
     if channel is None or key is None or settings.GPU_MAX_BATCH < 2 or STOP.at is not None:
         return [], []
+    room = BUDGET.room(key, delivered.message.input.num_outputs, settings.GPU_BATCH_BUDGET_S)
+    if room < 1:
+        return [], []
     batch: list[Member] = []
     later: list[Later] = []
-    for taken in channel.take_now(settings.GPU_MAX_BATCH - 1):
+    for taken in channel.take_now(min(settings.GPU_MAX_BATCH - 1, room)):
         message = job_of(taken)
-        if message is not None and batch_key(message) == key:
+        if message is not None and batch_key(message) == key and message.input.num_outputs <= room:
+            room -= message.input.num_outputs
             info = delivery_info_of(taken)
             batch.append(Member(message, attempt_of(message, info), info))
         else:

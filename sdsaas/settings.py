@@ -281,8 +281,11 @@ GPU_COMPILE_CACHE_DIR = Path(
 # Micro-batching: a GPU worker that starts a text-to-image job also runs, in the same denoising
 # loop, up to this many - 1 jobs already waiting in its queue with the same model, size, steps,
 # guidance, scheduler and LoRAs (gpu_worker/tasks.py). 1: every job alone. `python -m
-# bench.inference` on the GPU measures what a batch pays (issue 14, item 4).
-GPU_MAX_BATCH = env_int("SDSAAS_GPU_MAX_BATCH", 1, minimum=1)
+# bench.batching` on the GPU measures what a batch pays (issue 14, item 4).
+GPU_MAX_BATCH = env_int("SDSAAS_GPU_MAX_BATCH", 8, minimum=1)
+# A batch's latency budget: it takes in only the images that, at the rate its key's last run on
+# this worker denoised them, end within this many seconds (gpu_worker/batch_budget.py).
+GPU_BATCH_BUDGET_S = env_int("SDSAAS_GPU_BATCH_BUDGET_S", 5, minimum=0)
 # On SIGTERM (spot interruption, scale-in) the current job may finish within this many seconds;
 # past it, the job is handed back to the queue for another worker (ECS stopTimeout must exceed it).
 GPU_STOP_GRACE_S = env_int("SDSAAS_GPU_STOP_GRACE_S", 25, minimum=0)

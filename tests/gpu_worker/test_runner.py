@@ -25,6 +25,7 @@ from PIL import Image
 
 from gpu_worker import events as worker_events
 from gpu_worker import inference, runner, watchdog
+from gpu_worker.batch_budget import BatchBudget
 from gpu_worker.events import publish_all, send_event
 from sdsaas.broker.sqs import control_queue_name
 from sdsaas.contract import (
@@ -303,6 +304,29 @@ def test_a_batch_that_fails_for_one_jobs_reason_runs_its_jobs_one_by_one(
         "job_fallback_0",
         "job_fallback_1",
     ]
+
+
+def test_a_batch_out_of_memory_halves_its_key_s_batches_and_its_jobs_alone_teach_the_rate(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given this worker's budget fresh, and a batch of four that runs out of memory
+    budget = BatchBudget()
+    monkeypatch.setattr(runner, "BUDGET", budget)
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(inference, "generate_batch", out_of_memory)
+    jobs = [message(tiny_model_dir, f"job_oom_{n}", seed=n) for n in range(4)]
+    key = runner.batch_key(jobs[0])
+    assert key is not None and budget.room(key, 1, budget_s=60) == 0
+    # when it runs, then each job runs alone and succeeds
+    outcomes = runner.run_jobs(
+        [(job, 1) for job in jobs], storage=default_storage, abandon=abandon_batch, send=Events()
+    )
+    assert outcomes == ["succeeded"] * 4
+    # and the key's batches now hold two images at most, at the rate its jobs ran alone
+    assert budget.room(key, 1, budget_s=60) == 1
 
 
 def test_a_batch_run_one_by_one_tells_its_abandon_which_job_runs_and_how_the_others_ended(

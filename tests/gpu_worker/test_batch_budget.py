@@ -1,0 +1,48 @@
+"""A micro-batch's latency budget (gpu_worker/batch_budget.py), on constructed runs."""
+
+from __future__ import annotations
+
+from gpu_worker.batch_budget import BatchBudget
+
+KEY = ("tiny", 512, 512, 25)
+
+
+def test_a_key_never_run_here_has_no_room_so_its_first_job_runs_alone() -> None:
+    assert BatchBudget().room(KEY, 1, budget_s=60) == 0
+
+
+def test_a_batch_takes_the_images_that_end_within_the_budget_at_its_key_s_rate() -> None:
+    # given a key whose last run denoised 2 images in 1 s
+    budget = BatchBudget()
+    budget.ran(KEY, images=2, seconds=1.0)
+    # then 5 s hold 10 images: 9 more beside a job of one, 6 beside a job of four
+    assert budget.room(KEY, 1, budget_s=5) == 9
+    assert budget.room(KEY, 4, budget_s=5) == 6
+    # and a job that alone fills the budget takes nobody in, nor does a budget of 0
+    assert budget.room(KEY, 10, budget_s=5) == 0
+    assert budget.room(KEY, 1, budget_s=0) == 0
+    # and another key is not this one
+    assert budget.room(("tiny", 64, 64, 2), 1, budget_s=5) == 0
+
+
+def test_the_rate_follows_the_newest_runs() -> None:
+    budget = BatchBudget()
+    budget.ran(KEY, images=1, seconds=1.0)
+    budget.ran(KEY, images=4, seconds=1.0)  # 0.25 s an image: the rate is now 0.625
+    assert budget.room(KEY, 0, budget_s=5) == 8
+    budget.ran(KEY, images=4, seconds=1.0)  # 0.4375
+    assert budget.room(KEY, 0, budget_s=5) == 11
+
+
+def test_a_batch_out_of_memory_holds_its_key_to_half_its_images_and_again_to_half_that() -> None:
+    budget = BatchBudget()
+    budget.ran(KEY, images=1, seconds=0.1)
+    budget.out_of_memory(KEY, images=8)
+    assert budget.room(KEY, 1, budget_s=60) == 3
+    budget.out_of_memory(KEY, images=4)
+    assert budget.room(KEY, 1, budget_s=60) == 1
+    # a larger batch failing later (another worker's setting) does not loosen the cap
+    budget.out_of_memory(KEY, images=16)
+    assert budget.room(KEY, 1, budget_s=60) == 1
+    budget.out_of_memory(KEY, images=2)
+    assert budget.room(KEY, 1, budget_s=60) == 0
