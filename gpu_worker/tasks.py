@@ -178,7 +178,7 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
                 [(m.message, m.attempt) for m in members],
                 storage=default_storage,
                 abandon=partial(abandon_jobs, members, later, heartbeats),
-                work_done=take_ahead_of(delivery_info),
+                work_done=take_ahead_of(delivered),
             )
     except Exception as exc:
         for member in batch:
@@ -210,21 +210,18 @@ class Later:
 
 
 def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
-    """The jobs that run with the one delivered as a micro-batch: up to GPU_MAX_BATCH - 1 more
-    messages of its queue, received now (those already waiting: none is waited for), that share
-    its batch key (`runner.batch_key`) and whose images fit the batch's latency budget
-    (gpu_worker/batch_budget.py). The others received are left to the channel, to run after it,
-    one by one (`Channel.deliver_later`)."""
+    """The jobs that run with the one delivered as a micro-batch: more messages of its queue,
+    those taken ahead with it or else up to `batch_room` received now (those already waiting:
+    none is waited for), that share its batch key (`runner.batch_key`) and whose images fit the
+    batch's latency budget (gpu_worker/batch_budget.py). The others are left to the channel, to
+    run after it, one by one (`Channel.deliver_later`)."""
     channel = channel_of(delivered.delivery_info)
-    key = batch_key(delivered.message)
-    if channel is None or key is None or settings.GPU_MAX_BATCH < 2 or STOP.at is not None:
+    if channel is None:
         return [], []
-    room = BUDGET.room(key, delivered.message.input.num_outputs, settings.GPU_BATCH_BUDGET_S)
-    if room < 1:
-        return [], []
+    key, room = batch_key(delivered.message), batch_room(delivered.message)
     batch: list[Member] = []
     later: list[Later] = []
-    for taken in channel.take_now(min(settings.GPU_MAX_BATCH - 1, room)):
+    for taken in channel.take_now(room):
         message = job_of(taken)
         if message is not None and batch_key(message) == key and message.input.num_outputs <= room:
             room -= message.input.num_outputs
@@ -240,15 +237,29 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     return batch, later
 
 
+def batch_room(message: JobMessage) -> int:
+    """How many more jobs (of one image each) may run in a micro-batch with `message`: up to
+    GPU_MAX_BATCH - 1, within the latency budget; none for a job that is never batched, or while
+    the worker stops."""
+    key = batch_key(message)
+    if key is None or settings.GPU_MAX_BATCH < 2 or STOP.at is not None:
+        return 0
+    room = BUDGET.room(key, message.input.num_outputs, settings.GPU_BATCH_BUDGET_S)
+    return min(settings.GPU_MAX_BATCH - 1, room)
+
+
 def channel_of(delivery_info: Any) -> Channel | None:
     channel = (delivery_info or {}).get("channel")
     return channel if isinstance(channel, Channel) else None
 
 
-def take_ahead_of(delivery_info: Any) -> Callable[[], None] | None:
-    """How to take the queue's next message ahead of this one's report (None outside SQS)."""
-    channel = channel_of(delivery_info)
-    return None if channel is None else channel.take_ahead
+def take_ahead_of(delivered: Member) -> Callable[[], None] | None:
+    """How to take the queue's next messages ahead of this task's report (None outside SQS): the
+    next job's, and as many more as would run in a batch with it if it is of this one's key."""
+    channel = channel_of(delivered.delivery_info)
+    if channel is None:
+        return None
+    return lambda: channel.take_ahead(1 + batch_room(delivered.message))
 
 
 def job_of(taken: Taken) -> JobMessage | None:

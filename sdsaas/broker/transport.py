@@ -64,7 +64,11 @@ A micro-batching GPU worker (settings.GPU_MAX_BATCH) receives more messages for 
 `Channel.take_now` receives, without waiting, up to that many of the task's queue, decoded as
 Celery would get them (`Taken`); the task runs and settles those it batches, and gives the others
 to `Channel.deliver_later`, which delivers them one by one after the task, as messages taken
-ahead are (the task keeps them invisible until then).
+ahead are (the task keeps them invisible until then). Under a backlog the next batch is taken
+ahead whole: `take_ahead(limit)` receives up to `limit` messages in one call, the first is
+delivered as the next task and the others are held for that task's `take_now`, which returns
+them without a receive of its own. What the next task does not take (it never ran: the worker
+stopped) is handed back at once.
 """
 
 from __future__ import annotations
@@ -87,6 +91,10 @@ logger = logging.getLogger(__name__)
 # kombu-stubs type the public channel API only; the poll loop patched here is private to kombu.
 _SqsChannel: Any = SQS.Channel
 _SqsTransport: Any = SQS.Transport
+
+
+# SQS's most messages a ReceiveMessage call returns.
+RECEIVE_MAX = 10
 
 
 class ReceiveFailed(Exception):
@@ -133,8 +141,10 @@ class Channel(_SqsChannel):
         # (one at a time, unless a queue is consumed again before its old poll answered).
         self._open_polls: dict[str, list[float]] = {}
         self._awaiting_answer = False
-        # The receive of the next message started by `take_ahead`: (queue name, its answer).
+        # The receive of the next messages started by `take_ahead`: (queue name, its answer).
         self._ahead: tuple[str, Future[tuple[list[dict[str, Any]], float]]] | None = None
+        # Messages received with the one delivered from `_ahead`, for its task's `take_now`.
+        self._held: list[dict[str, Any]] = []
         self._ahead_thread: ThreadPoolExecutor | None = None
         # Messages the running task received itself and left to run after it (`deliver_later`).
         # (queue, message, what stops the task's hold on it: its heartbeat)
@@ -254,9 +264,11 @@ class Channel(_SqsChannel):
             received, asked_at = answer.result()
             age_s = time.monotonic() - asked_at
             if received and age_s > self.visibility_timeout / 2:
-                # The task's report outlasted half of the message's invisibility (an outage):
-                # it may be another worker's by now. SQS delivers it again after its timeout.
-                logger.warning("dropped a message of %s taken ahead %.0fs ago", qname, age_s)
+                # The task's report outlasted half of the messages' invisibility (an outage):
+                # they may be another worker's by now. SQS delivers them again after its timeout.
+                logger.warning(
+                    "dropped %d messages of %s taken ahead %.0fs ago", len(received), qname, age_s
+                )
                 return 0
         if not received:
             return 0
@@ -266,7 +278,14 @@ class Channel(_SqsChannel):
                     callback()
                 except Exception:  # as the loop's turn would have raised it; the message goes on
                     logger.exception("a ready callback of the event loop failed")
-        return self._deliver(self._new_queue(qname), qname, received)
+        queue = self._new_queue(qname)
+        self._held = received[1:]
+        try:
+            return self._deliver(queue, qname, received[:1])
+        finally:
+            held, self._held = self._held, []
+            if held:  # its task did not take them (not run: the worker stops): visible again
+                self._release_messages(queue, qname, held)
 
     def _deliver(self, queue: str, qname: str, received: list[dict[str, Any]] | None) -> int:
         if not received:
@@ -282,9 +301,10 @@ class Channel(_SqsChannel):
         finally:
             self._delivering = None
 
-    def take_ahead(self) -> None:
-        """Receive the next message of the running task's queue on a thread now; it is delivered
-        once the task has been settled (see the module docstring). Called by the task."""
+    def take_ahead(self, limit: int = 1) -> None:
+        """Receive the next messages of the running task's queue, up to `limit`, on a thread now;
+        the first is delivered once the task has been settled, the others are held for that
+        next task's `take_now` (see the module docstring). Called by the task."""
         qname = self._delivering
         if qname is None or self._ahead is not None or self._later or worker_stopping():
             return
@@ -292,17 +312,20 @@ class Channel(_SqsChannel):
             return
         if self._ahead_thread is None:
             self._ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="sqs-take-ahead")
-        self._ahead = (qname, self._ahead_thread.submit(self._receive_now, qname))
+        self._ahead = (qname, self._ahead_thread.submit(self._receive_now, qname, limit))
 
     def take_now(self, limit: int) -> list[Taken]:
-        """Up to `limit` messages of the running task's queue that are visible now (no long
-        poll), received for that task itself: a GPU worker's micro-batch (gpu_worker/tasks.py).
-        The task settles those it runs, and hands the others to `deliver_later`."""
+        """Messages of the running task's queue for that task itself: a GPU worker's micro-batch
+        (gpu_worker/tasks.py). Those taken ahead with its message, all of them whatever `limit`;
+        else up to `limit` that are visible now (no long poll), received now. The task settles
+        those it runs, and hands the others to `deliver_later`."""
         qname = self._delivering
-        # One task's leftovers at a time: each waits for the ones before it to run.
-        if qname is None or limit < 1 or self._later or worker_stopping():
+        if qname is None:
             return []
-        received, _ = self._receive_now(qname, limit)
+        received, self._held = self._held, []
+        # One task's leftovers at a time: each waits for the ones before it to run.
+        if not received and limit >= 1 and not self._later and not worker_stopping():
+            received, _ = self._receive_now(qname, limit)
         url = self._new_queue(qname)
         return [self._taken(qname, url, raw) for raw in received]
 
@@ -330,7 +353,7 @@ class Channel(_SqsChannel):
         try:
             answer = self.sqs(queue=qname).receive_message(
                 QueueUrl=self._new_queue(qname),
-                MaxNumberOfMessages=limit,
+                MaxNumberOfMessages=min(limit, RECEIVE_MAX),
                 WaitTimeSeconds=0,
                 MessageSystemAttributeNames=attributes["MessageSystemAttributeNames"],
                 **(

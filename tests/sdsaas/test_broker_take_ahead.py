@@ -31,20 +31,28 @@ def connection() -> Iterator[Connection]:
 
 class Consumer:
     """Records each message's number and receive count, and acks it; the first one's task takes
-    the next message ahead (and, if told, the worker then stops)."""
+    the next `ahead` messages ahead (and, if told, the worker then stops); the next task takes
+    what was held for it (`took`, settled as its batch)."""
 
-    def __init__(self, channel: Any, *, stop_after_taking_ahead: bool = False) -> None:
+    def __init__(self, channel: Any, *, stop_after_taking_ahead: bool = False, ahead: int = 1):
         self.channel = channel
         self.stop_after_taking_ahead = stop_after_taking_ahead
+        self.ahead = ahead
         self.stopping = False
         self.seen: list[tuple[int, str]] = []
+        self.took: list[transport.Taken] = []
 
     def __call__(self, message: Any) -> None:
         count = message.delivery_info["sqs_message"]["Attributes"]["ApproximateReceiveCount"]
         self.seen.append((message.decode()[1]["n"], count))
         if len(self.seen) == 1:
-            self.channel.take_ahead()
+            self.channel.take_ahead(self.ahead)
             self.stopping = self.stop_after_taking_ahead
+        elif len(self.seen) == 2 and self.ahead > 1:
+            self.took = self.channel.take_now(self.ahead + 5)
+            sqs = self.channel.sqs(queue=message.delivery_info["routing_key"])
+            for taken in self.took:
+                sqs.delete_message(QueueUrl=taken.queue_url, ReceiptHandle=taken.receipt_handle)
         message.ack()
 
 
@@ -142,3 +150,46 @@ def test_a_task_takes_messages_now_runs_one_and_leaves_the_rest_for_after_it(
     assert [count for _, count in seen] == ["1", "1", "1"]
     assert len({n for n, _ in seen} | {taken[0].kwargs["n"]}) == 4
     assert "Messages" not in sqs.receive_message(QueueUrl=url)
+
+
+def test_the_next_batch_is_taken_ahead_whole_and_its_task_gets_the_rest_without_a_receive(
+    connection: Connection, local_aws: Any
+) -> None:
+    # given a queue of six messages and a worker whose poll returned the first
+    qname, url = queue_with(6, "ahead-batch")
+    channel, consumer = consume(connection, partial(Consumer, ahead=3), qname)
+    first, _ = channel._receive_now(qname)
+    # when its task takes the next three ahead, and the next task takes all it can
+    delivered = channel._on_messages_ready(url, qname, {"Messages": first})
+    # then the next task ran from the same answer, and got the two held for it, all received
+    # once, though it asked for more
+    assert delivered == 2
+    assert [count for _, count in consumer.seen] == ["1", "1"]
+    assert [(t.task, t.receive_count) for t in consumer.took] == [("tests.take_ahead", 1)] * 2
+    numbers = [n for n, _ in consumer.seen] + [t.kwargs["n"] for t in consumer.took]
+    assert len(set(numbers)) == 4
+    # and the two left were never received
+    left = local_aws.client("sqs").receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in left] == ["1", "1"]
+
+
+def test_a_worker_that_stops_hands_back_the_whole_batch_taken_ahead_at_once(
+    connection: Connection, local_aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a worker whose first task takes the next three ahead and then is told to stop
+    qname, url = queue_with(4, "ahead-batch-stop")
+    channel, consumer = consume(
+        connection, partial(Consumer, stop_after_taking_ahead=True, ahead=3), qname
+    )
+    monkeypatch.setattr(transport, "worker_stopping", lambda: consumer.stopping)
+    first, _ = channel._receive_now(qname)
+    # when the poll's answer is handled
+    delivered = channel._on_messages_ready(url, qname, {"Messages": first})
+    # then only the first ran, and the three taken ahead are visible again at once
+    assert delivered == 1 and consumer.took == []
+    back = local_aws.client("sqs").receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    assert sorted(m["Attributes"]["ApproximateReceiveCount"] for m in back) == ["2", "2", "2"]
