@@ -190,14 +190,18 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
         hand_back(delivery_info, after_s=RETRY_AFTER_S)
         raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
     metrics.count(outcomes)
-    settle_all(batch, outcomes[1:])
-    outcome = outcomes[0]
-    if outcome == RunOutcome.PREEMPTED and not requeue_as_next_attempt(message, attempt):
-        hand_back(delivery_info, after_s=0)
-        # Neither acked nor deleted (the model queues have a redrive policy, so kombu keeps a
-        # rejected message): SQS redelivers it, and the next receive is attempt + 1.
+    members = [delivered, *batch]
+    done = [done_with(member, outcome) for member, outcome in zip(members, outcomes, strict=True)]
+    # The delivered message is deleted with the batch's: Celery's ack then sends nothing.
+    deleted = delete_messages([m.delivery_info for m, d in zip(members, done, strict=True) if d])
+    if not done[0]:
+        # Handed back, neither acked nor deleted (the model queues have a redrive policy, so
+        # kombu keeps a rejected message): SQS redelivers it, and the next receive is attempt + 1.
         raise Reject("preempted: the worker is stopping", requeue=False)
-    return outcome
+    channel, mine = channel_of(delivery_info), sqs_message_of(delivery_info)
+    if channel is not None and mine is not None and mine[1] in deleted:
+        channel.deleted_by_task(mine[1])
+    return outcomes[0]
 
 
 @dataclass(frozen=True)
@@ -287,15 +291,22 @@ def settle(member: Member, outcome: RunOutcome) -> None:
 
 def settle_all(members: list[Member], outcomes: list[RunOutcome]) -> None:
     """`settle` each; the messages to delete in DeleteMessageBatch calls, not one by one."""
-    done = []
-    for member, outcome in zip(members, outcomes, strict=True):
-        if outcome != RunOutcome.PREEMPTED or requeue_as_next_attempt(
-            member.message, member.attempt
-        ):
-            done.append(member.delivery_info)
-        else:
-            hand_back(member.delivery_info, after_s=0)
-    delete_messages(done)
+    delete_messages(
+        [
+            member.delivery_info
+            for member, outcome in zip(members, outcomes, strict=True)
+            if done_with(member, outcome)
+        ]
+    )
+
+
+def done_with(member: Member, outcome: RunOutcome) -> bool:
+    """Whether the job's message is done with, to be deleted: unless the job was preempted and
+    could not be sent again as its next attempt, in which case its message was handed back."""
+    if outcome != RunOutcome.PREEMPTED or requeue_as_next_attempt(member.message, member.attempt):
+        return True
+    hand_back(member.delivery_info, after_s=0)
+    return False
 
 
 def settle_after_error(member: Member, exc: Exception) -> None:
@@ -364,14 +375,15 @@ def delete_message(delivery_info: Any) -> None:
 DELETE_BATCH_ENTRIES = 10
 
 
-def delete_messages(delivery_infos: list[Any]) -> None:
+def delete_messages(delivery_infos: list[Any]) -> set[str]:
     """`delete_message` of each, up to 10 of a queue in one DeleteMessageBatch call (best
-    effort, as `hand_back`)."""
+    effort, as `hand_back`); the receipt handles of those deleted."""
     by_queue: dict[str, list[str]] = {}
     for info in delivery_infos:
         message = sqs_message_of(info)
         if message is not None:
             by_queue.setdefault(message[0], []).append(message[1])
+    deleted: set[str] = set()
     for queue_url, handles in by_queue.items():
         for start in range(0, len(handles), DELETE_BATCH_ENTRIES):
             chunk = handles[start : start + DELETE_BATCH_ENTRIES]
@@ -387,6 +399,8 @@ def delete_messages(delivery_infos: list[Any]) -> None:
                     failed.get("Code"),
                     failed.get("Message", ""),
                 )
+            deleted.update(chunk[int(done["Id"])] for done in answer.get("Successful", []))
+    return deleted
 
 
 def end_process(*, restart: bool) -> NoReturn:

@@ -69,6 +69,10 @@ ahead whole: `take_ahead(limit)` receives up to `limit` messages in one call, th
 delivered as the next task and the others are held for that task's `take_now`, which returns
 them without a receive of its own. What the next task does not take (it never ran: the worker
 stopped) is handed back at once.
+
+A GPU task deletes its own message with its batch's (DeleteMessageBatch) once its outcome was
+reported, and says so (`deleted_by_task`): Celery's ack of it then only does the channel's
+bookkeeping (`basic_ack`), without a DeleteMessage of its own.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ from typing import Any
 from celery.exceptions import WorkerShutdown, WorkerTerminate
 from celery.worker import state as worker_state
 from kombu.asynchronous.aws.sqs.message import AsyncMessage
-from kombu.transport import SQS
+from kombu.transport import SQS, virtual
 from vine import promise
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,7 @@ logger = logging.getLogger(__name__)
 # kombu-stubs type the public channel API only; the poll loop patched here is private to kombu.
 _SqsChannel: Any = SQS.Channel
 _SqsTransport: Any = SQS.Transport
+_VirtualChannel: Any = virtual.Channel
 
 
 # SQS's most messages a ReceiveMessage call returns.
@@ -150,6 +155,8 @@ class Channel(_SqsChannel):
         # (queue, message, what stops the task's hold on it: its heartbeat)
         self._later: list[tuple[str, dict[str, Any], Callable[[], None]]] = []
         self._delivering: str | None = None  # the queue whose message's task runs now
+        # Receipt handles of delivered messages their task deleted itself (`deleted_by_task`).
+        self._deleted_by_task: set[str] = set()
 
     def _schedule_queue(self, queue: str) -> None:
         if queue not in self._active_queues or worker_stopping():
@@ -300,6 +307,21 @@ class Channel(_SqsChannel):
             return int(_SqsChannel._on_messages_ready(self, queue, qname, {"Messages": received}))
         finally:
             self._delivering = None
+
+    def deleted_by_task(self, receipt_handle: str) -> None:
+        """The running task deleted its delivered message itself: its ack sends nothing."""
+        self._deleted_by_task.add(receipt_handle)
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        try:
+            handle = self.qos.get(delivery_tag).delivery_info["sqs_message"]["ReceiptHandle"]
+        except (KeyError, TypeError):
+            handle = None
+        if handle is not None and handle in self._deleted_by_task:
+            self._deleted_by_task.discard(handle)
+            _VirtualChannel.basic_ack(self, delivery_tag, multiple)  # the bookkeeping only
+            return
+        _SqsChannel.basic_ack(self, delivery_tag, multiple)
 
     def take_ahead(self, limit: int = 1) -> None:
         """Receive the next messages of the running task's queue, up to `limit`, on a thread now;

@@ -103,9 +103,10 @@ def test_a_batch_s_messages_are_deleted_ten_at_a_time_and_a_bad_receipt_only_log
         mock.patch.object(client, "delete_message_batch", counted),
         mock.patch.object(tasks, "sqs_client", return_value=client),
     ):
-        tasks.delete_messages([*infos, refused])
+        deleted = tasks.delete_messages([*infos, refused])
     # then two calls deleted every message, and the refused one was logged, not raised
     assert calls == [10, 3]
+    assert deleted == {info["receipt_handle"] for info in infos}
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "0"
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"

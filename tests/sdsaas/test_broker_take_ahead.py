@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
+from unittest import mock
 
 import pytest
 from kombu import Connection
@@ -193,3 +194,38 @@ def test_a_worker_that_stops_hands_back_the_whole_batch_taken_ahead_at_once(
         QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
     )["Messages"]
     assert sorted(m["Attributes"]["ApproximateReceiveCount"] for m in back) == ["2", "2", "2"]
+
+
+def test_a_message_its_task_deleted_itself_is_acked_without_a_delete_of_its_own(
+    connection: Connection, local_aws: Any
+) -> None:
+    # given a worker whose tasks delete their own message (with their batch's), the first of two
+    # saying so to the channel
+    qname, url = queue_with(2, "deleted-by-task")
+    channel = connection.default_channel
+    assert isinstance(channel, transport.Channel)
+    channel.basic_qos(0, 1, False)
+    sqs = channel.sqs(queue=qname)
+    deletes: list[str] = []
+    delete = sqs.delete_message
+
+    def counted(**kwargs: Any) -> Any:
+        deletes.append(kwargs["ReceiptHandle"])
+        return delete(**kwargs)
+
+    def on_message(message: Any) -> None:
+        handle = message.delivery_info["sqs_message"]["ReceiptHandle"]
+        if message.decode()[1]["n"] == 0:
+            local_aws.client("sqs").delete_message(QueueUrl=url, ReceiptHandle=handle)
+            channel.deleted_by_task(handle)
+        message.ack()
+
+    channel.basic_consume(qname, no_ack=False, callback=on_message, consumer_tag="gpu")
+    with mock.patch.object(sqs, "delete_message", counted):
+        for _ in range(2):
+            received, _ = channel._receive_now(qname)
+            channel._on_messages_ready(url, qname, {"Messages": received})
+    # then only the other one's ack deleted it, and both are gone, nothing held for either
+    assert len(deletes) == 1
+    assert "Messages" not in local_aws.client("sqs").receive_message(QueueUrl=url)
+    assert channel.qos.can_consume()
