@@ -245,7 +245,8 @@ OUTPUT_URL_TTL = env_int("SDSAAS_OUTPUT_URL_TTL", 3600, minimum=60)
 
 STORAGES = {
     "default": {
-        "BACKEND": "storages.backends.s3.S3Storage",
+        # django-storages' S3Storage, small files in one PutObject (sdsaas/storage.py)
+        "BACKEND": "sdsaas.storage.S3Storage",
         "OPTIONS": {
             "bucket_name": S3_BUCKET,
             "region_name": AWS_REGION,
