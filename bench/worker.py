@@ -107,7 +107,12 @@ def parse_args() -> argparse.Namespace:
     args.jobs = args.jobs or jobs
     args.repeats = args.repeats or repeats
     args.idle_jobs = args.idle_jobs or idle_jobs
-    if min(args.jobs, args.repeats, args.idle_jobs, args.max_batch or 1) < 1:
+    if (
+        min(
+            args.jobs, args.repeats, args.idle_jobs, 1 if args.max_batch is None else args.max_batch
+        )
+        < 1
+    ):
         parser.error("--jobs, --repeats, --idle-jobs and --max-batch take 1 or more")
     return args
 

@@ -259,15 +259,18 @@ def _run_live(
     try:
         with watchdog:
             model, loras = load(batch)
-            images = generate(batch, model, loras, watchdog)
+            try:
+                images = generate(batch, model, loras, watchdog)
+            except Exception as exc:
+                if len(batch) > 1 and key is not None and inference.out_of_memory(exc):
+                    BUDGET.out_of_memory(key, sum(run.message.input.num_outputs for run in batch))
+                raise
             if key is not None:
                 BUDGET.ran(key, sum(map(len, images)), batch[0].timings["inference_s"])
             encoded = [encode(run, mine) for run, mine in zip(batch, images, strict=True)]
             keys = each_at_once(lambda pair: upload(*pair), list(zip(batch, encoded, strict=True)))
     except Exception as exc:
         if len(batch) > 1 and _one_jobs_fault(exc):
-            if key is not None and inference.out_of_memory(exc):
-                BUDGET.out_of_memory(key, sum(run.message.input.num_outputs for run in batch))
             return False
         outcomes.update({index: _ended(runs[index], exc) for index in indexes})
         return True

@@ -222,13 +222,19 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     channel = channel_of(delivered.delivery_info)
     if channel is None:
         return [], []
-    key, room = batch_key(delivered.message), batch_room(delivered.message)
+    key, images = batch_key(delivered.message), batch_room(delivered.message)
+    jobs = min(settings.GPU_MAX_BATCH - 1, images)
     batch: list[Member] = []
     later: list[Later] = []
-    for taken in channel.take_now(room):
+    for taken in channel.take_now(jobs):
         message = job_of(taken)
-        if message is not None and batch_key(message) == key and message.input.num_outputs <= room:
-            room -= message.input.num_outputs
+        if (
+            message is not None
+            and batch_key(message) == key
+            and len(batch) < jobs
+            and message.input.num_outputs <= images
+        ):
+            images -= message.input.num_outputs
             info = delivery_info_of(taken)
             batch.append(Member(message, attempt_of(message, info), info))
         else:
@@ -236,20 +242,19 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
             later.append(Later(taken, heartbeat.__enter__()))
     channel.deliver_later([(item.taken, item.heartbeat.stop) for item in later])
     if batch:
-        jobs = ", ".join(member.message.job_id for member in batch)
-        logger.info("job %s runs in a batch with %s", delivered.message.job_id, jobs)
+        others = ", ".join(member.message.job_id for member in batch)
+        logger.info("job %s runs in a batch with %s", delivered.message.job_id, others)
     return batch, later
 
 
 def batch_room(message: JobMessage) -> int:
-    """How many more jobs (of one image each) may run in a micro-batch with `message`: up to
-    GPU_MAX_BATCH - 1, within the latency budget; none for a job that is never batched, or while
-    the worker stops."""
+    """How many more images may run in a micro-batch with `message`, within the latency budget;
+    none for a job that is never batched, or while the worker stops. (The jobs are held to
+    GPU_MAX_BATCH - 1 more besides.)"""
     key = batch_key(message)
     if key is None or settings.GPU_MAX_BATCH < 2 or STOP.at is not None:
         return 0
-    room = BUDGET.room(key, message.input.num_outputs, settings.GPU_BATCH_BUDGET_S)
-    return min(settings.GPU_MAX_BATCH - 1, room)
+    return BUDGET.room(key, message.input.num_outputs, settings.GPU_BATCH_BUDGET_S)
 
 
 def channel_of(delivery_info: Any) -> Channel | None:
@@ -263,7 +268,9 @@ def take_ahead_of(delivered: Member) -> Callable[[], None] | None:
     channel = channel_of(delivered.delivery_info)
     if channel is None:
         return None
-    return lambda: channel.take_ahead(1 + batch_room(delivered.message))
+    return lambda: channel.take_ahead(
+        1 + min(settings.GPU_MAX_BATCH - 1, batch_room(delivered.message))
+    )
 
 
 def job_of(taken: Taken) -> JobMessage | None:
@@ -286,18 +293,8 @@ def delivery_info_of(taken: Taken) -> dict[str, Any]:
 
 def settle(member: Member, outcome: RunOutcome) -> None:
     """Settle the message of a batch's job as Celery settles the delivered one's."""
-    settle_all([member], [outcome])
-
-
-def settle_all(members: list[Member], outcomes: list[RunOutcome]) -> None:
-    """`settle` each; the messages to delete in DeleteMessageBatch calls, not one by one."""
-    delete_messages(
-        [
-            member.delivery_info
-            for member, outcome in zip(members, outcomes, strict=True)
-            if done_with(member, outcome)
-        ]
-    )
+    if done_with(member, outcome):
+        delete_message(member.delivery_info)
 
 
 def done_with(member: Member, outcome: RunOutcome) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
+from django.db import close_old_connections
 
 from jobs.services import dispatch, idempotency, image_fetch, lifecycle, reconcile, scaling
 from sdsaas.contract import (
@@ -119,24 +120,32 @@ def _apply(event: Event) -> None:
             raise TypeError(f"no service applies {type(event).__name__}")
 
 
-@shared_task(name=TASK_JOB_EVENTS, ignore_result=True)
-def job_events(events: list[dict[str, Any]]) -> None:
-    """Events a worker sent together, applied in order, each on its own (its own transaction): one
-    that fails is logged and the others are still applied, then the first failure is raised. A
-    kind this release does not know (a newer worker's) is skipped."""
-    failures: list[Exception] = []
+@shared_task(
+    bind=True, name=TASK_JOB_EVENTS, ignore_result=True, max_retries=5, default_retry_delay=5
+)
+def job_events(self: Task, events: list[dict[str, Any]]) -> None:
+    """Events a worker sent together, applied in order, each on its own (its own transaction).
+    One that fails is logged and the others are still applied; then the task is tried again,
+    later, with the ones that failed (its database connection closed if it broke, so the retry
+    opens a new one). A kind this release does not know (a newer worker's) is skipped."""
+    failed: list[dict[str, Any]] = []
+    first_error: Exception | None = None
     for data in events:
-        event = event_from_wire(data)
-        if event is None:
-            logger.warning("skipped a job event of unknown kind %r", data.get("kind"))
-            continue
         try:
+            event = event_from_wire(data)
+            if event is None:
+                logger.warning("skipped a job event of unknown kind %r", data.get("kind"))
+                continue
             _apply(event)
         except Exception as exc:
-            logger.exception("could not apply the %s event of job %s", event.KIND, event.job_id)
-            failures.append(exc)
-    if failures:
-        raise failures[0]
+            logger.exception(
+                "could not apply a %r event of job %r", data.get("kind"), data.get("job_id")
+            )
+            close_old_connections()
+            failed.append(data)
+            first_error = first_error or exc
+    if failed:
+        raise self.retry(kwargs={"events": failed}, exc=first_error)
 
 
 @shared_task(name=JobReceived.TASK, ignore_result=True)

@@ -87,7 +87,6 @@ class Refusal:
 
     code: str
     message: str
-    sender_fault: bool  # the entry itself is wrong: sending it again cannot help
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -115,11 +114,7 @@ def send_collected(collected: list[Collected]) -> list[Refusal | None]:
             outcome.append(
                 None
                 if entry is None
-                else Refusal(
-                    str(entry.get("Code")),
-                    str(entry.get("Message", "")),
-                    bool(entry.get("SenderFault")),
-                )
+                else Refusal(str(entry.get("Code")), str(entry.get("Message", "")))
             )
     return outcome
 

@@ -53,7 +53,8 @@ after each job for its ack, kombu's next poll (scheduled for the event loop's ne
 sleeps up to 100 ms while no socket is open: kombu/asynchronous/hub.py, "no sockets yet") and
 that poll's round trip. Now the running task calls `Channel.take_ahead` (through its delivery
 info) once its job's work is done and only its report remains: a short ReceiveMessage
-(WaitTimeSeconds 0, one message) runs on a thread while the task reports, and when the task has
+(WaitTimeSeconds 0; one message, or the next micro-batch: below) runs on a thread while the task
+reports, and when the task has
 been acked the message is delivered at once from the same callback (`_on_messages_ready`), as if
 the poll had returned two. The message is held only for the job's report; a worker that stops
 meanwhile hands it back at once, as it hands back a poll's answer. Taken ahead only while no
@@ -63,12 +64,13 @@ never by an idle worker: an idle one long-polls as before.
 A micro-batching GPU worker (settings.GPU_MAX_BATCH) receives more messages for the task it runs:
 `Channel.take_now` receives, without waiting, up to that many of the task's queue, decoded as
 Celery would get them (`Taken`); the task runs and settles those it batches, and gives the others
-to `Channel.deliver_later`, which delivers them one by one after the task, as messages taken
-ahead are (the task keeps them invisible until then). Under a backlog the next batch is taken
-ahead whole: `take_ahead(limit)` receives up to `limit` messages in one call, the first is
-delivered as the next task and the others are held for that task's `take_now`, which returns
-them without a receive of its own. What the next task does not take (it never ran: the worker
-stopped) is handed back at once.
+to `Channel.deliver_later`, which delivers them after the task, as messages taken ahead are (the
+task keeps them invisible until then): the first as the next task, which takes the others with
+it (`take_now`), runs those that batch with it and leaves the rest again. Under a backlog the
+next batch is taken ahead whole: `take_ahead(limit)` receives up to `limit` messages in one
+call, the first is delivered as the next task and the others are held for that task's
+`take_now`, which returns them without a receive of its own. What the next task does not take
+(it never ran: the worker stopped) is handed back at once.
 
 A GPU task deletes its own message with its batch's (DeleteMessageBatch) once its outcome was
 reported, and says so (`deleted_by_task`): Celery's ack of it then only does the channel's
@@ -338,15 +340,21 @@ class Channel(_SqsChannel):
 
     def take_now(self, limit: int) -> list[Taken]:
         """Messages of the running task's queue for that task itself: a GPU worker's micro-batch
-        (gpu_worker/tasks.py). Those taken ahead with its message, all of them whatever `limit`;
-        else up to `limit` that are visible now (no long poll), received now. The task settles
-        those it runs, and hands the others to `deliver_later`."""
+        (gpu_worker/tasks.py). Those taken ahead with its message, or else those a task before
+        it left for later (their holds let go: the task holds what it keeps), all of them
+        whatever `limit`; else up to `limit` that are visible now (no long poll), received now.
+        The task settles those it runs, and hands the others to `deliver_later`."""
         qname = self._delivering
         if qname is None:
             return []
         received, self._held = self._held, []
-        # One task's leftovers at a time: each waits for the ones before it to run.
-        if not received and limit >= 1 and not self._later and not worker_stopping():
+        if not received and self._later:
+            mine = [entry for entry in self._later if entry[0] == qname]
+            self._later = [entry for entry in self._later if entry[0] != qname]
+            for _, _, release in mine:
+                release()
+            received = [message for _, message, _ in mine]
+        elif not received and limit >= 1 and not worker_stopping():
             received, _ = self._receive_now(qname, limit)
         url = self._new_queue(qname)
         return [self._taken(qname, url, raw) for raw in received]

@@ -229,3 +229,42 @@ def test_a_message_its_task_deleted_itself_is_acked_without_a_delete_of_its_own(
     assert len(deletes) == 1
     assert "Messages" not in local_aws.client("sqs").receive_message(QueueUrl=url)
     assert channel.qos.can_consume()
+
+
+def test_what_a_task_left_for_later_is_taken_by_the_next_task_with_its_holds_let_go(
+    connection: Connection, local_aws: Any
+) -> None:
+    # given a queue of five messages and a worker whose poll returned the first
+    qname, url = queue_with(5, "later-taken")
+    channel = connection.default_channel
+    assert isinstance(channel, transport.Channel)
+    channel.basic_qos(0, 1, False)
+    seen: list[int] = []
+    took: list[list[transport.Taken]] = []
+    released: list[int] = []
+    sqs = local_aws.client("sqs")
+
+    def on_message(message: Any) -> None:
+        seen.append(message.decode()[1]["n"])
+        taken = channel.take_now(3 if len(seen) == 1 else 5)
+        took.append(taken)
+        if len(seen) == 1:  # the first task leaves the three it took for later
+            channel.deliver_later([(t, partial(released.append, t.kwargs["n"])) for t in taken])
+        else:  # the next one runs the others left with it
+            for t in taken:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=t.receipt_handle)
+        message.ack()
+
+    channel.basic_consume(qname, no_ack=False, callback=on_message, consumer_tag="gpu")
+    first, _ = channel._receive_now(qname)
+    # when the poll's answer is handled
+    delivered = channel._on_messages_ready(url, qname, {"Messages": first})
+    # then the first left over ran next and took the other two, without a receive of its own,
+    # each of the three's hold let go before it went to the task
+    assert delivered == 2
+    left = [t.kwargs["n"] for t in took[0]]
+    assert seen[1] == left[0] and [t.kwargs["n"] for t in took[1]] == left[1:]
+    assert sorted(released) == sorted(left)
+    # and the fifth message was never received
+    rest = sqs.receive_message(QueueUrl=url, MessageSystemAttributeNames=["All"])["Messages"]
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in rest] == ["1"]
