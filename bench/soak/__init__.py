@@ -25,8 +25,8 @@ Times of a killed job, from its SIGKILL: `recovery` to the job's completion as t
 (`completed_at`, stamped when the control worker applies the worker's event); `redelivery` to
 the next delivery's start on a worker, and `gpu_recovery` to the end of the run that finished
 it (both from the workers' logs). `event_lag`: from a job's end on its worker to `completed_at`.
-`extra_deliveries`: deliveries that no kill explains (attempt - 1 - kills of the job);
-`double_runs`: jobs that ran on two workers at once.
+`extra_deliveries`: deliveries that no kill explains (attempt - 1 - kills of the job, or of a
+micro-batch it ran in); `double_runs`: jobs that ran on two workers at once.
 
 Prints progress, a table, and one JSON line last; exits 1 on any loss, failure, double metering
 or credit mismatch. GPU workers run one CPU thread each (each stands for one GPU).

@@ -28,7 +28,7 @@ class Timings:
     work_s: list[float]
     boot_s: list[float]  # start of a worker to ready, every start
     double_runs: int  # jobs that ran on two workers at once
-    extra_deliveries: int  # attempt - 1 - kills of the job, summed
+    extra_deliveries: int  # attempt - 1 - kills of the job (or of its batch), summed
     jobs_per_min: float
 
 
@@ -103,7 +103,7 @@ def count_double_runs(runs_of: dict[str, list[Run]]) -> int:
 
 
 def extra_deliveries(result: Result, outcome: Outcome) -> int:
-    kills_of = Counter(kill.run.job for kill in result.kills)
+    kills_of = Counter(job for kill in result.kills for job in (kill.run.job, *kill.run.batch))
     return sum(max(0, job.attempt - 1 - kills_of[job.public_id]) for job in outcome.jobs.values())
 
 

@@ -20,6 +20,7 @@ class Run:
     start: float
     end: float | None = None  # the task's end; None while it runs, or for good once killed
     killed_at: float | None = None
+    batch: tuple[str, ...] = ()  # the other jobs of its micro-batch (killed with it)
 
 
 @dataclass
@@ -66,5 +67,7 @@ class Slot:
                 if not self.ready:
                     self.ready = True
                     self.boot_s.append(time.monotonic() - self.started_at)
+            elif entry.kind == "batch" and self.current is not None:
+                self.current.batch = entry.batch
             elif entry.kind == "end" and self.current is not None:
                 self.current.end, self.current = entry.at, None
