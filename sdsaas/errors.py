@@ -1,7 +1,5 @@
-"""Domain errors and the one JSON error shape of the API:
-
-{"error": {"code": "...", "message": "...", "details": {...}}}
-"""
+"""Domain errors, and the API's answers to them in the one JSON error shape
+(sdsaas/error_shape.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +10,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+
+from sdsaas.error_shape import error_body
 
 
 class ServiceError(Exception):
@@ -79,25 +79,6 @@ _DRF_CODES: dict[type[exceptions.APIException], str] = {
     exceptions.Throttled: "rate_limited",
     exceptions.ValidationError: "invalid_input",
 }
-
-
-def _encodable(value: Any) -> Any:
-    """`value` with lone surrogates escaped, so that it can be rendered as UTF-8 JSON.
-
-    Errors echo client input (an unknown field's name, an invalid choice); JSON may carry a lone
-    surrogate (`"\\ud800"`), which no UTF-8 encoder accepts: rendering the 400 would be a 500.
-    """
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_encodable(key): _encodable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encodable(item) for item in value]
-    return value
-
-
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return _encodable({"error": {"code": code, "message": message, "details": details or {}}})
 
 
 def _validation_message(detail: Any, path: str = "") -> str:

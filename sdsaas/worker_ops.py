@@ -21,6 +21,8 @@ from celery.signals import worker_ready, worker_shutting_down
 from django.conf import settings
 from prometheus_client import REGISTRY, make_wsgi_app
 
+from sdsaas.error_shape import error_body
+
 logger = logging.getLogger(__name__)
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -49,12 +51,12 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         if STATE.ready:
             return _json(start_response, "200 OK", {"status": "ready"})
         reason = "stopping" if STATE.stopping.is_set() else "starting"
-        error = {"code": "not_ready", "message": f"The worker is {reason}.", "details": {}}
-        return _json(start_response, "503 Service Unavailable", {"error": error})
+        body = error_body("not_ready", f"The worker is {reason}.")
+        return _json(start_response, "503 Service Unavailable", body)
     return _json(
         start_response,
         "404 Not Found",
-        {"error": {"code": "not_found", "message": "No such page.", "details": {}}},
+        error_body("not_found", "No such page."),
     )
 
 

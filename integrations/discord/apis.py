@@ -44,7 +44,8 @@ from sdsaas.api import (
     error_responses,
     page_schema,
 )
-from sdsaas.errors import ServiceError, error_body
+from sdsaas.error_shape import error_body
+from sdsaas.errors import ServiceError
 from tenants.authentication import request_tenant
 from tenants.models import ApiKey
 
