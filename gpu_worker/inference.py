@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,7 +209,11 @@ class LoadedModel:
 
     def _load_lora(self, slug: str, path: str) -> None:
         try:
-            self.pipeline.load_lora_weights(path, adapter_name=slug)
+            with warnings.catch_warnings():
+                # peft warns when a model gets a second adapter: this one holds several on purpose
+                # (the recent ones, by name: `apply_loras`).
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                self.pipeline.load_lora_weights(path, adapter_name=slug)
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             if out_of_memory(exc):
                 raise  # out of memory stays out of memory
