@@ -60,3 +60,45 @@ class BatchBudget:
 
 # This worker's: the task that takes a batch asks it, the runner that ran it tells it.
 BUDGET = BatchBudget()
+
+
+class Takes:
+    """How many messages a worker receives for a batch beyond the job it runs: its room, scaled
+    by how many of those it received before joined a batch (a moving average of the fraction,
+    `took`). On a queue of one kind of job every one joins and the worker takes its whole room;
+    on a queue of mixed jobs few do, and it takes fewer: what does not join is held for later on
+    this worker (gpu_worker/tasks.py), where an idle worker of the pool could have run it now.
+    While the fraction rounds the room down to none, every PROBE_EVERY-th take still asks for
+    one, to notice when the queue's jobs batch again."""
+
+    PROBE_EVERY = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._joined = 1.0
+        self._skipped = 0
+
+    def limit(self, room: int) -> int:
+        """How many to receive, for a batch with room for `room` more."""
+        if room < 1:
+            return 0
+        with self._lock:
+            limit = round(room * self._joined)
+            if limit == 0:
+                self._skipped += 1
+                if self._skipped >= self.PROBE_EVERY:
+                    self._skipped, limit = 0, 1
+            return limit
+
+    def took(self, received: int, joined: int) -> None:
+        """Of `received` messages taken for a batch, `joined` ran in it."""
+        if received < 1:
+            return
+        with self._lock:
+            self._joined = (
+                NEWEST_RUN_WEIGHT * (joined / received) + (1 - NEWEST_RUN_WEIGHT) * self._joined
+            )
+
+
+# This worker's: the task asks it how many to take, and tells it how many joined.
+TAKES = Takes()

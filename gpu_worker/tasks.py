@@ -20,7 +20,7 @@ from django.core.files.storage import default_storage
 
 from gpu_worker import metrics
 from gpu_worker.app import app
-from gpu_worker.batch_budget import BUDGET
+from gpu_worker.batch_budget import BUDGET, TAKES
 from gpu_worker.events import send_event
 from gpu_worker.heartbeat import VisibilityHeartbeat
 from gpu_worker.protection import scale_in_protection
@@ -215,10 +215,10 @@ class Later:
 
 def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     """The jobs that run with the one delivered as a micro-batch: more messages of its queue,
-    those taken ahead with it or else up to `batch_room` received now (those already waiting:
-    none is waited for), that share its batch key (`runner.batch_key`) and whose images fit the
-    batch's latency budget (gpu_worker/batch_budget.py). The others are left to the channel, to
-    run after it, one by one (`Channel.deliver_later`)."""
+    those taken ahead with it or else as many of its room as `TAKES` allows, received now (those
+    already waiting: none is waited for), that share its batch key (`runner.batch_key`) and
+    whose images fit the batch's latency budget (gpu_worker/batch_budget.py). The others are
+    left to the channel, to run after it (`Channel.deliver_later`)."""
     channel = channel_of(delivered.delivery_info)
     if channel is None:
         return [], []
@@ -226,7 +226,8 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     jobs = min(settings.GPU_MAX_BATCH - 1, images)
     batch: list[Member] = []
     later: list[Later] = []
-    for taken in channel.take_now(jobs):
+    received = channel.take_now(TAKES.limit(jobs))
+    for taken in received:
         message = job_of(taken)
         if (
             message is not None
@@ -241,6 +242,7 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
             heartbeat = visibility_heartbeat(taken.queue_url, taken.receipt_handle)
             later.append(Later(taken, heartbeat.__enter__()))
     channel.deliver_later([(item.taken, item.heartbeat.stop) for item in later])
+    TAKES.took(len(received), len(batch))
     if batch:
         others = ", ".join(member.message.job_id for member in batch)
         logger.info("job %s runs in a batch with %s", delivered.message.job_id, others)
@@ -269,7 +271,7 @@ def take_ahead_of(delivered: Member) -> Callable[[], None] | None:
     if channel is None:
         return None
     return lambda: channel.take_ahead(
-        1 + min(settings.GPU_MAX_BATCH - 1, batch_room(delivered.message))
+        1 + TAKES.limit(min(settings.GPU_MAX_BATCH - 1, batch_room(delivered.message)))
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpu_worker.batch_budget import BatchBudget
+from gpu_worker.batch_budget import BatchBudget, Takes
 
 KEY = ("tiny", 512, 512, 25)
 
@@ -46,3 +46,23 @@ def test_a_batch_out_of_memory_holds_its_key_to_half_its_images_and_again_to_hal
     assert budget.room(KEY, 1, budget_s=60) == 1
     budget.out_of_memory(KEY, images=2)
     assert budget.room(KEY, 1, budget_s=60) == 0
+
+
+def test_a_worker_takes_its_whole_room_while_what_it_takes_joins_and_less_as_it_does_not() -> None:
+    takes = Takes()
+    assert takes.limit(7) == 7 and takes.limit(0) == 0
+    # when none of 7 taken joined, twice: the fraction is a quarter
+    takes.took(received=7, joined=0)
+    takes.took(received=7, joined=0)
+    assert takes.limit(7) == 2
+    # and when all joined again, it grows back
+    takes.took(received=2, joined=2)
+    assert takes.limit(7) == 4
+
+
+def test_a_worker_whose_takes_never_join_still_probes_now_and_then() -> None:
+    takes = Takes()
+    for _ in range(10):
+        takes.took(received=4, joined=0)
+    limits = [takes.limit(4) for _ in range(2 * Takes.PROBE_EVERY)]
+    assert limits.count(1) == 2 and limits.count(0) == 2 * Takes.PROBE_EVERY - 2
