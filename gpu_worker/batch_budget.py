@@ -22,6 +22,13 @@ from collections.abc import Hashable
 NEWEST_RUN_WEIGHT = 0.5
 
 
+def _averaged(before: float | None, newest: float) -> float:
+    """The moving average with `newest` in (the first value alone)."""
+    if before is None:
+        return newest
+    return NEWEST_RUN_WEIGHT * newest + (1 - NEWEST_RUN_WEIGHT) * before
+
+
 class BatchBudget:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -43,14 +50,8 @@ class BatchBudget:
         """A batch (or a job alone) of `key` denoised `images` in `seconds`."""
         if images < 1:
             return
-        image_s = seconds / images
         with self._lock:
-            before = self._image_s.get(key)
-            self._image_s[key] = (
-                image_s
-                if before is None
-                else NEWEST_RUN_WEIGHT * image_s + (1 - NEWEST_RUN_WEIGHT) * before
-            )
+            self._image_s[key] = _averaged(self._image_s.get(key), seconds / images)
 
     def out_of_memory(self, key: Hashable, images: int) -> None:
         """A batch of `key` of `images` ran out of memory: its batches are held to half that."""
@@ -95,9 +96,7 @@ class Takes:
         if received < 1:
             return
         with self._lock:
-            self._joined = (
-                NEWEST_RUN_WEIGHT * (joined / received) + (1 - NEWEST_RUN_WEIGHT) * self._joined
-            )
+            self._joined = _averaged(self._joined, joined / received)
 
 
 # This worker's: the task asks it how many to take, and tells it how many joined.

@@ -222,8 +222,8 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     channel = channel_of(delivered.delivery_info)
     if channel is None:
         return [], []
-    key, images = batch_key(delivered.message), batch_room(delivered.message)
-    jobs = min(settings.GPU_MAX_BATCH - 1, images)
+    key = batch_key(delivered.message)
+    jobs, images = batch_room(delivered.message)
     batch: list[Member] = []
     later: list[Later] = []
     received = channel.take_now(TAKES.limit(jobs))
@@ -249,14 +249,15 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
     return batch, later
 
 
-def batch_room(message: JobMessage) -> int:
-    """How many more images may run in a micro-batch with `message`, within the latency budget;
-    none for a job that is never batched, or while the worker stops. (The jobs are held to
-    GPU_MAX_BATCH - 1 more besides.)"""
+def batch_room(message: JobMessage) -> tuple[int, int]:
+    """How many more jobs and images may run in a micro-batch with `message`: up to
+    GPU_MAX_BATCH - 1 jobs (of an image at least each), their images within the latency budget;
+    none for a job that is never batched, or while the worker stops."""
     key = batch_key(message)
     if key is None or settings.GPU_MAX_BATCH < 2 or STOP.at is not None:
-        return 0
-    return BUDGET.room(key, message.input.num_outputs, settings.GPU_BATCH_BUDGET_S)
+        return 0, 0
+    images = BUDGET.room(key, message.input.num_outputs, settings.GPU_BATCH_BUDGET_S)
+    return min(settings.GPU_MAX_BATCH - 1, images), images
 
 
 def channel_of(delivery_info: Any) -> Channel | None:
@@ -270,9 +271,7 @@ def take_ahead_of(delivered: Member) -> Callable[[], None] | None:
     channel = channel_of(delivered.delivery_info)
     if channel is None:
         return None
-    return lambda: channel.take_ahead(
-        1 + TAKES.limit(min(settings.GPU_MAX_BATCH - 1, batch_room(delivered.message)))
-    )
+    return lambda: channel.take_ahead(1 + TAKES.limit(batch_room(delivered.message)[0]))
 
 
 def job_of(taken: Taken) -> JobMessage | None:
