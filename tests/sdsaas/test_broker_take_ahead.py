@@ -64,10 +64,16 @@ def queue_with(messages: int, name: str) -> tuple[str, str]:
     return model_queue_name(name), url
 
 
-def consume(connection: Connection, consumer_of: Any, qname: str) -> tuple[Any, Any]:
+def gpu_channel(connection: Connection) -> transport.Channel:
+    """The connection's channel, with a GPU worker's prefetch of 1."""
     channel = connection.default_channel
     assert isinstance(channel, transport.Channel)
-    channel.basic_qos(0, 1, False)  # prefetch 1, as a GPU worker
+    channel.basic_qos(0, 1, False)
+    return channel
+
+
+def consume(connection: Connection, consumer_of: Any, qname: str) -> tuple[Any, Any]:
+    channel = gpu_channel(connection)
     consumer = consumer_of(channel)
     channel.basic_consume(qname, no_ack=False, callback=consumer, consumer_tag="gpu")
     return channel, consumer
@@ -118,9 +124,7 @@ def test_a_task_takes_messages_now_runs_one_and_leaves_the_rest_for_after_it(
 ) -> None:
     # given a queue of four messages and a worker whose poll returned the first
     qname, url = queue_with(4, "take-now")
-    channel = connection.default_channel
-    assert isinstance(channel, transport.Channel)
-    channel.basic_qos(0, 1, False)
+    channel = gpu_channel(connection)
     seen: list[tuple[int, str]] = []
     taken: list[transport.Taken] = []
     released: list[int] = []  # the holds on the messages left for later, in the order let go
@@ -202,9 +206,7 @@ def test_a_message_its_task_deleted_itself_is_acked_without_a_delete_of_its_own(
     # given a worker whose tasks delete their own message (with their batch's), the first of two
     # saying so to the channel
     qname, url = queue_with(2, "deleted-by-task")
-    channel = connection.default_channel
-    assert isinstance(channel, transport.Channel)
-    channel.basic_qos(0, 1, False)
+    channel = gpu_channel(connection)
     sqs = channel.sqs(queue=qname)
     deletes: list[str] = []
     delete = sqs.delete_message
@@ -236,9 +238,7 @@ def test_what_a_task_left_for_later_is_taken_by_the_next_task_with_its_holds_let
 ) -> None:
     # given a queue of five messages and a worker whose poll returned the first
     qname, url = queue_with(5, "later-taken")
-    channel = connection.default_channel
-    assert isinstance(channel, transport.Channel)
-    channel.basic_qos(0, 1, False)
+    channel = gpu_channel(connection)
     seen: list[int] = []
     took: list[list[transport.Taken]] = []
     released: list[int] = []
