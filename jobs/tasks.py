@@ -46,8 +46,8 @@ def fetch_input_image(self: Task, job_pk: int) -> None:
 
 
 @shared_task(name=TASK_SWEEP_DEAD_LETTERS, ignore_result=True)
-def sweep_dead_letters() -> int:
-    return lifecycle.jobs_fail_dead_lettered()
+def sweep_dead_letters() -> None:
+    reconcile.jobs_sweep_dead_lettered()
 
 
 @shared_task(name=TASK_SWEEP_UNPUBLISHED, ignore_result=True)

@@ -1,9 +1,10 @@
 """The job state machine: the one place where a job's final state is decided.
 
-Events from GPU workers (received, started, progress, succeeded, failed, preempted), cancel, and
-the dead-letter sweep. Each is fenced by attempt and status, so duplicates and late events
-change nothing; a job is finished once (`_finish`), with its credits metered or released and the
-tenant's next job admitted. Each change a client sees is announced once (jobs/announcements.py).
+Events from GPU workers (received, started, progress, succeeded, failed, preempted) and cancel;
+the reconciler and the dead-letter sweep (jobs/services/reconcile.py) fail jobs through
+`job_fail`. Each is fenced by attempt and status, so duplicates and late events change nothing;
+a job is finished once (`_finish`), with its credits metered or released and the tenant's next
+job admitted. Each change a client sees is announced once (jobs/announcements.py).
 
 Locks the tenant row first, then job and credit rows (`jobs.services.common.lock_tenant`).
 """
@@ -14,7 +15,6 @@ import datetime as dt
 import logging
 from typing import Any
 
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -23,10 +23,9 @@ from django.utils import timezone
 
 from jobs import selectors
 from jobs.announcements import JobStateChange, job_state_changed
-from jobs.models import DiffusionModel, Job
+from jobs.models import Job
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit
-from sdsaas.broker.sqs import delete_dead_letter, receive_dead_letters
 from sdsaas.contract import FailureCode, cancel_marker_key, job_output_prefix
 from sdsaas.errors import Conflict
 from tenants.models import Tenant
@@ -235,27 +234,3 @@ def job_mark_failed(*, job_public_id: str, attempt: int, code: FailureCode, mess
     if job is None:
         return False
     return job_fail(job, code=code, message=message, attempt=attempt)
-
-
-def jobs_fail_dead_lettered() -> int:
-    """Fail the jobs whose message was dead-lettered (its worker died on every delivery).
-
-    Credits are released; the message is deleted only after the job is final, so a crash here
-    leaves it for the next sweep.
-    """
-    failed = 0
-    lost = f"The worker was lost on each of {settings.SQS_MAX_RECEIVES} deliveries of this job."
-    for model in DiffusionModel.objects.all():  # a model disabled since still has its lost jobs
-        for letter in receive_dead_letters(model.slug):
-            with transaction.atomic():
-                message = letter.kwargs.get("job", {})
-                job = _job_for_event(message.get("job_id", ""))
-                # Fenced by the last attempt this message ran as: a job published again since
-                # (by the reconciler, at a higher attempt) is not this message's to fail.
-                last = int(message.get("attempt", 1)) + settings.SQS_MAX_RECEIVES - 1
-                if job is not None and job_fail(
-                    job, code=FailureCode.WORKER_LOST, message=lost, attempt=last
-                ):
-                    failed += 1
-            delete_dead_letter(letter)
-    return failed

@@ -1,4 +1,5 @@
-"""The reconciler: admitted jobs whose queue message is gone are published again, or failed.
+"""Admitted jobs whose queue message is gone (the reconciler) or dead-lettered (the dead-letter
+sweep) are published again, or failed.
 
 Takes the tenant row lock first, then the job rows (`jobs.services.common.lock_tenant`).
 """
@@ -16,11 +17,19 @@ from django.db.models import Q
 from django.utils import timezone
 
 from jobs import selectors
-from jobs.models import Job
+from jobs.models import DiffusionModel, Job
 from jobs.services.common import lock_tenant, record_event
 from jobs.services.dispatch import jobs_admit, jobs_publish
 from jobs.services.lifecycle import job_fail
-from sdsaas.broker.sqs import control_queue_name, forget_queues, model_queue_name, queue_depth
+from sdsaas.broker.sqs import (
+    DeadLetter,
+    control_queue_name,
+    delete_dead_letter,
+    forget_queues,
+    model_queue_name,
+    queue_depth,
+    receive_dead_letters,
+)
 from sdsaas.contract import FailureCode, dead_letter_queue_name
 from tenants.models import Tenant
 
@@ -141,7 +150,7 @@ def _reconcile_one(job: Job, *, reason: str, looked_before: dt.datetime, done: R
         return False
     if first.created_at > looked_before:
         return False  # too soon for the second look
-    times = job.events.filter(kind="republished").count()
+    times = _republished(job)
     if times >= settings.RECONCILE_MAX_REPUBLISHES:
         message = (
             f"The job's queue message was lost {times + 1} times (its queue was purged, deleted "
@@ -152,6 +161,20 @@ def _reconcile_one(job: Job, *, reason: str, looked_before: dt.datetime, done: R
         ):
             done.failed.append(job.public_id)
         return False
+    if not _unpublish_as_next_message(job, reason=reason):
+        return False
+    done.republished.append(job.public_id)
+    return True
+
+
+def _republished(job: Job) -> int:
+    return job.events.filter(kind="republished").count()
+
+
+def _unpublish_as_next_message(job: Job, *, reason: str) -> bool:
+    """Make an in-flight job unpublished at attempt + SQS_MAX_RECEIVES, with a `republished` event
+    (True: publish it after commit). Every delivery of its last message ran as an attempt below
+    that, so whatever that message's workers still report is fenced out."""
     attempt = job.attempt + settings.SQS_MAX_RECEIVES
     changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt=job.attempt).update(
         status=Job.Status.STARTING, attempt=attempt, published_at=None, progress_step=0
@@ -159,6 +182,77 @@ def _reconcile_one(job: Job, *, reason: str, looked_before: dt.datetime, done: R
     if not changed:
         return False
     record_event(job, "republished", attempt, reason=reason, previous_attempt=job.attempt)
-    logger.warning("job %s lost its message (%s): publishing it again", job.public_id, reason)
-    done.republished.append(job.public_id)
+    logger.warning("job %s is published again (%s)", job.public_id, reason)
     return True
+
+
+def jobs_sweep_dead_lettered() -> Reconciled:
+    """Settle the jobs whose message SQS dead-lettered: received SQS_MAX_RECEIVES times, never
+    deleted.
+
+    SQS counts receives, not runs. A delivery that ran and whose worker was lost (killed, out of
+    host memory, or handing it back after an outage: a `received` event, then neither an outcome
+    nor `preempted`) counts, and so does
+    one that never ran: a message taken ahead for a batch, or answered to a long poll, and handed
+    back when its worker stopped, or held by a worker that was killed (no `received` event).
+    Only a job whose workers were lost on every delivery is failed, `worker_lost` (a job that
+    kills its worker). Any other is published again as the reconciler publishes a lost job (a
+    `republished` event, at attempt + SQS_MAX_RECEIVES); after RECONCILE_MAX_REPUBLISHES in all
+    it is failed `worker_lost` too. A failed job's credits are released.
+
+    A letter is deleted only once its job was settled, so a crash here leaves it for the next
+    sweep; a job final, or published again since the letter's message (a higher attempt), is not
+    the letter's to settle.
+    """
+    done = Reconciled(unseen=[], republished=[], failed=[])
+    for model in DiffusionModel.objects.all():  # a model disabled since still has its lost jobs
+        for letter in receive_dead_letters(model.slug):
+            _settle_dead_letter(letter, done)
+            delete_dead_letter(letter)
+    return done
+
+
+@transaction.atomic
+def _settle_dead_letter(letter: DeadLetter, done: Reconciled) -> None:
+    message = letter.kwargs.get("job", {})
+    first = int(message.get("attempt", 1))
+    deliveries = settings.SQS_MAX_RECEIVES
+    last = first + deliveries - 1  # the attempt of its last delivery
+    job = (
+        Job.objects.select_related("tenant__plan", "model")
+        .filter(public_id=message.get("job_id", ""))
+        .first()
+    )
+    if job is None:
+        return
+    lock_tenant(job.tenant)
+    job.refresh_from_db(fields=["status", "attempt"])
+    if job.status not in Job.IN_FLIGHT or job.attempt > last:
+        return
+    seen = list(
+        job.events.filter(
+            attempt__range=(first, last), kind__in=("received", "preempted")
+        ).values_list("kind", "attempt")
+    )
+    ran = {attempt for kind, attempt in seen if kind == "received"}
+    lost = len(ran - {attempt for kind, attempt in seen if kind == "preempted"})
+    times = _republished(job)
+    if lost < deliveries and times < settings.RECONCILE_MAX_REPUBLISHES:
+        reason = (
+            f"its message was dead-lettered after {deliveries} deliveries, of which its worker "
+            f"was lost on {lost}; the others did not run it to an end"
+        )
+        if _unpublish_as_next_message(job, reason=reason):
+            transaction.on_commit(functools.partial(jobs_publish, job_ids=[job.pk]))
+            done.republished.append(job.public_id)
+        return
+    if lost == deliveries:
+        failure = f"The worker was lost on each of {deliveries} deliveries of this job."
+    else:
+        failure = (
+            f"The job was delivered {deliveries} times without ending, {times + 1} times over "
+            "(its workers were lost, or stopped before running it); its credits were released. "
+            "Submit it again."
+        )
+    if job_fail(job, code=FailureCode.WORKER_LOST, message=failure, attempt=last):
+        done.failed.append(job.public_id)

@@ -29,7 +29,9 @@ class FailureCode(StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     TIMEOUT = "timeout"  # ran past its time limit
     INTERNAL_ERROR = "internal_error"  # the worker failed unexpectedly
-    WORKER_LOST = "worker_lost"  # the worker died on each delivery (dead-lettered)
+    # dead-lettered: the worker died on each delivery (or no delivery ran it to an end, republished
+    # up to RECONCILE_MAX_REPUBLISHES times)
+    WORKER_LOST = "worker_lost"
     MESSAGE_LOST = "message_lost"  # the queue message was lost, and republishing did not help
     IMAGE_FETCH_FAILED = "image_fetch_failed"  # img2img: the image URL could not be fetched
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from jobs.models import DiffusionModel, Job
-from jobs.services.lifecycle import jobs_fail_dead_lettered
+from jobs.services.reconcile import jobs_sweep_dead_lettered
 from sdsaas.broker.sqs import decode_task, ensure_model_queue, sqs_client
 from tenants.models import UsageRecord
 from tests.e2e.conftest import (
@@ -206,7 +206,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_within_three_base_timeouts
     # then the next receive dead-letters it, and the sweep fails it: besides the time its
     # workers lived, within three base timeouts (plus the sweep's interval, 15 s, where the
     # scheduler runs it; here the test sweeps continuously)
-    wait_for(jobs_fail_dead_lettered, 60, "the dead-lettered job to be failed")
+    wait_for(lambda: jobs_sweep_dead_lettered().failed, 60, "the dead-lettered job to be failed")
     final_s = time.time() - first_delivery
     print(
         f"poison job failed {final_s:.1f}s after its first delivery, its workers living "

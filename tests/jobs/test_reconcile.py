@@ -17,9 +17,13 @@ from jobs.services.lifecycle import (
     job_mark_received,
     job_mark_started,
     job_mark_succeeded,
-    jobs_fail_dead_lettered,
 )
-from jobs.services.reconcile import RECONCILE_CONFIRM_S, Reconciled, jobs_reconcile_lost
+from jobs.services.reconcile import (
+    RECONCILE_CONFIRM_S,
+    Reconciled,
+    jobs_reconcile_lost,
+    jobs_sweep_dead_lettered,
+)
 from jobs.tasks import reconcile_lost
 from sdsaas.broker.sqs import dead_letter_queue_name, model_queue_name
 from sdsaas.contract import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST
@@ -37,6 +41,7 @@ from tests.support.factories import (
 pytestmark = [pytest.mark.usefixtures("local_aws"), pytest.mark.django_db(transaction=True)]
 
 SILENT_FOR = dt.timedelta(seconds=120)
+NOTHING = Reconciled(unseen=[], republished=[], failed=[])
 
 
 @pytest.fixture
@@ -116,11 +121,11 @@ def test_a_lost_message_is_published_again_and_a_late_original_changes_nothing(s
     age()
     # when the reconciler looks: it notes them, and a look again at once changes nothing
     assert sorted(look().unseen) == sorted([first, second])
-    assert look() == Reconciled(unseen=[], republished=[], failed=[])
+    assert look() == NOTHING
     # when it looks again later, then once more
     age_first_looks()
     done = look()
-    assert look() == Reconciled(unseen=[], republished=[], failed=[])
+    assert look() == NOTHING
     # then both are published again once, at attempt 1 + SQS_MAX_RECEIVES, with events saying so
     fenced = 1 + settings.SQS_MAX_RECEIVES
     assert sorted(done.republished) == sorted([first, second]) and done.failed == []
@@ -148,7 +153,7 @@ def test_a_lost_message_is_published_again_and_a_late_original_changes_nothing(s
     dlq = local_aws.queue_url(dead_letter_queue_name(queue()))
     for body in originals:
         sqs.send_message(QueueUrl=dlq, MessageBody=body)
-    assert jobs_fail_dead_lettered() == 0
+    assert jobs_sweep_dead_lettered() == NOTHING
     # then nothing changed: both wait for their new attempt, nothing metered, credits reserved
     assert state(first) == state(second) == ("starting", fenced)
     assert Job.objects.get(public_id=first).output_keys == []
@@ -168,29 +173,28 @@ def test_a_backlog_a_held_message_or_a_dead_letter_is_never_touched(setup, local
     _tenant, client = setup
     jobs = [submit_job(client), submit_job(client)]
     age()
-    nothing = Reconciled(unseen=[], republished=[], failed=[])
     # given old jobs whose messages wait in the queue (no worker for the model): untouched
-    assert look_twice() == nothing
+    assert look_twice() == NOTHING
     # given their messages held by workers (in flight): untouched
     assert sorted(published(local_aws, queue())) == sorted(jobs)
-    assert look_twice() == nothing
+    assert look_twice() == NOTHING
     # given their messages gone but another message in the queue: neither is touched (SQS cannot
     # tell whose message it is)
     sqs = local_aws.client("sqs")
     url = local_aws.queue_url(queue())
     sqs.purge_queue(QueueUrl=url)
     sqs.send_message(QueueUrl=url, MessageBody="a message of someone's")
-    assert look_twice() == nothing
+    assert look_twice() == NOTHING
     # given the queue empty but a message in its dead-letter queue (the dead-letter sweep's)
     lose_messages(local_aws, queue())
     dlq = local_aws.queue_url(dead_letter_queue_name(queue()))
     sqs.send_message(QueueUrl=dlq, MessageBody="not yet swept")
-    assert look_twice() == nothing
+    assert look_twice() == NOTHING
     # given SQS unreachable: an outage is not an empty queue
     lose_messages(local_aws, dead_letter_queue_name(queue()))
     local_aws.proxy.stop()
     try:
-        assert look_twice() == nothing
+        assert look_twice() == NOTHING
     finally:
         local_aws.proxy.start()
     assert [state(job) for job in jobs] == [("starting", 1)] * 2
@@ -204,7 +208,7 @@ def test_a_recent_job_or_one_with_a_recent_event_is_not_taken_for_lost(setup, lo
     quiet, busy = submit_job(client), submit_job(client)
     lose_messages(local_aws, queue())
     # given jobs admitted and published a moment ago: untouched
-    assert look_twice() == Reconciled(unseen=[], republished=[], failed=[])
+    assert look_twice() == NOTHING
     # given both admitted long ago, but one received by a worker a moment ago: only the other
     age()
     assert job_mark_received(job_public_id=busy, attempt=1)
@@ -229,7 +233,7 @@ def test_a_job_that_progresses_or_finishes_between_two_looks_is_left_alone(setup
     # when its success is applied before the next look: it is left alone
     assert job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
     age_first_looks()
-    assert look() == Reconciled(unseen=[], republished=[], failed=[])
+    assert look() == NOTHING
     assert state(job_id) == ("succeeded", 1)
     assert credits(tenant) == (1, 0)
 
@@ -327,3 +331,90 @@ def test_the_scheduler_runs_the_reconciler_with_its_setting(setup, local_aws, se
     assert reconcile_lost() == {"unseen": [job_id], "republished": [], "failed": []}
     age_first_looks()
     assert reconcile_lost() == {"unseen": [], "republished": [job_id], "failed": []}
+
+
+def hand_back_until_dead_lettered(aws: LocalAws, name: str) -> int:
+    """Receive the queue's messages and hand each back at once (visibility 0), as a worker that
+    stops with messages taken ahead does, until SQS has dead-lettered them all; the receives."""
+    sqs, url = aws.client("sqs"), aws.queue_url(name)
+    receives = 0
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in batch:
+            sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        receives += len(batch)
+    return receives
+
+
+def test_a_message_handed_back_unrun_until_dead_lettered_is_published_again(setup, local_aws):  # type: ignore[no-untyped-def]
+    tenant, client = setup
+    # given a job whose message each worker that received it handed back without running it (it
+    # was taken ahead for a batch, and the worker stopped), until SQS dead-lettered it
+    job_id = submit_job(client)
+    assert hand_back_until_dead_lettered(local_aws, queue()) == settings.SQS_MAX_RECEIVES
+    # when the dead-letter sweep runs, then again
+    done = jobs_sweep_dead_lettered()
+    assert jobs_sweep_dead_lettered() == NOTHING
+    # then it is not failed but published again, as attempt 1 + SQS_MAX_RECEIVES, saying why
+    fenced = 1 + settings.SQS_MAX_RECEIVES
+    assert done == Reconciled(unseen=[], republished=[job_id], failed=[])
+    assert state(job_id) == ("starting", fenced)
+    assert published(local_aws, queue()) == {job_id: fenced}
+    assert local_aws.drain_tasks(dead_letter_queue_name(queue())) == []
+    event = JobEvent.objects.get(job__public_id=job_id, kind="republished")
+    assert event.detail["reason"].startswith("its message was dead-lettered after 3 deliveries")
+    assert "lost on 0" in event.detail["reason"]
+    # and the new attempt runs as usual, metered once
+    assert job_mark_received(job_public_id=job_id, attempt=fenced)
+    assert job_mark_succeeded(job_public_id=job_id, attempt=fenced, output_keys=["a"], metrics={})
+    assert state(job_id) == ("succeeded", fenced)
+    assert credits(tenant) == (1, 0)
+
+
+def test_only_a_job_whose_worker_was_lost_on_every_delivery_fails(setup, local_aws):  # type: ignore[no-untyped-def]
+    tenant, client = setup
+    # given two jobs received on each delivery: the workers of one were lost every time; one
+    # delivery of the other was preempted (and handed back: SQS could not take its copy)
+    lost, preempted = submit_job(client), submit_job(client)
+    for attempt in range(1, settings.SQS_MAX_RECEIVES + 1):
+        assert job_mark_received(job_public_id=lost, attempt=attempt)
+        assert job_mark_received(job_public_id=preempted, attempt=attempt)
+        assert job_mark_started(job_public_id=preempted, attempt=attempt, load_s=0.1)
+        if attempt == 2:
+            assert job_mark_preempted(job_public_id=preempted, attempt=attempt)
+    assert hand_back_until_dead_lettered(local_aws, queue()) == 2 * settings.SQS_MAX_RECEIVES
+    # beside a dead letter that is no task of ours
+    sqs = local_aws.client("sqs")
+    dlq = local_aws.queue_url(dead_letter_queue_name(queue()))
+    sqs.send_message(QueueUrl=dlq, MessageBody="not a celery task")
+    # when the dead-letter sweep runs
+    done = jobs_sweep_dead_lettered()
+    # then the job whose workers were all lost fails `worker_lost`, its credit released
+    assert done == Reconciled(unseen=[], republished=[preempted], failed=[lost])
+    job = Job.objects.get(public_id=lost)
+    assert (job.status, job.error_code) == ("failed", "worker_lost")
+    assert job.error_message == "The worker was lost on each of 3 deliveries of this job."
+    # and the other is published again; nothing is left dead-lettered
+    fenced = settings.SQS_MAX_RECEIVES + settings.SQS_MAX_RECEIVES
+    assert published(local_aws, queue()) == {preempted: fenced}
+    assert local_aws.drain_tasks(dead_letter_queue_name(queue())) == []
+    assert credits(tenant) == (0, 1)
+
+
+def test_dead_lettered_again_after_the_last_republish_fails(setup, local_aws, settings):  # type: ignore[no-untyped-def]
+    settings.RECONCILE_MAX_REPUBLISHES = 1
+    tenant, client = setup
+    # given a job handed back unrun until dead-lettered, published again by the sweep
+    job_id = submit_job(client)
+    hand_back_until_dead_lettered(local_aws, queue())
+    assert jobs_sweep_dead_lettered().republished == [job_id]
+    # when its new message is handed back unrun until dead-lettered too
+    assert hand_back_until_dead_lettered(local_aws, queue()) == settings.SQS_MAX_RECEIVES
+    done = jobs_sweep_dead_lettered()
+    # then it fails `worker_lost`, saying so, its credit released
+    assert done == Reconciled(unseen=[], republished=[], failed=[job_id])
+    job = Job.objects.get(public_id=job_id)
+    assert (job.status, job.error_code) == ("failed", "worker_lost")
+    assert "delivered 3 times without ending, 2 times over" in job.error_message
+    assert credits(tenant) == (0, 0)

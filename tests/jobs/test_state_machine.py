@@ -10,7 +10,6 @@ from jobs.services.lifecycle import (
     job_mark_received,
     job_mark_started,
     job_mark_succeeded,
-    jobs_fail_dead_lettered,
 )
 from sdsaas.broker.sqs import model_queue_name
 from sdsaas.errors import Conflict
@@ -130,26 +129,6 @@ def test_cancel_of_a_finished_job_is_409(setup):  # type: ignore[no-untyped-def]
     response = client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "conflict"
-
-
-def test_the_dead_letter_sweep_fails_lost_jobs_and_drops_what_is_no_task(setup, local_aws):  # type: ignore[no-untyped-def]
-    tenant, client = setup
-    # given a job whose message went to the dead-letter queue, beside a message that is no task
-    job_id = submit_job(client)
-    (message,) = local_aws.client("sqs").receive_message(
-        QueueUrl=local_aws.queue_url(model_queue_name("tiny")), MaxNumberOfMessages=1
-    )["Messages"]
-    dlq = local_aws.queue_url(f"{model_queue_name('tiny')}-dlq")
-    for body in ("not a celery task", message["Body"]):
-        local_aws.client("sqs").send_message(QueueUrl=dlq, MessageBody=body)
-    # when the sweeper runs, then again
-    assert jobs_fail_dead_lettered() == 1
-    assert jobs_fail_dead_lettered() == 0
-    # then the job failed as lost with its credit released, and the queue is empty
-    job = Job.objects.get(public_id=job_id)
-    assert (job.status, job.error_code) == ("failed", "worker_lost")
-    assert credits(tenant) == (0, 0)
-    assert local_aws.drain_tasks(f"{model_queue_name('tiny')}-dlq") == []
 
 
 def history(job_id: str) -> list[tuple[str, int]]:
