@@ -430,6 +430,9 @@ def main() -> None:
     stack = Stack(local_env(aws=aws, base=base), logs)
     pools: LocalPools | None = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C stops it even when started with SIGINT ignored (a background job of a script, whose
+    # children inherit that and in which Python then raises no KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("sdsaas local stack")
     try:
         start_aws(stack, port=args.aws_port)
@@ -455,8 +458,10 @@ def main() -> None:
     finally:
         print("\nstopping")
         if pools is not None:
-            pools.close()
+            pools.stop_following()
         stack.stop()
+        if pools is not None:
+            pools.close()
 
 
 if __name__ == "__main__":

@@ -132,20 +132,20 @@ class LocalPools:
     pools: dict[str, list[Worker]] = field(default_factory=dict)
     started: int = 0
     _closed: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _resizing: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, every_s: float = 1.0) -> None:
-        """Follow the pools every `every_s` on a thread, until `close`."""
+        """Follow the pools every `every_s` on a thread, until `stop_following`."""
 
         def run() -> None:
             while not self._closed.wait(every_s):
                 try:
                     self.follow()
                 except Exception as exc:  # the local server busy: the next pass tries again
-                    print(f"  pools: {exc.__class__.__name__}: {exc}")
+                    if not self._closed.is_set():  # not the stack's stop
+                        print(f"  pools: {exc.__class__.__name__}: {exc}")
 
-        self._thread = threading.Thread(target=run, name="pools", daemon=True)
-        self._thread.start()
+        threading.Thread(target=run, name="pools", daemon=True).start()
 
     def follow(self) -> dict[str, int]:
         """One pass: each model's pool to its latest desired size; the sizes seen."""
@@ -192,6 +192,11 @@ class LocalPools:
         return {slugs[int(r["Id"][1:])]: int(r["Values"][0]) for r in results if r["Values"]}
 
     def resize(self, slug: str, desired: int) -> None:
+        with self._resizing:
+            if not self._closed.is_set():
+                self._resize(slug, desired)
+
+    def _resize(self, slug: str, desired: int) -> None:
         pool = self.pools.setdefault(slug, [])
         pool[:] = [w for w in pool if w.process.poll() is None]  # a worker that ended is gone
         while len(pool) < desired:
@@ -212,9 +217,15 @@ class LocalPools:
     def size(self, slug: str) -> int:
         return sum(1 for w in self.pools.get(slug, []) if w.process.poll() is None)
 
-    def close(self) -> None:
-        """Stop following (the workers are the stack's to stop)."""
+    def stop_following(self) -> None:
+        """No worker is started or stopped from here on; waits only for a start or stop under way,
+        not for a pass's calls to the local server (the workers are the stack's to stop)."""
         self._closed.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        with self._resizing:
+            pass
+
+    def close(self) -> None:
+        """Stop following, and the ECS agent stand-in: once the workers, who call it as they
+        stop, have stopped."""
+        self.stop_following()
         self.agent.close()

@@ -148,7 +148,8 @@ def test_make_run_serves_completes_what_was_in_flight_when_restarted_and_runs_he
             "public_id", flat=True
         )
     )
-    assert ids[-1] in admitted, "the stack's own job must hold its tenant's slot at the stop"
+    at_stop = dict(Job.objects.filter(public_id__in=ids).values_list("public_id", "status"))
+    assert ids[-1] in admitted, ("the stack's own job must hold its tenant's slot", ids, at_stop)
     # (an admitted job whose background publish the stop cut short is the sweeper's to publish;
     # the others' messages are gone, and the reconciler publishes them again)
     unpublished = set(
