@@ -29,6 +29,7 @@ from rest_framework.test import APIClient
 from jobs.models import DiffusionModel, Job
 from sdsaas.broker.sqs import ensure_model_queue, model_queue_name
 from tenants.models import Tenant
+from tests.support.api_server import api_server
 from tests.support.aws import LocalAws
 from tests.support.factories import (
     DiffusionModelFactory,
@@ -54,6 +55,23 @@ def _database_url() -> str:
     return (
         f"postgres://{user}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
     )
+
+
+@pytest.fixture
+def served_api(local_aws: LocalAws, tmp_path: Path) -> Iterator[str]:
+    """The API served by gunicorn as deployed, on the test database (empty at the start of a test
+    with `django_db(transaction=True)`) and the local AWS server; its base URL."""
+    env = {
+        "DATABASE_URL": _database_url(),
+        "SDSAAS_SQS_ENDPOINT_URL": local_aws.endpoint_url,
+        "SDSAAS_S3_ENDPOINT_URL": local_aws.endpoint_url,
+        "SDSAAS_SQS_QUEUE_PREFIX": "served",
+        "SDSAAS_S3_BUCKET": settings.S3_BUCKET,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+    }
+    with api_server(tmp_path / "gunicorn.log", **env) as url:
+        yield url
 
 
 # What a Celery worker prints when its warm shutdown begins (SIGTERM).

@@ -11,8 +11,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from cryptography.fernet import Fernet
+from django.conf import settings
 
+from jobs.models import Job
+from tenants.services import api_key_issue
 from tests.support.api_server import api_server
+from tests.support.factories import DiffusionModelFactory, TenantFactory
 
 MODES = {
     "debug": {"SDSAAS_DEBUG": "1"},
@@ -120,3 +124,36 @@ def test_an_unknown_path_is_a_json_404_in_every_mode(base_url: str, method: str,
     raw = request(path, "Content-Length: 0", method=method)
     # then it is the uniform 404, not Django's debug page listing the URL patterns
     assert_json_error(exchange(base_url, raw), 404, "not_found")
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    """`body` as `Transfer-Encoding: chunked` sends it, in chunks of `size` bytes."""
+    parts = [body[start : start + size] for start in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunked_request_body_is_read_whole_up_to_the_limit(served_api: str) -> None:
+    # given a tenant with a key, and the model it asks for
+    DiffusionModelFactory(slug="tiny")
+    tenant = TenantFactory()
+    _, key = api_key_issue(tenant=tenant)
+    headers = [
+        f"Authorization: Bearer {key}",
+        "Content-Type: application/json",
+        "Transfer-Encoding: chunked",
+    ]
+    # when a job is submitted with its body in chunks, without a Content-Length
+    body = json.dumps({"model": "tiny", "prompt": "a chunked fox", "steps": 3}).encode()
+    status, _, answer = exchange(
+        served_api, request("/v1/jobs", *headers, method="POST") + chunked(body, 7)
+    )
+    # then the job holds the whole body's input
+    assert status == 202, answer
+    job = Job.objects.get(public_id=json.loads(answer)["id"])
+    assert (job.input["prompt"], job.input["steps"]) == ("a chunked fox", 3)
+    # and a chunked body past the largest the API reads is refused in the error shape
+    too_big = chunked(b" " * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1), 1 << 16)
+    raw = request("/v1/jobs", *headers, method="POST") + too_big
+    assert_json_error(exchange(served_api, raw), 413, "payload_too_large")
+    assert Job.objects.count() == 1

@@ -14,17 +14,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from jobs.models import Family
 from tenants.services import api_key_issue
-from tests.e2e.conftest import _database_url
-from tests.support.api_server import api_server
-from tests.support.aws import LocalAws
 from tests.support.factories import (
     DiffusionModelFactory,
     LoraFactory,
@@ -104,22 +99,7 @@ checks.positive_data_acceptance.enabled = false
 """
 
 
-@pytest.fixture
-def base_url(local_aws: LocalAws, tmp_path: Path) -> Iterator[str]:
-    env = {
-        "DATABASE_URL": _database_url(),
-        "SDSAAS_SQS_ENDPOINT_URL": local_aws.endpoint_url,
-        "SDSAAS_S3_ENDPOINT_URL": local_aws.endpoint_url,
-        "SDSAAS_SQS_QUEUE_PREFIX": "fuzz",
-        "SDSAAS_S3_BUCKET": settings.S3_BUCKET,
-        "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local",
-    }
-    with api_server(tmp_path / "gunicorn.log", **env) as url:
-        yield url
-
-
-def test_fuzzing_the_served_schema_finds_nothing(base_url: str, tmp_path: Path) -> None:
+def test_fuzzing_the_served_schema_finds_nothing(served_api: str, tmp_path: Path) -> None:
     # given a tenant whose plan the fuzzing cannot exhaust, and a model and LoRA whose bounds are
     # the schema's, so that what is refused is refused for the input, not for the catalog
     plan = PlanFactory(
@@ -137,7 +117,7 @@ def test_fuzzing_the_served_schema_finds_nothing(base_url: str, tmp_path: Path) 
     # No example database: nothing is written beside the tests, and each run draws anew.
     options = ["--max-examples", str(MAX_EXAMPLES), "--generation-database", "none"]
     done = subprocess.run(
-        [*argv, f"{base_url}/v1/schema", *options],
+        [*argv, f"{served_api}/v1/schema", *options],
         env={**os.environ, "SDSAAS_FUZZ_KEY": key},
         cwd=tmp_path,
         capture_output=True,
