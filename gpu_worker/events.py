@@ -8,7 +8,9 @@ Off the job's path: `received`, `started` and `progress` are handed to this proc
 thread (`interim_events`) and the job goes on at once; a job's outcome (`succeeded`, `failed`,
 `preempted`) is sent by the caller, once every interim event handed over before it was sent, so
 the control plane gets a job's events in order and the outcome before the message is settled.
-An interim event lost with its process changes nothing the next delivery does not report again.
+An interim event lost with its process changes nothing the next delivery does not report again,
+with one exception: a delivery with no `received` event counts as one that never ran when its
+message is dead-lettered (jobs/services/reconcile.py), so its job is published again, not failed.
 Events sent together (a micro-batch's outcomes, what the event thread was handed since it last
 sent) go as one task, `TASK_JOB_EVENTS`: one SQS message to send, receive and delete, and one task
 for the control worker to run, instead of one each.

@@ -331,16 +331,17 @@ def abandon_jobs(
     each i of `running` may still go on: what each of them would have reported, it reports here,
     and its message is settled as the task would have, so that nothing waits for a visibility
     timeout. The jobs that ended already (`finished`, a batch run one by one) are settled by how
-    they ended; those not run yet, and the messages left for later, are handed back. Then the
-    process ends: a stopping worker exits; any other starts again in place (same PID, fresh
-    memory).
+    they ended; those not run yet are preempted as the running ones are when the worker stops
+    (sent again as their next attempt), else handed back, as the messages left for later are.
+    Then the process ends: a stopping worker exits; any other starts again in place (same PID,
+    fresh memory).
     """
     for heartbeat in [*heartbeats, *(item.heartbeat for item in later)]:
         if heartbeat is not None:
             heartbeat.stop()  # before the messages are settled: a late beat must not hide one
     for index, member in enumerate(members):
-        if index in running:
-            abandon_job(member, reason)
+        if index in running or (reason == "preempted" and index not in finished):
+            abandon_job(member, reason)  # preempted, run or not: sent again as its next attempt
         elif index in finished:
             settle(member, finished[index])
         else:

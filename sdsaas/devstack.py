@@ -456,6 +456,8 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut it short
+            signal.signal(stop_signal, signal.SIG_IGN)
         print("\nstopping")
         if pools is not None:
             pools.stop_following()

@@ -216,12 +216,16 @@ def job_mark_succeeded(
 
 @transaction.atomic
 def job_mark_preempted(*, job_public_id: str, attempt: int) -> bool:
-    """The worker of `attempt` stopped before finishing; SQS redelivers the job as attempt + 1."""
+    """The worker of `attempt` stopped before finishing: the job runs again as attempt + 1 (the
+    worker's copy of its message, or SQS's next delivery of it). The row waits at that attempt:
+    what the stopped delivery still reports is fenced out, and the copy's deliveries, as any live
+    message's, run as attempts below the row's + SQS_MAX_RECEIVES, where the reconciler publishes
+    a lost job again."""
     job = _job_for_event(job_public_id)
     if job is None:
         return False
     changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt=attempt).update(
-        status=Job.Status.STARTING, progress_step=0
+        status=Job.Status.STARTING, attempt=attempt + 1, progress_step=0
     )
     if changed:
         record_event(job, "preempted", attempt)

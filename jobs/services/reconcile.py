@@ -63,7 +63,7 @@ def _holds_no_message(queue: str) -> bool:
     """Whether `queue` holds no message that could still be any admitted job's.
 
     A model queue: no message visible, in flight or delayed, and none in its dead-letter queue
-    (the dead-letter sweep fails those jobs). The control queue always has messages in flight
+    (the dead-letter sweep settles those jobs). The control queue always has messages in flight
     (this very task, events being applied), so there only a waiting message counts; running the
     image fetch twice is harmless (`job_fetch_input_image`). A missing queue holds nothing.
     Raises when SQS cannot answer: an outage is never taken for an empty queue.
@@ -90,8 +90,9 @@ def jobs_reconcile_lost(*, silent_for: dt.timedelta) -> Reconciled:
 
     A lost job is published again at attempt + SQS_MAX_RECEIVES, with a `republished` event. The
     original message ran at most as its attempt + SQS_MAX_RECEIVES - 1 (SQS dead-letters it after
-    that many receives), and the row's attempt is at least the original's, so every event of a
-    late original (received, started, progress, succeeded, failed, dead-lettered) is fenced out.
+    that many receives), and the row's attempt is at least the original's (a preempted job's row
+    waits at the attempt its copy runs as: `job_mark_preempted`), so every event of a late
+    original (received, started, progress, succeeded, failed, dead-lettered) is fenced out.
     After RECONCILE_MAX_REPUBLISHES it fails `message_lost` instead, credits released.
 
     Rows are taken under the tenant lock, then SKIP LOCKED, and checked again after the queues
@@ -161,7 +162,7 @@ def _reconcile_one(job: Job, *, reason: str, looked_before: dt.datetime, done: R
         ):
             done.failed.append(job.public_id)
         return False
-    if not _unpublish_as_next_message(job, reason=reason):
+    if not _unpublish(job, attempt=job.attempt + settings.SQS_MAX_RECEIVES, reason=reason):
         return False
     done.republished.append(job.public_id)
     return True
@@ -171,11 +172,10 @@ def _republished(job: Job) -> int:
     return job.events.filter(kind="republished").count()
 
 
-def _unpublish_as_next_message(job: Job, *, reason: str) -> bool:
-    """Make an in-flight job unpublished at attempt + SQS_MAX_RECEIVES, with a `republished` event
-    (True: publish it after commit). Every delivery of its last message ran as an attempt below
-    that, so whatever that message's workers still report is fenced out."""
-    attempt = job.attempt + settings.SQS_MAX_RECEIVES
+def _unpublish(job: Job, *, attempt: int, reason: str) -> bool:
+    """Make an in-flight job unpublished as `attempt`, above every attempt its last message ran as
+    (so that whatever that message's workers still report is fenced out), with a `republished`
+    event. True: publish it after commit."""
     changed = Job.objects.filter(pk=job.pk, status__in=Job.IN_FLIGHT, attempt=job.attempt).update(
         status=Job.Status.STARTING, attempt=attempt, published_at=None, progress_step=0
     )
@@ -192,9 +192,12 @@ def jobs_sweep_dead_lettered() -> Reconciled:
 
     SQS counts receives, not runs. A delivery that ran and whose worker was lost (killed, out of
     host memory, or handing it back after an outage: a `received` event, then neither an outcome
-    nor `preempted`) counts, and so does
-    one that never ran: a message taken ahead for a batch, or answered to a long poll, and handed
-    back when its worker stopped, or held by a worker that was killed (no `received` event).
+    nor `preempted`) counts, and so does one that never ran: a message taken ahead for a batch, or
+    answered to a long poll, and handed back when its worker stopped, or held by a worker that was
+    killed (no `received` event). The events of the letter's own attempts decide (its attempt to
+    attempt + SQS_MAX_RECEIVES - 1); one lost with its worker's process makes the delivery look
+    unrun, so a job that kills its worker before its `received` is sent is published again, up to
+    the limit, before it fails.
     Only a job whose workers were lost on every delivery is failed, `worker_lost` (a job that
     kills its worker). Any other is published again as the reconciler publishes a lost job (a
     `republished` event, at attempt + SQS_MAX_RECEIVES); after RECONCILE_MAX_REPUBLISHES in all
@@ -207,7 +210,11 @@ def jobs_sweep_dead_lettered() -> Reconciled:
     done = Reconciled(unseen=[], republished=[], failed=[])
     for model in DiffusionModel.objects.all():  # a model disabled since still has its lost jobs
         for letter in receive_dead_letters(model.slug):
-            _settle_dead_letter(letter, done)
+            try:
+                _settle_dead_letter(letter, done)
+            except Exception:  # left for the next sweep; the other letters go on
+                logger.exception("dead-letter sweep: could not settle a letter of %s", model.slug)
+                continue
             delete_dead_letter(letter)
     return done
 
@@ -242,7 +249,10 @@ def _settle_dead_letter(letter: DeadLetter, done: Reconciled) -> None:
             f"its message was dead-lettered after {deliveries} deliveries, of which its worker "
             f"was lost on {lost}; the others did not run it to an end"
         )
-        if _unpublish_as_next_message(job, reason=reason):
+        # Above the letter's last delivery, and above what any other message of the job (a
+        # duplicate publish at the row's attempt) can run as.
+        attempt = max(job.attempt + deliveries, last + 1)
+        if _unpublish(job, attempt=attempt, reason=reason):
             transaction.on_commit(functools.partial(jobs_publish, job_ids=[job.pk]))
             done.republished.append(job.public_id)
         return
@@ -250,9 +260,9 @@ def _settle_dead_letter(letter: DeadLetter, done: Reconciled) -> None:
         failure = f"The worker was lost on each of {deliveries} deliveries of this job."
     else:
         failure = (
-            f"The job was delivered {deliveries} times without ending, {times + 1} times over "
-            "(its workers were lost, or stopped before running it); its credits were released. "
-            "Submit it again."
+            f"The job's message was delivered {deliveries} times without the job ending (its "
+            "workers were lost, or stopped before running it), and the job was published "
+            f"{times + 1} times in all; its credits were released. Submit it again."
         )
     if job_fail(job, code=FailureCode.WORKER_LOST, message=failure, attempt=last):
         done.failed.append(job.public_id)

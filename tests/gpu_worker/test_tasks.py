@@ -1,7 +1,7 @@
 """How a GPU task settles a batch it abandons (gpu_worker/tasks.py `abandon_jobs`): the jobs being
-run as their reason says, the ones that ended as they ended, the others and the messages left for
-later handed back, every heartbeat stopped first. SQS calls and the process's end are recorded
-instead of made: what is checked is which message gets what."""
+run as their reason says (on a stop, those not run yet too), the ones that ended as they ended,
+the others and the messages left for later handed back, every heartbeat stopped first. SQS calls
+and the process's end are recorded instead of made: what is checked is which message gets what."""
 
 from __future__ import annotations
 
@@ -74,6 +74,41 @@ def test_an_abandoned_batch_settles_each_message_by_where_its_job_was(
         ("hand back", "r2"),
         ("hand back", "r9"),
         ("end", True),
+    ]
+
+
+def test_a_batch_abandoned_as_its_worker_stops_sends_each_unended_job_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a batch run one by one: job 0 ended, job 1 runs, job 2 has not run
+    calls: list[tuple[str, Any]] = []
+    monkeypatch.setattr(tasks, "send_event", lambda event: calls.append(("event", event)))
+    monkeypatch.setattr(
+        tasks,
+        "delete_messages",
+        lambda infos: calls.extend(("delete", info["receipt_handle"]) for info in infos),
+    )
+    monkeypatch.setattr(
+        tasks,
+        "requeue_as_next_attempt",
+        lambda message, attempt: calls.append(("copy", (message.job_id, attempt + 1))) or True,
+    )
+    monkeypatch.setattr(tasks, "end_process", lambda restart: calls.append(("end", restart)))
+    members = [member(n) for n in range(3)]
+    # when the watchdog abandons it at the end of the worker's stop grace
+    tasks.abandon_jobs(members, [], [Beat(), Beat(), Beat()], "preempted", [1], {0: "succeeded"})  # type: ignore[arg-type]
+    # then the running job and the one not run yet are both preempted: each is sent again as
+    # its next attempt (a copy, which uses none of the receives SQS dead-letters after) and its
+    # message deleted; nothing is handed back
+    preempted = [payload.job_id for kind, payload in calls if kind == "event"]
+    assert preempted == ["job_1", "job_2"]
+    settled = [(kind, payload) for kind, payload in calls if kind not in {"event", "end"}]
+    assert settled == [
+        ("delete", "r0"),
+        ("copy", ("job_1", 2)),
+        ("delete", "r1"),
+        ("copy", ("job_2", 2)),
+        ("delete", "r2"),
     ]
 
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs.models import Job, JobEvent
+from jobs.services.dispatch import jobs_publish
 from jobs.services.lifecycle import (
     job_mark_failed,
     job_mark_preempted,
@@ -416,5 +417,61 @@ def test_dead_lettered_again_after_the_last_republish_fails(setup, local_aws, se
     assert done == Reconciled(unseen=[], republished=[], failed=[job_id])
     job = Job.objects.get(public_id=job_id)
     assert (job.status, job.error_code) == ("failed", "worker_lost")
-    assert "delivered 3 times without ending, 2 times over" in job.error_message
+    assert "delivered 3 times without the job ending" in job.error_message
+    assert "published 2 times in all" in job.error_message
     assert credits(tenant) == (0, 0)
+
+
+def test_a_preempted_jobs_copy_is_published_again_above_every_attempt_it_ran_as(setup, local_aws):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    # given a job preempted on its first delivery: its worker sends a copy of its message as
+    # attempt 2 and deletes the original
+    job_id = submit_job(client)
+    assert job_mark_received(job_public_id=job_id, attempt=1)
+    assert job_mark_preempted(job_public_id=job_id, attempt=1)
+    assert state(job_id) == ("starting", 2)
+    lose_messages(local_aws, queue())
+    Job.objects.filter(public_id=job_id).update(published_at=None)
+    assert jobs_publish(job_ids=Job.objects.filter(public_id=job_id).values_list("pk", flat=True))
+    # when the copy is lost, the reconciler publishes it again above the attempts the copy ran as
+    # (2 to 1 + SQS_MAX_RECEIVES)
+    copy_last = 2 + settings.SQS_MAX_RECEIVES - 1
+    lose_messages(local_aws, queue())
+    age()
+    assert look_twice().republished == [job_id]
+    assert state(job_id) == ("starting", copy_last + 1)
+    # and when that message is dead-lettered unrun, the sweep publishes it above its attempts too
+    hand_back_until_dead_lettered(local_aws, queue())
+    assert jobs_sweep_dead_lettered().republished == [job_id]
+    assert state(job_id) == ("starting", copy_last + 1 + settings.SQS_MAX_RECEIVES)
+
+
+def test_only_the_dead_lettered_messages_own_deliveries_count(setup, local_aws):  # type: ignore[no-untyped-def]
+    _tenant, client = setup
+    # given a job whose workers were lost on two deliveries of its first message; the third was
+    # handed back unrun, and the message dead-lettered, then published again by the sweep
+    job_id = submit_job(client)
+    for attempt in (1, 2):
+        assert job_mark_received(job_public_id=job_id, attempt=attempt)
+    hand_back_until_dead_lettered(local_aws, queue())
+    assert jobs_sweep_dead_lettered().republished == [job_id]
+    status, again = state(job_id)
+    assert (status, again) == ("starting", 2 + settings.SQS_MAX_RECEIVES)  # above the row's 2
+    # when the worker of its new message's first delivery is lost too, and that message is
+    # handed back unrun until dead-lettered
+    assert job_mark_received(job_public_id=job_id, attempt=again)
+    hand_back_until_dead_lettered(local_aws, queue())
+    letters = local_aws.client("sqs").receive_message(
+        QueueUrl=local_aws.queue_url(dead_letter_queue_name(queue())), VisibilityTimeout=0
+    )["Messages"]
+    done = jobs_sweep_dead_lettered()
+    # then it is published again: three of its deliveries were lost, but one of that message's
+    assert done.republished == [job_id] and done.failed == []
+    assert state(job_id) == ("starting", again + settings.SQS_MAX_RECEIVES)
+    # and when the sweep sees that letter again (it died before deleting it), nothing changes
+    sqs = local_aws.client("sqs")
+    dlq = local_aws.queue_url(dead_letter_queue_name(queue()))
+    sqs.send_message(QueueUrl=dlq, MessageBody=letters[0]["Body"])
+    assert jobs_sweep_dead_lettered() == NOTHING
+    assert state(job_id) == ("starting", again + settings.SQS_MAX_RECEIVES)
+    assert JobEvent.objects.filter(job__public_id=job_id, kind="republished").count() == 2
