@@ -79,13 +79,13 @@ class NumberField(JsonTypedField, serializers.FloatField):
 
 # `\A…\Z`, not `^…$`: in Python `$` also matches before a final newline, so "tiny\n" would pass.
 # drf-spectacular writes these anchors as `^…$` in the schema, where they mean the same thing.
-_SLUG = RegexValidator(r"\A[-a-zA-Z0-9_]+\Z", "Must be a slug: letters, digits, '-' and '_'.")
+SLUG = RegexValidator(r"\A[-a-zA-Z0-9_]+\Z", "Must be a slug: letters, digits, '-' and '_'.")
 
 
 class StrictSlugField(StrictCharField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.validators.append(_SLUG)
+        self.validators.append(SLUG)
 
 
 class StrictSerializer(serializers.Serializer):

@@ -81,7 +81,7 @@ _DRF_CODES: dict[type[exceptions.APIException], str] = {
 }
 
 
-def _validation_message(detail: Any, path: str = "") -> str:
+def validation_message(detail: Any, path: str = "") -> str:
     """The first error, named by its field path: `width: ...`, `loras[1].weight: ...`.
 
     Items of a list are named by their index, the way services name them (`loras[1].slug`):
@@ -95,13 +95,13 @@ def _validation_message(detail: Any, path: str = "") -> str:
                 name = f"{path}[{key}]"
             else:
                 name = f"{path}.{key}" if path else str(key)
-            return _validation_message(value, name)
+            return validation_message(value, name)
     if isinstance(detail, list) and detail:
         for index, item in enumerate(detail):
             if not isinstance(item, dict | list):
                 return f"{path or 'input'}: {item}"
             if item:
-                return _validation_message(item, f"{path}[{index}]" if path else "input")
+                return validation_message(item, f"{path}[{index}]" if path else "input")
     return f"{path or 'input'}: {detail}"
 
 
@@ -129,7 +129,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     response: Response = shaped
     code = next((c for t, c in _DRF_CODES.items() if isinstance(exc, t)), "error")
     if isinstance(exc, exceptions.ValidationError):
-        response.data = error_body(code, _validation_message(exc.detail), exc.detail)
+        response.data = error_body(code, validation_message(exc.detail), exc.detail)
     else:
         response.data = error_body(code, str(exc.detail))
     return response

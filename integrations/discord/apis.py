@@ -3,6 +3,9 @@ serialize. Managing applications and guild policies needs the `discord:manage` s
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -253,13 +256,25 @@ class InteractionsApi(View):
 
     def post(self, request: HttpRequest, application_id: str) -> JsonResponse:
         try:
+            body = request.body
+        except RequestDataTooBig:
+            too_large = error_body("payload_too_large", "The request body is too large.")
+            return JsonResponse(too_large, status=413)
+        try:
             answer = interaction_receive(
                 application_id=application_id,
-                body=request.body,
+                body=body,
                 signature=request.headers.get("X-Signature-Ed25519", ""),
                 timestamp=request.headers.get("X-Signature-Timestamp", ""),
             )
         except ServiceError as error:
-            body = error_body(error.code, error.message, error.details or None)
-            return JsonResponse(body, status=error.status_code)
+            refused = error_body(error.code, error.message, error.details or None)
+            return JsonResponse(refused, status=error.status_code)
         return JsonResponse(answer)
+
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        """In the API's error shape, as DRF's views answer it (Django's own has no body)."""
+        text = f'Method "{request.method}" not allowed.'
+        response = JsonResponse(error_body("method_not_allowed", text), status=405)
+        response["Allow"] = "POST"
+        return response

@@ -23,7 +23,13 @@ from integrations.discord.validators import (
     SNOWFLAKE,
     ed25519_public_key,
 )
-from sdsaas.api import QuerySerializer, StrictCharField, StrictIntegerField, StrictSerializer
+from sdsaas.api import (
+    SLUG,
+    QuerySerializer,
+    StrictCharField,
+    StrictIntegerField,
+    StrictSerializer,
+)
 from sdsaas.contract import MAX_STEPS_CEILING
 
 SLUG_MAX_CHARS = 40  # DiffusionModel.slug, DiscordApplication.upscale_model
@@ -32,9 +38,7 @@ NEGATIVE_PROMPT_MAX_CHARS = 2000
 SIDE_MIN, SIDE_MAX = 64, 2048
 DAILY_IMAGES_MAX = 1_000_000
 
-_SLUG = RegexValidator(
-    r"\A[-a-zA-Z0-9_]+\Z", "Must be a model's slug: letters, digits, '-' and '_'."
-)
+_SLUG = RegexValidator(SLUG.regex, "Must be a model's slug: letters, digits, '-' and '_'.")
 
 
 def interactions_url(application: DiscordApplication) -> str:

@@ -16,6 +16,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from discord_interactions import InteractionResponseType
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -27,9 +28,11 @@ from integrations.discord.services.replies import message_delete_send
 from integrations.discord.tokens import token_encrypt
 from jobs import selectors as job_selectors
 from jobs.models import Job
+from jobs.serializers import JobInputSerializer
 from jobs.services.submit import job_submit
+from sdsaas.api import SLUG
 from sdsaas.contract import SEED_MAX
-from sdsaas.errors import ServiceError
+from sdsaas.errors import InvalidInput, ServiceError, validation_message
 
 if TYPE_CHECKING:
     from integrations.discord.services.interactions import Interaction
@@ -59,7 +62,7 @@ def imagine_command(*, application: DiscordApplication, interaction: Interaction
     """`/imagine`: a job from the command's options, and a deferred reply that follows it."""
     if interaction.data.get("name") != IMAGINE:
         return _refusal("This bot does not know that command.")
-    options = {o["name"]: o.get("value") for o in interaction.data.get("options") or []}
+    options = {name: option.get("value") for name, option in _options(interaction).items()}
     policy = _policy(application=application, guild_id=interaction.guild_id)
     try:
         data = _command_input(application=application, policy=policy, options=options)
@@ -122,7 +125,7 @@ def imagine_autocomplete(
     *, application: DiscordApplication, interaction: Interaction
 ) -> dict[str, Any]:
     """Choices for the option being typed: the catalog's models, or the chosen model's LoRAs."""
-    options = {o["name"]: o for o in interaction.data.get("options") or []}
+    options = _options(interaction)
     focused = next((name for name, o in options.items() if o.get("focused")), "")
     typed = str(options.get(focused, {}).get("value") or "").lower()
     policy = _policy(application=application, guild_id=interaction.guild_id, lock=False)
@@ -133,7 +136,9 @@ def imagine_autocomplete(
     elif focused == "lora":
         loras = job_selectors.lora_list(tenant=tenant)
         model_slug = options.get("model", {}).get("value")
-        model = job_selectors.model_get(tenant=tenant, slug=str(model_slug)) if model_slug else None
+        model = None
+        if isinstance(model_slug, str) and _is_slug(model_slug):
+            model = job_selectors.model_get(tenant=tenant, slug=model_slug)
         if model is not None:
             loras = loras.filter(family=model.family)
         slugs = [lora.slug for lora in loras]
@@ -142,6 +147,25 @@ def imagine_autocomplete(
         "type": InteractionResponseType.APPLICATION_COMMAND_AUTOCOMPLETE_RESULT,
         "data": {"choices": choices[:AUTOCOMPLETE_MAX]},
     }
+
+
+def _is_slug(value: str) -> bool:
+    try:
+        SLUG(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _options(interaction: Interaction) -> dict[str, dict[str, Any]]:
+    """The command's options by name; InvalidInput (a 400) for a list of another shape than
+    Discord's. Their values are the job input's to check (`_submit`)."""
+    options = interaction.data.get("options") or []
+    if not isinstance(options, list) or not all(
+        isinstance(option, dict) and isinstance(option.get("name"), str) for option in options
+    ):
+        raise InvalidInput("body", "not an interaction: data.options is not a list of options")
+    return {option["name"]: option for option in options}
 
 
 def _policy(
@@ -172,10 +196,11 @@ def _command_input(
         if first is None:
             raise Refused("No model is available to this bot.")
         model = first.slug
-    data: dict[str, Any] = {"model": str(model), "prompt": str(options.get("prompt") or "")}
+    # As sent: the job input's own checks (`_submit`) refuse a value of the wrong type.
+    data: dict[str, Any] = {"model": model, "prompt": options.get("prompt")}
     negative = options.get("negative_prompt") or (policy.default_negative_prompt if policy else "")
     if negative:
-        data["negative_prompt"] = str(negative)
+        data["negative_prompt"] = negative
     if options.get("size"):
         try:
             data["width"], data["height"] = size_parse(str(options["size"]))
@@ -183,9 +208,9 @@ def _command_input(
             raise Refused(f"Unknown size {options['size']!r}.") from exc
     for name in ("steps", "seed"):
         if options.get(name) is not None:
-            data[name] = int(options[name])
+            data[name] = options[name]
     if options.get("lora"):
-        data["loras"] = [{"slug": str(options["lora"])}]
+        data["loras"] = [{"slug": options["lora"]}]
     return data
 
 
@@ -268,6 +293,11 @@ def _submit(
     data: dict[str, Any],
     idempotency_key: str,
 ) -> dict[str, Any]:
+    # The checks of the REST API's input: Discord is another edge in front of the same jobs.
+    payload = JobInputSerializer(data=data)
+    if not payload.is_valid():
+        raise Refused(validation_message(payload.errors))
+    data = dict(payload.validated_data)
     _policy_check(application=application, policy=policy, interaction=interaction, data=data)
     origin = {
         "type": "discord",

@@ -56,23 +56,70 @@ class Interaction:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Interaction:
-        member = payload.get("member") or {}
-        user = member.get("user") or payload.get("user") or {}
-        channel = payload.get("channel_id") or (payload.get("channel") or {}).get("id") or ""
-        try:
-            return cls(
-                id=str(payload["id"]),
-                type=int(payload["type"]),
-                token=str(payload.get("token") or ""),
-                guild_id=str(payload.get("guild_id") or ""),
-                channel_id=str(channel),
-                user_id=str(user.get("id") or ""),
-                permissions=int(member.get("permissions") or 0),
-                data=dict(payload.get("data") or {}),
-                message=dict(payload.get("message") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput("body", f"not an interaction: {exc}") from exc
+        """The interaction in a signed body; InvalidInput (a 400) for any part of another shape
+        than Discord's: ids of 17 to 20 digits, integers, objects where objects are."""
+        member = _object(payload, "member")
+        user = _object(member, "user") or _object(payload, "user")
+        channel = payload.get("channel_id") or _object(payload, "channel").get("id")
+        message = _object(payload, "message")
+        _snowflake(message.get("id"), "message.id")
+        return cls(
+            id=_snowflake(payload.get("id"), "id", required=True),
+            type=_integer(payload.get("type"), "type", required=True),
+            token=_token(payload.get("token")),
+            guild_id=_snowflake(payload.get("guild_id"), "guild_id"),
+            channel_id=_snowflake(channel, "channel_id"),
+            user_id=_snowflake(user.get("id"), "user.id"),
+            permissions=_integer(member.get("permissions"), "member.permissions"),
+            data=_object(payload, "data"),
+            message=message,
+        )
+
+
+# Discord's ids, as its payloads write them (strings); its permissions, a decimal string.
+_SNOWFLAKE = re.compile(r"\A[0-9]{17,20}\Z")
+_DIGITS = re.compile(r"\A[0-9]{1,20}\Z")
+# An interaction token: visible ASCII (a few hundred characters in practice).
+_TOKEN = re.compile(r"\A[!-~]{0,1000}\Z")
+
+
+def _not_an_interaction(field: str, what: str) -> InvalidInput:
+    return InvalidInput("body", f"not an interaction: {field} is not {what}")
+
+
+def _object(parent: dict[str, Any], field: str) -> dict[str, Any]:
+    value = parent.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _not_an_interaction(field, "an object")
+    return value
+
+
+def _snowflake(value: Any, field: str, *, required: bool = False) -> str:
+    if value in (None, "") and not required:
+        return ""
+    if not isinstance(value, str | int) or not _SNOWFLAKE.match(str(value)):
+        raise _not_an_interaction(field, "a Discord id")
+    return str(value)
+
+
+def _integer(value: Any, field: str, *, required: bool = False) -> int:
+    if value in (None, "") and not required:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _not_an_interaction(field, "an integer")
+    if not _DIGITS.match(str(value)):
+        raise _not_an_interaction(field, "an integer")
+    return int(value)
+
+
+def _token(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise _not_an_interaction("token", "a token")
+    return value
 
 
 def interaction_receive(
@@ -90,7 +137,7 @@ def interaction_receive(
     _verify(application=application, body=body, signature=signature, timestamp=timestamp)
     try:
         payload = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's limit
         raise InvalidInput("body", "not JSON") from exc
     if not isinstance(payload, dict):
         raise InvalidInput("body", "not a JSON object")

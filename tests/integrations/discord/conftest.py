@@ -79,7 +79,7 @@ def result_of(application: DiscordApplication, *, user_id: str, **fields: Any) -
         guild_id="111111111111111111",
         channel_id="222222222222222222",
         user_id=user_id,
-        message_id="999",
+        message_id="999999999999999999",
         changed_at=timezone.now(),
         done=True,
     )

@@ -222,8 +222,8 @@ def test_reroll_makes_one_job_with_a_new_seed_however_often_it_is_clicked(
     post: Post, discord_app: DiscordApp, application: Any
 ) -> None:
     source = result_of(application, user_id=USER)
-    first = post(discord_app.click(f"reroll:{source.public_id}", "999"))
-    second = post(discord_app.click(f"reroll:{source.public_id}", "999"))
+    first = post(discord_app.click(f"reroll:{source.public_id}", "999999999999999999"))
+    second = post(discord_app.click(f"reroll:{source.public_id}", "999999999999999999"))
     assert first.json() == {"type": 5}
     assert "Already on it" in refusal_text(second)
     [job] = Job.objects.exclude(pk=source.pk)
@@ -236,7 +236,9 @@ def test_vary_makes_an_img2img_job_from_the_result_at_the_chosen_strength(
     post: Post, discord_app: DiscordApp, application: Any
 ) -> None:
     source = result_of(application, user_id=USER)
-    assert post(discord_app.click(f"vary:{source.public_id}:0.7", "999")).json() == {"type": 5}
+    assert post(discord_app.click(f"vary:{source.public_id}:0.7", "999999999999999999")).json() == {
+        "type": 5
+    }
     job = Job.objects.exclude(pk=source.pk).get()
     assert job.kind == "img2img" and job.init_image_key == source.output_keys[0]
     assert (job.input["image"], job.input["strength"]) == (source.public_id, 0.7)
@@ -246,12 +248,14 @@ def test_upscale_needs_an_upscale_model_and_doubles_the_size(
     post: Post, discord_app: DiscordApp, application: Any
 ) -> None:
     source = result_of(application, user_id=USER)
-    refused = post(discord_app.click(f"upscale:{source.public_id}", "999"))
+    refused = post(discord_app.click(f"upscale:{source.public_id}", "999999999999999999"))
     assert "not available" in refusal_text(refused)
     DiffusionModelFactory(slug="upscaler", max_side=2048)
     application.upscale_model = "upscaler"
     application.save()
-    assert post(discord_app.click(f"upscale:{source.public_id}", "998")).json() == {"type": 5}
+    assert post(discord_app.click(f"upscale:{source.public_id}", "999999999999999998")).json() == {
+        "type": 5
+    }
     job = Job.objects.exclude(pk=source.pk).get()
     assert job.model.slug == "upscaler" and job.kind == "img2img"
     assert (job.input["width"], job.input["height"]) == (1024, 1024)
@@ -261,13 +265,18 @@ def test_delete_is_for_the_asker_or_a_moderator(
     post: Post, discord_app: DiscordApp, application: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     source = result_of(application, user_id=USER)
-    stranger = post(discord_app.click(f"delete:{source.public_id}", "999", user_id="7" * 18))
+    stranger = post(
+        discord_app.click(f"delete:{source.public_id}", "999999999999999999", user_id="7" * 18)
+    )
     assert "Only the one who asked" in refusal_text(stranger)
     with django_capture_on_commit_callbacks() as callbacks:
-        asker = post(discord_app.click(f"delete:{source.public_id}", "999"))
+        asker = post(discord_app.click(f"delete:{source.public_id}", "999999999999999999"))
         moderator = post(
             discord_app.click(
-                f"delete:{source.public_id}", "999", user_id="8" * 18, permissions=1 << 13
+                f"delete:{source.public_id}",
+                "999999999999999999",
+                user_id="8" * 18,
+                permissions=1 << 13,
             )
         )
     assert asker.json() == {"type": 6} and moderator.json() == {"type": 6}
@@ -279,7 +288,7 @@ def test_a_button_on_another_tenants_result_does_nothing(
 ) -> None:
     other = DiscordApp().register(TenantFactory())
     source = result_of(other, user_id=USER)
-    text = refusal_text(post(discord_app.click(f"reroll:{source.public_id}", "999")))
+    text = refusal_text(post(discord_app.click(f"reroll:{source.public_id}", "999999999999999999")))
     assert "no longer available" in text
     assert Job.objects.count() == 1
 
@@ -301,3 +310,105 @@ def test_autocomplete_offers_the_tenants_models_the_guild_allows(
     answer = post(discord_app.interaction(4, data)).json()
     assert answer["type"] == 8
     assert [c["value"] for c in answer["data"]["choices"]] == ["tiny", "tiny-xl"]
+
+
+def post_signed(application: Any, discord_app: DiscordApp, body: bytes) -> Any:
+    """POST `body` as it is, signed by the application's key."""
+    return Client().post(
+        f"/v1/discord/interactions/{application.public_id}",
+        body,
+        content_type="application/json",
+        headers={k: v for k, v in discord_app.headers(body).items() if k != "Content-Type"},
+    )
+
+
+def _spoiled(discord_app: DiscordApp, spoil: Any) -> dict[str, Any]:
+    payload = discord_app.imagine(prompt="a fox")
+    spoil(payload)
+    return payload
+
+
+# Signed bodies (only the key's holder can send them) of another shape than Discord's.
+SIGNED_BUT_MALFORMED = {
+    "member not an object": lambda p: p.update(member="x"),
+    "member a list": lambda p: p.update(member=[1]),
+    "member.user not an object": lambda p: p["member"].update(user="x"),
+    "channel not an object": lambda p: (p.pop("channel_id"), p.update(channel="x")),
+    "type infinite": lambda p: p.update(type=float("inf")),
+    "type a boolean": lambda p: p.update(type=True),
+    "permissions infinite": lambda p: p["member"].update(permissions=float("inf")),
+    "id with a lone surrogate": lambda p: p.update(id="12\ud800"),
+    "id of 30 digits": lambda p: p.update(id="1" * 30),
+    "guild_id with NUL": lambda p: p.update(guild_id="1" * 18 + "\x00"),
+    "channel_id of 25 digits": lambda p: p.update(channel_id="2" * 25),
+    "user id a list": lambda p: p["member"]["user"].update(id=[1]),
+    "token with a lone surrogate": lambda p: p.update(token="t\ud800"),
+    "data a list": lambda p: p.update(data=[["name", "imagine"]]),
+    "options a string": lambda p: p["data"].update(options="x"),
+    "options of numbers": lambda p: p["data"].update(options=[1]),
+    "options an object": lambda p: p["data"].update(options={"a": 1}),
+    "option without a name": lambda p: p["data"].update(options=[{"value": 1}]),
+}
+
+
+@pytest.mark.parametrize("spoil", SIGNED_BUT_MALFORMED.values(), ids=SIGNED_BUT_MALFORMED.keys())
+def test_a_signed_body_of_another_shape_is_a_400_and_changes_nothing(
+    post: Post, discord_app: DiscordApp, spoil: Any
+) -> None:
+    response = post(_spoiled(discord_app, spoil))
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input" and "not an interaction" in error["message"]
+    assert not Job.objects.exists() and not HandledInteraction.objects.exists()
+
+
+def test_a_signed_body_nested_past_the_parsers_depth_is_a_400(
+    application: Any, discord_app: DiscordApp
+) -> None:
+    response = post_signed(application, discord_app, b"[" * 100_000 + b"]" * 100_000)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
+
+
+# Options Discord's own checks would refuse (the command's min and max, its choices), sent anyway.
+REFUSED_OPTIONS = [
+    ({"steps": -5}, "steps: Ensure this value is greater than or equal to 1."),
+    ({"seed": -1}, "seed: Ensure this value is greater than or equal to 0."),
+    ({"seed": 2**70}, "seed: Ensure this value is less than or equal to"),
+    ({"steps": "abc"}, "steps: Must be an integer, not a string."),
+    ({"steps": 1.5}, "steps: Must be an integer, not a number."),
+    ({"size": "100x100"}, "width: Must be a multiple of 8"),
+    ({"prompt": ""}, "prompt: This field may not be blank."),
+    ({"prompt": "x" * 100_000}, "prompt: Ensure this field has no more than"),
+    ({"prompt": "a \x00 fox"}, "prompt: Null characters are not allowed."),
+    ({"model": ["tiny"]}, "model: Must be a string, not an array."),
+    ({"lora": "not a slug!"}, "loras[0].slug: Must be a slug"),
+]
+
+
+@pytest.mark.parametrize(("options", "said"), REFUSED_OPTIONS)
+def test_imagine_checks_its_options_as_the_rest_api_checks_a_job(
+    post: Post, discord_app: DiscordApp, options: dict[str, Any], said: str
+) -> None:
+    text = refusal_text(post(discord_app.imagine(**{"prompt": "a fox", **options})))
+    assert said in text, text
+    assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "options"])
+def test_another_method_is_a_405_in_the_error_shape(application: Any, method: str) -> None:
+    response = getattr(Client(), method)(f"/v1/discord/interactions/{application.public_id}")
+    assert (response.status_code, response["Allow"]) == (405, "POST")
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_body_past_the_limit_is_a_413_in_the_error_shape(
+    application: Any, discord_app: DiscordApp, settings: Any
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    response = post_signed(
+        application, discord_app, body_of(discord_app.imagine(prompt="x" * 2048))
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert not Job.objects.exists()
