@@ -5,7 +5,8 @@ from django.template import engines
 from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
-from rest_framework.renderers import TemplateHTMLRenderer
+from rest_framework.renderers import JSONRenderer, TemplateHTMLRenderer
+from rest_framework.response import Response
 
 from sdsaas.errors import json_not_found
 
@@ -31,7 +32,22 @@ class _RedocRenderer(TemplateHTMLRenderer):
         return _REDOC_PAGE
 
 
-class RedocView(SpectacularRedocView):
+class _JsonRefusals:
+    """A refusal of the schema or docs page (a 405, a 406, a `?format` it has no renderer for: a
+    404) in the API's error shape, as JSON: not as the YAML or HTML page it serves otherwise."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        response: Response = super().handle_exception(exc)  # type: ignore[misc]
+        request = self.request  # type: ignore[attr-defined]
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
+        return response
+
+
+class SchemaView(_JsonRefusals, SpectacularAPIView):
+    pass
+
+
+class RedocView(_JsonRefusals, SpectacularRedocView):
     renderer_classes = [_RedocRenderer]
 
 
@@ -42,7 +58,7 @@ urlpatterns = [
     path("v1/discord/", include("integrations.discord.urls")),
     path(
         "v1/schema",
-        SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
+        SchemaView.as_view(authentication_classes=[], permission_classes=[]),
         name="schema",
     ),
     path(

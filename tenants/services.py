@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable
 
@@ -14,6 +15,7 @@ from sdsaas.errors import InvalidInput, QuotaExceeded, RateLimited
 from tenants.models import ApiKey, CreditPeriod, Plan, RateWindow, Tenant, UsageRecord, month_of
 
 KEY_PREFIX = "sk_live_"
+_PREFIX = re.compile(r"\A[0-9a-f]{1,16}\Z")  # as `api_key_issue` writes it: 12 hex digits
 # last_used_at is refreshed at most this often, so that reads do not write on every request.
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 
@@ -54,7 +56,7 @@ def api_key_authenticate(*, plaintext: str) -> ApiKey | None:
     if not plaintext.startswith(KEY_PREFIX):
         return None
     prefix, sep, _secret = plaintext[len(KEY_PREFIX) :].partition("_")
-    if not sep:
+    if not sep or not _PREFIX.match(prefix):  # NUL and the like never reach the database
         return None
     try:  # get, not first: the prefix is unique, and first's ORDER BY costs every request
         key = ApiKey.objects.select_related("tenant", "tenant__plan").get(prefix=prefix)

@@ -165,6 +165,29 @@ def test_docs_page_is_html_served_by_the_app_alone(db):  # type: ignore[no-untyp
     assert "/v1/schema" in html
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status", "code"),
+    [
+        ("post", "/v1/docs", {}, 405, "method_not_allowed"),
+        ("get", "/v1/docs", {"HTTP_ACCEPT": "application/json"}, 406, "not_acceptable"),
+        ("get", "/v1/docs?format=json", {}, 404, "not_found"),
+        ("put", "/v1/schema", {}, 405, "method_not_allowed"),
+        ("delete", "/v1/schema", {}, 405, "method_not_allowed"),
+        ("get", "/v1/schema", {"HTTP_ACCEPT": "application/xml"}, 406, "not_acceptable"),
+        ("get", "/v1/schema?format=xx", {}, 404, "not_found"),
+    ],
+)
+def test_the_schema_and_docs_pages_refuse_in_the_json_error_shape(  # type: ignore[no-untyped-def]
+    method, path, headers, status, code
+):
+    # when the schema (YAML) or the docs page (HTML) is asked for what it does not do
+    response = getattr(APIClient(), method)(path, **headers)
+    # then the refusal is the uniform error, as JSON, not a YAML or HTML page
+    assert response["Content-Type"] == "application/json"
+    assert_error(response, status, code)
+
+
 # --- unknown paths and methods -------------------------------------------------------------------
 
 

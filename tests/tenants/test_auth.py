@@ -104,6 +104,8 @@ MALFORMED_HEADERS = [
     "Bearer not-an-api-key",
     "Bearer sk_live_",
     "Bearer sk_live_nounderscore",
+    "Bearer sk_live_ab\x00cd_x",  # PostgreSQL text cannot hold NUL: never queried
+    "Bearer sk_live_" + "a" * 40 + "_x",  # longer than any prefix
     "Bearer sk_test_{rest}",
     "Bearer {key} extra",
 ]
