@@ -8,7 +8,9 @@ service that changes a tenant's jobs or credits does (`jobs.services.common.lock
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +92,10 @@ def _previous_output(*, tenant: Tenant, job_id: str) -> str:
     return str(previous.output_keys[0])
 
 
+# A DNS name: labels of letters, digits and inner hyphens, at most 63 characters each.
+_HOST_NAME = re.compile(r"\A(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*\.?\Z")
+
+
 def _check_side(name: str, value: int, model: DiffusionModel) -> None:
     if not model.min_side <= value <= model.max_side:
         raise InvalidInput(
@@ -99,12 +105,18 @@ def _check_side(name: str, value: int, model: DiffusionModel) -> None:
 
 
 def _check_image_url_host(url: str) -> None:
-    """Refuse an address literal we would never fetch now; names are checked at fetch time."""
+    """Refuse a host that is no DNS name, and an address literal we would never fetch now; names
+    are checked at fetch time."""
     host = (urlsplit(url).hostname or "").lower()
     try:
-        literal = ipaddress.ip_address(host)
+        literal: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
     except ValueError:
-        return
+        try:  # IPv4 as resolvers also read it: 127.1, 0x7f000001, 2130706433, 0177.0.0.1
+            literal = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            if not _HOST_NAME.match(host):
+                raise InvalidInput("image", f"{host!r} is not a host name") from None
+            return
     if not address_is_public(literal) and host not in settings.IMAGE_FETCH_ALLOW_HOSTS:
         raise InvalidInput("image", "must not point to a private, loopback or link-local address")
 

@@ -64,6 +64,16 @@ def test_image_from_an_own_upload_or_an_https_url_is_img2img(
         "https://10.1.2.3/cat.png",
         "https://[::1]/cat.png",
         "https://[64:ff9b::a9fe:a9fe]/cat.png",
+        # loopback as resolvers also read IPv4
+        "https://127.1/cat.png",
+        "https://0x7f000001/cat.png",
+        "https://2130706433/cat.png",
+        "https://0177.0.0.1/cat.png",
+        # no host names
+        "https://a..b/cat.png",
+        "https://-/cat.png",
+        "https://images-.example.com/cat.png",
+        "https://" + "a" * 64 + ".example.com/cat.png",
         "data:image/png;base64,iVBORw0KGgo=",
         "upl_00000000000000000000",
         "upl_",
