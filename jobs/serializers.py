@@ -21,6 +21,7 @@ from jobs.selectors import (
     job_queue_position,
 )
 from sdsaas.api import (
+    URL_CHARS,
     NumberField,
     QuerySerializer,
     StrictCharField,
@@ -111,6 +112,7 @@ class JobInputSerializer(StrictSerializer):
     webhook = StrictCharField(
         max_length=2048,
         required=False,
+        validators=[URL_CHARS],
         help_text="A URL that receives this job's events, signed with the per-job webhook secret "
         "(POST /v1/webhooks/job-secret): https, never a private address.",
     )

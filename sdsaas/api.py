@@ -82,6 +82,13 @@ class NumberField(JsonTypedField, serializers.FloatField):
 SLUG = RegexValidator(r"\A[-a-zA-Z0-9_]+\Z", "Must be a slug: letters, digits, '-' and '_'.")
 
 
+# Visible ASCII only: a URL is ASCII (RFC 3986; anything else is percent-encoded), and a space
+# or a control character would otherwise be stored, shown and sent as given.
+URL_CHARS = RegexValidator(
+    r"\A[!-~]+\Z", "Must be a URL of visible ASCII characters; percent-encode any others."
+)
+
+
 class StrictSlugField(StrictCharField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -23,6 +22,7 @@ from integrations.webhooks.selectors import RECENT_NOTICES, endpoint_notices
 from integrations.webhooks.services.delivery import RESPONSE_EXCERPT_BYTES
 from integrations.webhooks.services.endpoints import SUBSCRIBABLE
 from sdsaas.api import (
+    URL_CHARS,
     JsonTypedField,
     QuerySerializer,
     StrictCharField,
@@ -32,12 +32,6 @@ from sdsaas.api import (
 
 URL_MAX_CHARS = 2048  # WebhookEndpoint.url
 DESCRIPTION_MAX_CHARS = 256  # WebhookEndpoint.description
-
-# Visible ASCII only: a URL is ASCII (RFC 3986; anything else is percent-encoded), and a space
-# or a control character would otherwise be stored, shown and sent as given.
-_URL_CHARS = RegexValidator(
-    r"\A[!-~]+\Z", "Must be a URL of visible ASCII characters; percent-encode any others."
-)
 
 
 class StrictBooleanField(JsonTypedField, serializers.BooleanField):
@@ -63,7 +57,7 @@ class EventTypeField(StrictChoiceField):
 def _url_field(**kwargs: Any) -> StrictCharField:
     return StrictCharField(
         max_length=URL_MAX_CHARS,
-        validators=[_URL_CHARS],
+        validators=[URL_CHARS],
         help_text="Where the events are POSTed: an https URL whose host resolves to public "
         "addresses only (checked again at every delivery), without user info.",
         **kwargs,

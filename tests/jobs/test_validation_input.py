@@ -249,3 +249,20 @@ def test_a_refused_request_creates_nothing_and_does_not_burn_its_idempotency_key
         HTTP_IDEMPOTENCY_KEY="k-1",
     )
     assert fixed.status_code == 202, fixed.content
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "https://hooks.example.com/é",
+        "https://hooks.example.com/a b",
+        "https://hooks.example.com/\t",
+    ],
+)
+def test_a_webhook_of_other_than_visible_ascii_is_400_naming_webhook(
+    client: APIClient, webhook: str
+) -> None:
+    # as an endpoint's URL is refused: a URL is ASCII, anything else percent-encoded
+    response = submit(client, webhook=webhook)
+    assert_400_naming(response, "webhook")
+    assert nothing_created()
