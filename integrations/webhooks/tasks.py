@@ -1,6 +1,9 @@
-"""Webhook tasks: thin, each safe to run twice (a message is settled once, fenced by status)."""
+"""Webhook tasks: thin, each safe to run twice (a message is sent by the task that claims it with
+its dispatch's lease, and settled once, fenced by its status and lease)."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from celery import shared_task
 
@@ -15,8 +18,11 @@ def dispatch_due() -> int:
 
 
 @shared_task(name=TASK_WEBHOOK_DELIVER, ignore_result=True)
-def deliver(message_pk: int) -> str:
-    return message_deliver(message_pk=message_pk)
+def deliver(message_pk: int, lease: str | None = None) -> str:
+    # No lease: a task queued by a release before it (claimed as the message stands).
+    return message_deliver(
+        message_pk=message_pk, lease=dt.datetime.fromisoformat(lease) if lease else None
+    )
 
 
 @shared_task(name=TASK_WEBHOOKS_PRUNE, ignore_result=True)

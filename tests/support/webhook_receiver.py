@@ -40,6 +40,7 @@ class Receiver:
     secrets: list[str] = field(default_factory=list)
     answers: deque[tuple[int, dict[str, str]]] = field(default_factory=deque)
     default: tuple[int, dict[str, str]] = (204, {})
+    reply: bytes = b"ok"  # the body of every answer
     received: list[Received] = field(default_factory=list)
 
     @property
@@ -80,9 +81,9 @@ def webhook_receiver(*secrets: str) -> Iterator[Receiver]:
             self.send_response(status)
             for name, value in extra.items():
                 self.send_header(name, value)
-            self.send_header("content-length", "2")
+            self.send_header("content-length", str(len(receiver.reply)))
             self.end_headers()
-            self.wfile.write(b"ok")
+            self.wfile.write(receiver.reply)
 
         def log_message(self, *args: Any) -> None:
             return

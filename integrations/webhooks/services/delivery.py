@@ -13,10 +13,12 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import re
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 RESPONSE_EXCERPT_BYTES = 1024
 MAX_RETRY_AFTER = dt.timedelta(hours=24)
+# Retry-After in seconds: ASCII digits (str.isdigit takes "²" too), past 24 h held to it anyway.
+_SECONDS = re.compile(r"\A[0-9]{1,9}\Z")
 
 
 def message_body(message: WebhookMessage) -> bytes:
@@ -72,26 +76,64 @@ def signed_headers(message: WebhookMessage, body: bytes, secrets: list[str]) -> 
     }
 
 
-def message_deliver(*, message_pk: int, now: dt.datetime | None = None) -> str:
-    """Try a message handed to the queue once; how it went: succeeded, retry, failed or gone."""
+def message_deliver(
+    *, message_pk: int, lease: dt.datetime | None = None, now: dt.datetime | None = None
+) -> str:
+    """Try a message handed to the queue once; how it went: succeeded, retry, failed or gone.
+
+    `lease`: when the dispatch handed it over (its `sending_since` then). Whatever goes wrong
+    here is an attempt that failed, logged, on the message's schedule like any other.
+    """
     now = now or timezone.now()
+    message = _claim(message_pk, lease=lease, now=now)
+    if message is None:
+        return "gone"  # settled or taken meanwhile (a duplicate task, a lease that ran out)
+    endpoint = message.endpoint
+    if endpoint is not None and not endpoint.enabled:
+        return _record(message, None, "the endpoint is disabled", started=now, now=now, final=True)
+    started = timezone.now()
+    try:
+        return _attempt(message, started=started, now=now)
+    except InvalidInput as exc:  # a per-job webhook of a tenant that issued no secret
+        return _record(message, None, exc.message[:256], started=started, now=now, final=True)
+    except Exception as exc:  # our own failure (a secret key gone, S3 presigning): logged
+        logger.exception("webhook message %s: the attempt failed", message.public_id)
+        error = f"internal error before an answer: {exc.__class__.__name__}"
+        return _record(message, None, error, started=started, now=now)
+
+
+def _claim(
+    message_pk: int, *, lease: dt.datetime | None, now: dt.datetime
+) -> WebhookMessage | None:
+    """The message, if this task is the one to send it: the one of its dispatch (`lease`), and no
+    other task claimed it since. The claim moves `sending_since` on (a duplicate of the task, or
+    a second task of an older dispatch, finds it changed), and the lease runs from there."""
     message = (
         WebhookMessage.objects.select_related("endpoint", "job", "tenant")
         .filter(pk=message_pk, status=WebhookMessage.Status.SENDING)
         .first()
     )
-    if message is None:
-        return "gone"  # settled meanwhile (a duplicate task, or a lease that ran out)
+    if message is None or message.sending_since is None:
+        return None
+    if lease is not None and message.sending_since != lease:
+        return None
+    claimed = max(now, message.sending_since + dt.timedelta(microseconds=1))
+    if not _unchanged(message).update(sending_since=claimed):
+        return None
+    message.sending_since = claimed
+    return message
+
+
+def _unchanged(message: WebhookMessage) -> QuerySet[WebhookMessage]:
+    """The message's row as long as this sender holds it."""
+    return WebhookMessage.objects.filter(
+        pk=message.pk, status=WebhookMessage.Status.SENDING, sending_since=message.sending_since
+    )
+
+
+def _attempt(message: WebhookMessage, *, started: dt.datetime, now: dt.datetime) -> str:
     endpoint = message.endpoint
-    if endpoint is not None and not endpoint.enabled:
-        _settle(message, WebhookMessage.Status.FAILED, now=now)
-        return "failed"
-    started = timezone.now()
-    try:
-        secrets = signing_secrets(message, now=now)
-    except InvalidInput as exc:  # a per-job webhook of a tenant that issued no secret
-        _record(message, None, exc.message[:256], started=started, now=now, final=True)
-        return "failed"
+    secrets = signing_secrets(message, now=now)
     body = message_body(message)
     headers = signed_headers(message, body, secrets)
     url = endpoint.url if endpoint is not None else message.job_url
@@ -131,7 +173,15 @@ def _record(
     now: dt.datetime,
     final: bool = False,
 ) -> str:
-    """Log the attempt and settle what comes next; `final`: no further attempt can help."""
+    """Log the attempt and settle what comes next; `final`: no further attempt can help.
+
+    Only while this sender still holds the message: one whose lease ran out meanwhile was
+    handed over again, and what it gets is the next sender's to record ("gone")."""
+    if not list(_unchanged(message).select_for_update().values_list("pk", flat=True)):
+        logger.warning(
+            "webhook message %s: its lease ran out during the attempt", message.public_id
+        )
+        return "gone"
     attempt = message.attempts + 1
     succeeded = sent is not None and 200 <= sent.status < 300
     WebhookAttempt.objects.create(
@@ -140,8 +190,9 @@ def _record(
         started_at=started,
         status_code=sent.status if sent else None,
         latency_ms=round(sent.latency_s * 1000) if sent else 0,
-        response_excerpt=sent.body.decode("utf-8", "replace") if sent else "",
-        error=error,
+        # PostgreSQL text holds no NUL: a receiver's answer with one must not fail the record.
+        response_excerpt=sent.body.decode("utf-8", "replace").replace("\x00", "") if sent else "",
+        error=error.replace("\x00", ""),
         succeeded=succeeded,
     )
     message.attempts = attempt
@@ -155,10 +206,12 @@ def _record(
         endpoint_disable(endpoint, reason="the endpoint answered 410 Gone")
         _settle(message, WebhookMessage.Status.FAILED, now=now)
         return "failed"
-    due = None if final else _retry_after(sent, now) or next_due(attempts=attempt, now=now)
+    due = None
+    if not final and attempt < MAX_ATTEMPTS:
+        due = _retry_after(sent, now) or next_due(attempts=attempt, now=now)
     if due is None:
         _settle(message, WebhookMessage.Status.FAILED, now=now)
-        if endpoint is not None:
+        if endpoint is not None and not final:
             _endpoint_failed(endpoint, now=now)
         return "failed"
     message.status, message.due_at = WebhookMessage.Status.PENDING, due
@@ -171,12 +224,12 @@ def _retry_after(sent: Sent | None, now: dt.datetime) -> dt.datetime | None:
     if sent is None or sent.status not in (429, 503):
         return None
     value = sent.headers.get("retry-after", "").strip()
-    if value.isdigit():
+    if _SECONDS.match(value):
         wait = dt.timedelta(seconds=int(value))
     else:
         try:
             wait = email.utils.parsedate_to_datetime(value) - now
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
     return now + min(max(wait, dt.timedelta(seconds=1)), MAX_RETRY_AFTER)
 

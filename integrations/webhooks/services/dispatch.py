@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from integrations.webhooks.models import WebhookMessage
+from integrations.webhooks.models import WebhookAttempt, WebhookMessage
 from sdsaas.broker.sqs import webhooks_queue_name
 from sdsaas.celery import app as celery_app
 from sdsaas.contract import TASK_WEBHOOK_DELIVER
@@ -53,9 +53,7 @@ def messages_dispatch(
     """Hand due messages to the webhooks queue; how many. Safe to run concurrently."""
     now = now or timezone.now()
     if message_ids is None:  # the scheduled sweep, not the hand-over of new messages
-        WebhookMessage.objects.filter(
-            status=WebhookMessage.Status.SENDING, sending_since__lt=now - SENDING_LEASE
-        ).update(status=WebhookMessage.Status.PENDING, due_at=now)
+        _reclaim_lost_attempts(now=now)
     with transaction.atomic():
         due = WebhookMessage.objects.filter(status=WebhookMessage.Status.PENDING, due_at__lte=now)
         if message_ids is not None:
@@ -64,8 +62,30 @@ def messages_dispatch(
         WebhookMessage.objects.filter(pk__in=chosen).update(
             status=WebhookMessage.Status.SENDING, sending_since=now
         )
-        transaction.on_commit(lambda: _send(chosen))
+        transaction.on_commit(lambda: _send(chosen, lease=now))
     return len(chosen)
+
+
+@transaction.atomic
+def _reclaim_lost_attempts(*, now: dt.datetime) -> None:
+    """Messages handed over and not settled within SENDING_LEASE: their sender died, or failed
+    before it could record anything. That counts as an attempt, logged, with the next one due on
+    the schedule: a message that keeps killing its sender still comes to the end of it."""
+    lost = WebhookMessage.objects.select_for_update(skip_locked=True).filter(
+        status=WebhookMessage.Status.SENDING, sending_since__lt=now - SENDING_LEASE
+    )
+    for message in lost:
+        message.attempts += 1
+        WebhookAttempt.objects.create(
+            message=message,
+            number=message.attempts,
+            started_at=message.sending_since or now,
+            error="no outcome recorded: the sender was lost during the attempt",
+        )
+        message.due_at = next_due(attempts=message.attempts, now=now)
+        failed = message.due_at is None
+        message.status = WebhookMessage.Status.FAILED if failed else WebhookMessage.Status.PENDING
+        message.save(update_fields=["attempts", "status", "due_at"])
 
 
 def _fair_share(due: QuerySet[WebhookMessage]) -> list[int]:
@@ -108,12 +128,15 @@ def messages_prune(*, now: dt.datetime | None = None) -> int:
     return deleted
 
 
-def _send(message_ids: list[int]) -> None:
-    """One task per message; a failed send leaves it to the lease and the next sweep."""
+def _send(message_ids: list[int], *, lease: dt.datetime) -> None:
+    """One task per message, with its lease (when it was handed over: the sender claims it only
+    if no other dispatch has since); a failed send leaves it to the lease and the next sweep."""
     for pk in message_ids:
         try:
             celery_app.send_task(
-                TASK_WEBHOOK_DELIVER, kwargs={"message_pk": pk}, queue=webhooks_queue_name()
+                TASK_WEBHOOK_DELIVER,
+                kwargs={"message_pk": pk, "lease": lease.isoformat()},
+                queue=webhooks_queue_name(),
             )
         except Exception as exc:
             logger.warning("could not queue webhook message %s: %s", pk, exc)

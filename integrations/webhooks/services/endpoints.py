@@ -79,21 +79,29 @@ def endpoint_update(
     description: str | None = None,
     enabled: bool | None = None,
 ) -> WebhookEndpoint:
+    """Change the given fields only: a disable (a 410, days of failures) or a secret rotation
+    that happens meanwhile is kept."""
     endpoint = selectors.endpoint_get(tenant=tenant, public_id=endpoint_id)
+    changed = ["updated_at"]
     if url is not None:
         webhook_url_check(url)
         endpoint.url = url
+        changed.append("url")
     if events is not None:
         if not events:
             raise InvalidInput("events", "subscribe to at least one event type")
         endpoint.events = event_types_check(events)
+        changed.append("events")
     if description is not None:
         endpoint.description = description
+        changed.append("description")
     if enabled is not None:
         endpoint.enabled = enabled
+        changed.append("enabled")
         if enabled:  # enabled again by the tenant: a fresh start
             endpoint.disabled_reason, endpoint.failing_since = "", None
-    endpoint.save()
+            changed += ["disabled_reason", "failing_since"]
+    endpoint.save(update_fields=changed)
     return endpoint
 
 
@@ -101,16 +109,26 @@ def endpoint_delete(*, tenant: Tenant, endpoint_id: str) -> None:
     selectors.endpoint_get(tenant=tenant, public_id=endpoint_id).delete()
 
 
+@transaction.atomic
 def endpoint_rotate_secret(*, tenant: Tenant, endpoint_id: str) -> tuple[WebhookEndpoint, str]:
-    """A new secret, shown this once; the previous one also signs for the rotation window."""
+    """A new secret, shown this once; the previous one also signs for the rotation window.
+    Rotations of one endpoint take turns (row lock): each secret shown is the one stored."""
     endpoint = selectors.endpoint_get(tenant=tenant, public_id=endpoint_id)
+    endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
     secret = secret_new()
     endpoint.previous_secret_encrypted = endpoint.secret_encrypted
     endpoint.previous_secret_expires_at = timezone.now() + dt.timedelta(
         seconds=settings.WEBHOOK_ROTATION_WINDOW_S
     )
     endpoint.secret_encrypted = secret_encrypt(secret)
-    endpoint.save()
+    endpoint.save(
+        update_fields=[
+            "previous_secret_encrypted",
+            "previous_secret_expires_at",
+            "secret_encrypted",
+            "updated_at",
+        ]
+    )
     return endpoint, secret
 
 

@@ -149,7 +149,10 @@ def test_a_test_event_is_queued_for_the_endpoint(
     message = WebhookMessage.objects.get(public_id=body["id"])
     assert message.status == WebhookMessage.Status.SENDING
     tasks = local_aws.drain_tasks(webhooks_queue_name())
-    assert tasks == [{"task": TASK_WEBHOOK_DELIVER, "kwargs": {"message_pk": message.pk}}]
+    lease = message.sending_since.isoformat()
+    assert tasks == [
+        {"task": TASK_WEBHOOK_DELIVER, "kwargs": {"message_pk": message.pk, "lease": lease}}
+    ]
 
 
 def test_redeliver_sends_a_settled_message_again_and_leaves_a_waiting_one(

@@ -10,6 +10,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from integrations.webhooks.models import (
     EndpointNotice,
@@ -17,7 +18,13 @@ from integrations.webhooks.models import (
     WebhookEndpoint,
     WebhookMessage,
 )
-from integrations.webhooks.services.dispatch import RETRY_DELAYS_S
+from integrations.webhooks.services.delivery import message_deliver
+from integrations.webhooks.services.dispatch import (
+    MAX_ATTEMPTS,
+    RETRY_DELAYS_S,
+    SENDING_LEASE,
+    messages_dispatch,
+)
 from integrations.webhooks.services.endpoints import (
     endpoint_create,
     endpoint_rotate_secret,
@@ -240,3 +247,124 @@ def test_a_per_job_webhook_needs_the_per_job_secret_at_submit_and_at_send(
     (attempt,) = WebhookMessage.objects.get(job=job).log.all()
     assert "POST /v1/webhooks/job-secret" in attempt.error
     assert receiver.received == []
+
+
+def attempts_until_settled(start: dt.datetime) -> tuple[WebhookMessage, list[str]]:
+    """Run the scheduler at each due time of the one message until it is settled."""
+    outcomes: list[str] = []
+    now = start
+    for _ in range(50):
+        outcomes += run_due(now)
+        message = WebhookMessage.objects.get()
+        if message.status in (WebhookMessage.Status.SUCCEEDED, WebhookMessage.Status.FAILED):
+            return message, outcomes
+        now = max(now, message.due_at or now) + dt.timedelta(seconds=1)
+    raise AssertionError(f"not settled after 50 rounds: {outcomes}")
+
+
+def test_retry_after_never_outlasts_the_schedule(receiver: Receiver) -> None:
+    # given a receiver that always answers 503 with a Retry-After of one second
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"])
+    receiver.default = (503, {"Retry-After": "1"})
+    succeed(submit(tenant))
+    # when the message is tried each time it is due
+    message, outcomes = attempts_until_settled(dt.datetime.now(dt.UTC))
+    # then it fails after the schedule's attempts, Retry-After only spacing them
+    assert message.status == WebhookMessage.Status.FAILED
+    assert message.attempts == len(receiver.received) == MAX_ATTEMPTS
+    assert outcomes[-1] == "failed"
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "9" * 5000, "99999999999999", "Tue, 99 Xyz"])
+def test_a_retry_after_that_is_no_delay_falls_back_to_the_schedule(
+    receiver: Receiver, value: str
+) -> None:
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"])
+    receiver.answers.append((429, {"Retry-After": value}))
+    succeed(submit(tenant))
+    now = dt.datetime.now(dt.UTC)
+    assert run_due(now) == ["retry"]
+    message = WebhookMessage.objects.get()
+    assert message.attempts == 1 and message.log.get().status_code == 429
+    assert now + dt.timedelta(seconds=4) <= message.due_at <= now + dt.timedelta(seconds=6)
+
+
+def test_an_answer_with_a_nul_byte_is_recorded_without_it(receiver: Receiver) -> None:
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"])
+    receiver.default, receiver.reply = (200, {}), b"o\x00k"
+    succeed(submit(tenant))
+    assert run_due(dt.datetime.now(dt.UTC)) == ["succeeded"]
+    assert WebhookMessage.objects.get().log.get().response_excerpt == "ok"
+
+
+def test_an_attempt_that_fails_on_our_side_is_logged_and_on_the_schedule(
+    receiver: Receiver, settings: Any
+) -> None:
+    # given an endpoint whose secret no key of the service can decrypt any more (the key that
+    # encrypted it was dropped too early)
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"])
+    succeed(submit(tenant))
+    settings.WEBHOOK_SECRET_KEYS = [Fernet.generate_key().decode()]
+    # when its message is tried
+    assert run_due(dt.datetime.now(dt.UTC)) == ["retry"]
+    # then nothing was sent, and the attempt is logged, the next one due on the schedule
+    message = WebhookMessage.objects.get()
+    assert receiver.received == []
+    assert message.status == WebhookMessage.Status.PENDING and message.attempts == 1
+    assert message.log.get().error.startswith("internal error before an answer: ")
+
+
+def test_one_dispatch_is_sent_by_one_task_however_often_it_is_delivered(
+    receiver: Receiver,
+) -> None:
+    # given a message handed over once (at once, when its event was committed), its task
+    # delivered twice (SQS is at least once)
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"])
+    succeed(submit(tenant))
+    now = dt.datetime.now(dt.UTC)
+    message = WebhookMessage.objects.get()
+    assert message.status == WebhookMessage.Status.SENDING
+    lease = message.sending_since
+    # when both copies of the task run, then only the first sends
+    assert message_deliver(message_pk=message.pk, lease=lease, now=now) == "succeeded"
+    assert message_deliver(message_pk=message.pk, lease=lease, now=now) == "gone"
+    assert len(receiver.received) == 1
+
+
+def test_a_task_of_a_dispatch_whose_lease_ran_out_sends_nothing(receiver: Receiver) -> None:
+    # given a message handed over (at once), whose task waited in the queue past the lease
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"])
+    succeed(submit(tenant))
+    now = dt.datetime.now(dt.UTC)
+    message = WebhookMessage.objects.get()
+    late = message.sending_since
+    # when the sweep takes it back (an attempt counted, logged) and hands it over again
+    later = now + SENDING_LEASE + dt.timedelta(seconds=1)
+    messages_dispatch(now=later)
+    message.refresh_from_db()
+    assert message.attempts == 1 and "no outcome recorded" in message.log.get().error
+    messages_dispatch(now=later + dt.timedelta(seconds=10))
+    # then the late task sends nothing, and the new one sends it
+    assert message_deliver(message_pk=message.pk, lease=late, now=later) == "gone"
+    message.refresh_from_db()
+    assert message_deliver(message_pk=message.pk, lease=message.sending_since, now=later) == (
+        "succeeded"
+    )
+    assert len(receiver.received) == 1
+
+
+def test_a_message_whose_sender_always_dies_comes_to_the_end_of_its_schedule(
+    receiver: Receiver,
+) -> None:
+    # given a message whose every sender dies before it records anything
+    tenant, _ = tenant_with_endpoint(receiver, ["job.succeeded"])
+    succeed(submit(tenant))
+    now = dt.datetime.now(dt.UTC)
+    # when the sweep takes it back each time its lease runs out
+    for _ in range(3 * MAX_ATTEMPTS):
+        messages_dispatch(now=now)
+        now += SENDING_LEASE + dt.timedelta(hours=25)
+    # then it failed after the schedule's attempts, each logged
+    message = WebhookMessage.objects.get()
+    assert message.status == WebhookMessage.Status.FAILED
+    assert message.attempts == message.log.count() == MAX_ATTEMPTS
