@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from jobs import selectors
@@ -162,17 +163,20 @@ def job_message(*, job: Job) -> JobMessage:
     )
 
 
-def jobs_publish(*, job_ids: Iterable[int]) -> int:
+def jobs_publish(*, job_ids: Iterable[int], claimed: dt.datetime | None = None) -> int:
     """Send admitted, unpublished jobs to their model queues; return how many were sent.
 
     The jobs of one queue go together, in SendMessageBatch calls of up to 10 (`_send_batch`), and
     each call's jobs are marked published in one UPDATE. A failure leaves `published_at` empty for
     the sweeper: the job is committed, the caller (an API request after commit) must not fail,
-    and the broker's outage must not lose it.
+    and the broker's outage must not lose it. `claimed`: the jobs were claimed by the sweeper
+    (their `published_at` set to it); those it does not send are unpublished again.
     """
+    job_ids = list(job_ids)
+    unpublished = Q(published_at__isnull=True) if claimed is None else Q(published_at=claimed)
     by_queue: dict[tuple[str, str | None], list[tuple[Job, str, dict[str, Any]]]] = {}
     jobs = Job.objects.select_related("model").filter(
-        id__in=list(job_ids), status=Job.Status.STARTING, published_at__isnull=True
+        unpublished, id__in=job_ids, status=Job.Status.STARTING
     )
     for job in jobs.order_by("id"):
         kwargs: dict[str, Any]
@@ -186,16 +190,20 @@ def jobs_publish(*, job_ids: Iterable[int]) -> int:
             task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job).to_wire()}
             destination = (model_queue_name(job.model.slug), job.model.slug)
         by_queue.setdefault(destination, []).append((job, task, kwargs))
-    sent, to_wake = _publish_by_queue(by_queue)
+    sent, to_wake = _publish_by_queue(by_queue, unpublished=unpublished)
+    if claimed is not None:
+        Job.objects.filter(id__in=job_ids, published_at=claimed).update(published_at=None)
     if to_wake:  # scale from zero: a model's first job in a while does not wait for the beat
-        # After the caller's commit (the sweeper publishes inside its transaction): the wake's
-        # calls to CloudWatch and ECS must not hold its locks, nor its failure roll it back.
+        # After the caller's commit: the wake's calls to CloudWatch and ECS must not hold its
+        # locks, nor its failure roll it back.
         transaction.on_commit(lambda: pools_wake(model_ids=to_wake))
     return sent
 
 
 def _publish_by_queue(
     by_queue: dict[tuple[str, str | None], list[tuple[Job, str, dict[str, Any]]]],
+    *,
+    unpublished: Q,
 ) -> tuple[int, set[int]]:
     """Send each queue's jobs in chunks; how many were sent, and the models (ids) of the GPU
     jobs sent. Stops at the first chunk that fails: the broker is down for the rest too."""
@@ -208,6 +216,7 @@ def _publish_by_queue(
                     queue=queue,
                     model_slug=model_slug,
                     connection=connection,
+                    unpublished=unpublished,
                 )
                 if published is None:
                     return sent, models
@@ -223,6 +232,7 @@ def _publish_chunk(
     queue: str,
     model_slug: str | None,
     connection: Any,
+    unpublished: Q,
 ) -> int | None:
     """Send one batch of jobs and mark those SQS took published; how many, None if it failed."""
     try:
@@ -246,9 +256,7 @@ def _publish_chunk(
             published.append(job.pk)
         else:
             logger.warning("SQS refused %s (%s); the sweeper publishes it", job.public_id, reason)
-    Job.objects.filter(pk__in=published, published_at__isnull=True).update(
-        published_at=timezone.now()
-    )
+    Job.objects.filter(unpublished, pk__in=published).update(published_at=timezone.now())
     return len(published)
 
 
@@ -286,10 +294,14 @@ def _send_batch(
 def jobs_sweep_unpublished(*, older_than: dt.timedelta) -> int:
     """Publish admitted jobs whose publish failed, and admit tenants with free slots.
 
-    Rows are locked with SKIP LOCKED while they are published, so two sweepers never publish the
-    same job; a job is sent again only if this process dies between the send and the commit.
+    The jobs are claimed first (SKIP LOCKED, their `published_at` set to the claim's time, in a
+    transaction of its own), so two sweepers never publish the same job, and then published with
+    no lock held: a cancel or an event of the tenant never waits on SQS (an outage can hold a send
+    for half a minute). What is not sent is unpublished again; a claim whose sweeper died before
+    it sent anything leaves its jobs published with no message, which the reconciler notices.
     """
     cutoff = timezone.now() - older_than
+    claimed = timezone.now()
     with transaction.atomic():
         ids = list(
             Job.objects.select_for_update(skip_locked=True)
@@ -297,7 +309,8 @@ def jobs_sweep_unpublished(*, older_than: dt.timedelta) -> int:
             .order_by("id")
             .values_list("id", flat=True)[:500]
         )
-        sent = jobs_publish(job_ids=ids)
+        Job.objects.filter(id__in=ids).update(published_at=claimed)
+    sent = jobs_publish(job_ids=ids, claimed=claimed)
     for tenant in Tenant.objects.filter(jobs__status=Job.Status.QUEUED).distinct():
         with transaction.atomic():
             lock_tenant(tenant)

@@ -196,21 +196,41 @@ def job_mark_progress(*, job_public_id: str, attempt: int, step: int, total: int
 def job_mark_succeeded(
     *, job_public_id: str, attempt: int, output_keys: list[str], metrics: dict[str, float]
 ) -> bool:
-    """Record the outputs and meter usage, exactly once per job whatever the duplicates."""
+    """Record the outputs and meter usage, exactly once per job whatever the duplicates.
+
+    Only keys of the job's own output prefix count, each once, at most its reserved images: a
+    worker that reports more is not believed (another tenant's keys would be presigned for this
+    one, and images beyond the reservation metered past the plan). None left: the job failed.
+    """
     job = _job_for_event(job_public_id)
     if job is None:
         return False
+    prefix = job_output_prefix(job.tenant_id, job.public_id)
+    own = list(dict.fromkeys(key for key in output_keys if key.startswith(prefix)))
+    keys = own[: job.credits_reserved]
+    if len(keys) != len(output_keys):
+        logger.warning(
+            "job %s attempt %s: %d output keys reported, %d kept (its own, at most %d)",
+            job_public_id,
+            attempt,
+            len(output_keys),
+            len(keys),
+            job.credits_reserved,
+        )
+    if not keys:
+        message = "The worker reported no image of this job."
+        return job_fail(job, code=FailureCode.INTERNAL_ERROR, message=message, attempt=attempt)
     return _finish(
         job=job,
         status=Job.Status.SUCCEEDED,
         attempt=attempt,
         fields={
-            "output_keys": output_keys,
+            "output_keys": keys,
             "metrics": {**job.metrics, **metrics},
             "progress_step": job.input["steps"],
             "progress_total": job.input["steps"],
         },
-        produced=len(output_keys),
+        produced=len(keys),
     )
 
 

@@ -4,12 +4,15 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 
 from jobs.models import Job
 from jobs.services import dispatch
 from jobs.services.lifecycle import job_mark_succeeded
 from jobs.tasks import sweep_unpublished
 from sdsaas.broker.sqs import model_queue_name
+from tests.conftest import requires_postgres
+from tests.support.api import own_keys
 from tests.support.factories import (
     DiffusionModelFactory,
     PlanFactory,
@@ -100,7 +103,7 @@ def test_publish_failure_is_repaired_by_the_sweeper_exactly_once(local_aws, sett
         ids[:2]
     )
     # and when one finishes, the third is admitted and published right away
-    job_mark_succeeded(job_public_id=ids[0], attempt=1, output_keys=["k.png"], metrics={})
+    job_mark_succeeded(job_public_id=ids[0], attempt=1, output_keys=own_keys(ids[0]), metrics={})
     assert [t["kwargs"]["job"]["job_id"] for t in local_aws.drain_tasks(queue)] == [ids[2]]
 
 
@@ -131,3 +134,70 @@ def test_the_background_publisher_publishes_admitted_jobs_off_the_requests_threa
     assert sorted(t["kwargs"]["job"]["job_id"] for t in tasks) == sorted(ids)
     assert senders == ["job-publisher"] * 3
     assert not Job.objects.filter(public_id__in=ids, published_at__isnull=True).exists()
+
+
+@requires_postgres
+def test_the_sweeper_holds_no_lock_while_sqs_answers(local_aws, settings, monkeypatch):  # type: ignore[no-untyped-def]
+    # given an admitted job whose publish failed, and SQS that holds the sweeper's send
+    settings.SWEEP_UNPUBLISHED_AFTER = 0
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
+    DiffusionModelFactory(slug="tiny")
+    client = api_client_for(tenant)
+    local_aws.proxy.stop()
+    try:
+        job_id = submit(client, "tiny").json()["id"]
+    finally:
+        local_aws.proxy.start()
+    sending, answer = threading.Event(), threading.Event()
+    send = dispatch._send_batch
+
+    def held(tasks, **kwargs):  # type: ignore[no-untyped-def]
+        sending.set()
+        answer.wait(30)
+        return send(tasks, **kwargs)
+
+    monkeypatch.setattr(dispatch, "_send_batch", held)
+
+    def sweep() -> None:
+        try:
+            sweep_unpublished()
+        finally:
+            connection.close()  # the thread's own
+
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    try:
+        assert sending.wait(30)
+        # when the tenant cancels the job while the send waits (the cancel takes the tenant's
+        # lock, then the job's row: every other write of the tenant would wait behind it)
+        started = time.monotonic()
+        canceled = client.post(f"/v1/jobs/{job_id}/cancel")
+        waited = time.monotonic() - started
+    finally:
+        answer.set()
+        sweeper.join(30)
+    # then it did not wait for SQS
+    assert canceled.status_code == 200, canceled.content
+    assert waited < 5, f"the cancel waited {waited:.1f}s for the sweeper's send"
+
+
+def test_what_the_sweeper_cannot_send_stays_unpublished_for_its_next_run(local_aws, settings):  # type: ignore[no-untyped-def]
+    settings.SWEEP_UNPUBLISHED_AFTER = 0
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
+    DiffusionModelFactory(slug="tiny")
+    client = api_client_for(tenant)
+    queue = model_queue_name("tiny")
+    submit(client, "tiny")  # creates the queue while the endpoint is up
+    local_aws.drain_tasks(queue)
+    Job.objects.all().update(status="succeeded")
+    # given an admitted job, unpublished, and the endpoint still down when the sweeper runs
+    local_aws.proxy.stop()
+    try:
+        job_id = submit(client, "tiny").json()["id"]
+        assert sweep_unpublished() == 0
+    finally:
+        local_aws.proxy.start()
+    # then it is unpublished still (not left claimed), and the next run sends it
+    assert Job.objects.get(public_id=job_id).published_at is None
+    assert sweep_unpublished() == 1
+    assert [t["kwargs"]["job"]["job_id"] for t in local_aws.drain_tasks(queue)] == [job_id]

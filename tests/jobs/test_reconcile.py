@@ -29,7 +29,7 @@ from jobs.tasks import reconcile_lost
 from sdsaas.broker.sqs import dead_letter_queue_name, model_queue_name
 from sdsaas.contract import TASK_FETCH_INPUT_IMAGE, TASK_RECONCILE_LOST
 from tenants.models import UsageRecord
-from tests.support.api import credits, submit_job
+from tests.support.api import credits, own_keys, submit_job
 from tests.support.aws import LocalAws
 from tests.support.concurrency import run_parallel
 from tests.support.factories import (
@@ -144,7 +144,7 @@ def test_a_lost_message_is_published_again_and_a_late_original_changes_nothing(s
     assert not job_mark_progress(job_public_id=first, attempt=last, step=1, total=4)
     assert not job_mark_preempted(job_public_id=first, attempt=last)
     assert not job_mark_succeeded(
-        job_public_id=first, attempt=last, output_keys=["late.png"], metrics={}
+        job_public_id=first, attempt=last, output_keys=own_keys(first), metrics={}
     )
     assert not job_mark_failed(
         job_public_id=second, attempt=last, code="internal_error", message="late"
@@ -164,7 +164,7 @@ def test_a_lost_message_is_published_again_and_a_late_original_changes_nothing(s
     assert job_mark_received(job_public_id=first, attempt=fenced)
     assert job_mark_started(job_public_id=first, attempt=fenced, load_s=0.1)
     assert job_mark_succeeded(
-        job_public_id=first, attempt=fenced, output_keys=["a.png"], metrics={}
+        job_public_id=first, attempt=fenced, output_keys=own_keys(first), metrics={}
     )
     assert state(first) == ("succeeded", fenced)
     assert credits(tenant) == (1, 1)
@@ -232,7 +232,9 @@ def test_a_job_that_progresses_or_finishes_between_two_looks_is_left_alone(setup
     age_first_looks()
     assert look() == Reconciled(unseen=[job_id], republished=[], failed=[])
     # when its success is applied before the next look: it is left alone
-    assert job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
+    assert job_mark_succeeded(
+        job_public_id=job_id, attempt=1, output_keys=own_keys(job_id), metrics={}
+    )
     age_first_looks()
     assert look() == NOTHING
     assert state(job_id) == ("succeeded", 1)
@@ -368,7 +370,9 @@ def test_a_message_handed_back_unrun_until_dead_lettered_is_published_again(setu
     assert "lost on 0" in event.detail["reason"]
     # and the new attempt runs as usual, metered once
     assert job_mark_received(job_public_id=job_id, attempt=fenced)
-    assert job_mark_succeeded(job_public_id=job_id, attempt=fenced, output_keys=["a"], metrics={})
+    assert job_mark_succeeded(
+        job_public_id=job_id, attempt=fenced, output_keys=own_keys(job_id), metrics={}
+    )
     assert state(job_id) == ("succeeded", fenced)
     assert credits(tenant) == (1, 0)
 

@@ -14,7 +14,7 @@ from jobs.services.lifecycle import (
 from sdsaas.broker.sqs import model_queue_name
 from sdsaas.errors import Conflict
 from tenants.models import UsageRecord
-from tests.support.api import credits, submit_job
+from tests.support.api import credits, own_keys, submit_job
 from tests.support.factories import (
     DiffusionModelFactory,
     PlanFactory,
@@ -39,7 +39,9 @@ def test_success_meters_usage_once_even_when_the_event_is_duplicated(setup):  # 
     keys = [f"tenants/{tenant.pk}/jobs/{job_id}/{i}.png" for i in range(2)]
     # when the finished event arrives twice
     first = job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=keys, metrics={})
-    second = job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["x"], metrics={})
+    second = job_mark_succeeded(
+        job_public_id=job_id, attempt=1, output_keys=own_keys(job_id), metrics={}
+    )
     # then only the first changed anything
     assert (first, second) == (True, False)
     job = Job.objects.get(public_id=job_id)
@@ -51,7 +53,7 @@ def test_success_meters_usage_once_even_when_the_event_is_duplicated(setup):  # 
 def test_final_states_never_change(setup):  # type: ignore[no-untyped-def]
     tenant, client = setup
     job_id = submit_job(client)
-    job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
+    job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=own_keys(job_id), metrics={})
     events = JobEvent.objects.count()
     assert not job_mark_failed(job_public_id=job_id, attempt=1, code="oom", message="boom")
     assert not job_mark_started(job_public_id=job_id, attempt=2, load_s=1.0)
@@ -105,7 +107,7 @@ def test_cancel_while_queued_releases_credits_and_never_publishes(setup, local_a
     assert credits(tenant) == (0, 1)
     # canceling again changes nothing; the running job finishing admits nobody
     assert client.post(f"/v1/jobs/{waiting}/cancel").json()["status"] == "canceled"
-    job_mark_succeeded(job_public_id=running, attempt=1, output_keys=["a.png"], metrics={})
+    job_mark_succeeded(job_public_id=running, attempt=1, output_keys=own_keys(running), metrics={})
     published = local_aws.drain_tasks(model_queue_name("tiny"))
     assert [t["kwargs"]["job"]["job_id"] for t in published] == [running]
 
@@ -118,14 +120,16 @@ def test_cancel_of_a_running_job_frees_its_slot(setup, local_aws):  # type: igno
     assert Job.objects.get(public_id=waiting).status == "starting"
     assert credits(tenant) == (0, 1)
     # a late success from the worker of the canceled job is ignored
-    assert not job_mark_succeeded(job_public_id=running, attempt=1, output_keys=["a"], metrics={})
+    assert not job_mark_succeeded(
+        job_public_id=running, attempt=1, output_keys=own_keys(running), metrics={}
+    )
     assert UsageRecord.objects.count() == 0
 
 
 def test_cancel_of_a_finished_job_is_409(setup):  # type: ignore[no-untyped-def]
     _tenant, client = setup
     job_id = submit_job(client)
-    job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=["a.png"], metrics={})
+    job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=own_keys(job_id), metrics={})
     response = client.post(f"/v1/jobs/{job_id}/cancel")
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "conflict"
@@ -179,7 +183,34 @@ def test_duplicate_and_old_received_events_change_nothing(setup):  # type: ignor
     assert (job.status, job.attempt) == ("processing", 2)
     assert history(job_id) == before
     # and a delivery of a finished job changes nothing either
-    job_mark_succeeded(job_public_id=job_id, attempt=2, output_keys=["a.png"], metrics={})
+    job_mark_succeeded(job_public_id=job_id, attempt=2, output_keys=own_keys(job_id), metrics={})
     assert not job_mark_received(job_public_id=job_id, attempt=3)
     job = Job.objects.get(public_id=job_id)
     assert (job.status, job.attempt) == ("succeeded", 2)
+
+
+def test_only_the_jobs_own_images_are_recorded_and_metered(setup):  # type: ignore[no-untyped-def]
+    tenant, client = setup
+    job_id = submit_job(client, num_outputs=2)
+    other_id = submit_job(client)
+    mine = own_keys(job_id, 3)
+    # when a worker reports more images than the job asked for, one twice, and another job's
+    reported = [mine[0], mine[0], own_keys(other_id)[0], mine[1], mine[2]]
+    assert job_mark_succeeded(job_public_id=job_id, attempt=1, output_keys=reported, metrics={})
+    # then the job keeps its own first two, and two images are metered
+    job = Job.objects.get(public_id=job_id)
+    assert job.output_keys == mine[:2]
+    assert UsageRecord.objects.filter(job=job).count() == 2
+    assert credits(tenant) == (2, 1)
+
+
+def test_a_success_with_no_image_of_the_job_fails_it(setup):  # type: ignore[no-untyped-def]
+    tenant, client = setup
+    job_id, other_id = submit_job(client), submit_job(client)
+    assert job_mark_succeeded(
+        job_public_id=job_id, attempt=1, output_keys=own_keys(other_id), metrics={}
+    )
+    job = Job.objects.get(public_id=job_id)
+    assert (job.status, job.error_code, job.output_keys) == ("failed", "internal_error", [])
+    assert not UsageRecord.objects.filter(job=job).exists()
+    assert credits(tenant) == (0, 1)

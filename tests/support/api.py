@@ -8,6 +8,8 @@ from typing import Any
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from jobs.models import Job
+from sdsaas.contract import job_output_prefix
 from tenants.models import CreditPeriod, Tenant, month_of
 
 
@@ -40,3 +42,10 @@ def credits(tenant: Tenant) -> tuple[int, int]:
     """The tenant's credits of this month: (used, reserved)."""
     period = CreditPeriod.objects.get(tenant=tenant, month=month_of(timezone.now()))
     return period.used, period.reserved
+
+
+def own_keys(job_id: str, count: int = 1) -> list[str]:
+    """Output keys under the job's own prefix, as its worker reports them."""
+    job = Job.objects.get(public_id=job_id)
+    prefix = job_output_prefix(job.tenant_id, job.public_id)
+    return [f"{prefix}{n}.png" for n in range(count)]
