@@ -71,15 +71,22 @@ def test_the_message_carries_a_time_limit_from_the_model_and_the_request(local_a
     assert task["kwargs"]["job"]["time_limit_s"] == 100 + 0.5 * 20 * 2 * 2
 
 
-def test_publish_failure_is_repaired_by_the_sweeper_exactly_once(local_aws, settings):  # type: ignore[no-untyped-def]
+def swept_tenant(local_aws, settings):  # type: ignore[no-untyped-def]
+    """A tenant of two slots, free, whose jobs the sweeper publishes at once; its client and the
+    model's queue, which exists (a first job created it while the endpoint was up)."""
     settings.SWEEP_UNPUBLISHED_AFTER = 0
     tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
     DiffusionModelFactory(slug="tiny")
     client = api_client_for(tenant)
     queue = model_queue_name("tiny")
-    submit(client, "tiny")  # creates the queue while the endpoint is up
+    submit(client, "tiny")
     assert len(local_aws.drain_tasks(queue)) == 1
     Job.objects.all().update(status="succeeded")
+    return client, queue
+
+
+def test_publish_failure_is_repaired_by_the_sweeper_exactly_once(local_aws, settings):  # type: ignore[no-untyped-def]
+    client, queue = swept_tenant(local_aws, settings)
     # given the SQS endpoint is down
     local_aws.proxy.stop()
     try:
@@ -182,14 +189,7 @@ def test_the_sweeper_holds_no_lock_while_sqs_answers(local_aws, settings, monkey
 
 
 def test_what_the_sweeper_cannot_send_stays_unpublished_for_its_next_run(local_aws, settings):  # type: ignore[no-untyped-def]
-    settings.SWEEP_UNPUBLISHED_AFTER = 0
-    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=2))
-    DiffusionModelFactory(slug="tiny")
-    client = api_client_for(tenant)
-    queue = model_queue_name("tiny")
-    submit(client, "tiny")  # creates the queue while the endpoint is up
-    local_aws.drain_tasks(queue)
-    Job.objects.all().update(status="succeeded")
+    client, queue = swept_tenant(local_aws, settings)
     # given an admitted job, unpublished, and the endpoint still down when the sweeper runs
     local_aws.proxy.stop()
     try:
