@@ -2,8 +2,9 @@
 
 It starts the whole local stack, runs a backlog of 2 jobs (3 sent) once against the baseline loop
 and sends 2 jobs to the idle worker; only the shape of the last line is asserted (it parses, it
-has the figures and their inputs, they are positive numbers). No figure is compared with its
-goal: on a busy 2-core machine the figures say nothing, and a timed assertion would be flaky.
+has the figures and their inputs, they are positive numbers, the gap at least 0). No figure is
+compared with its goal: on a busy 2-core machine the figures say nothing, and a timed assertion
+would be flaky.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 FIGURES = (
     "backlog_ratio",
-    "gap_ms_p50",
     "idle_queue_ms_p95",
     "sdsaas_images_per_s",
     "baseline_images_per_s",
@@ -37,6 +37,9 @@ def test_worker_bench_runs_end_to_end_and_prints_its_json_line_last() -> None:
 
     # When it runs, then it succeeds, its last line the JSON object, every figure positive
     result = bench_result(argv, env, FIGURES)
+    # (the gap may be 0: the worker's log stamps milliseconds, and the next job may start within
+    # the one the task before it ended in)
+    assert isinstance(result["gap_ms_p50"], int | float) and result["gap_ms_p50"] >= 0
     assert (result["jobs"], result["repeats"], result["idle_jobs"]) == (2, 1, 2)
     assert len(result["ratio_per_repeat"]) == 1
     # and every job ran on its first receive: the next message taken ahead under the backlog
