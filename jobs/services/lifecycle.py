@@ -220,13 +220,17 @@ def job_mark_succeeded(
     if not keys:
         message = "The worker reported no image of this job."
         return job_fail(job, code=FailureCode.INTERNAL_ERROR, message=message, attempt=attempt)
+    # The metrics as they stand under the job's row lock (the tenant's first): a `started`
+    # applied meanwhile by another control worker keeps its load_s.
+    lock_tenant(job.tenant)
+    before = Job.objects.select_for_update().filter(pk=job.pk).values_list("metrics", flat=True)
     return _finish(
         job=job,
         status=Job.Status.SUCCEEDED,
         attempt=attempt,
         fields={
             "output_keys": keys,
-            "metrics": {**job.metrics, **metrics},
+            "metrics": {**before[0], **metrics},
             "progress_step": job.input["steps"],
             "progress_total": job.input["steps"],
         },
