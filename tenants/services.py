@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from collections.abc import Iterable
@@ -13,6 +14,8 @@ from django.utils import timezone
 
 from sdsaas.errors import InvalidInput, QuotaExceeded, RateLimited
 from tenants.models import ApiKey, CreditPeriod, Plan, RateWindow, Tenant, UsageRecord, month_of
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "sk_live_"
 _PREFIX = re.compile(r"\A[0-9a-f]{1,16}\Z")  # as `api_key_issue` writes it: 12 hex digits
@@ -139,9 +142,19 @@ def credits_reserve(*, tenant: Tenant, amount: int, now: dt.datetime | None = No
 
 
 def credits_release(*, tenant: Tenant, month: dt.date, amount: int) -> None:
-    if amount:
-        CreditPeriod.objects.filter(tenant=tenant, month=month, reserved__gte=amount).update(
-            reserved=F("reserved") - amount
+    """Give back `amount` reserved credits of `month`; never below zero. Fewer reserved than
+    released means credits were released twice or never reserved: logged as the bug it is."""
+    if not amount:
+        return
+    released = CreditPeriod.objects.filter(tenant=tenant, month=month, reserved__gte=amount).update(
+        reserved=F("reserved") - amount
+    )
+    if not released:
+        logger.error(
+            "tenant %s: %d credits of %s released, but fewer were reserved",
+            tenant.pk,
+            amount,
+            month,
         )
 
 

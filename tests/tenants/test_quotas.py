@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from jobs.models import Job
 from tenants.models import CreditPeriod, month_of
+from tenants.services import credits_release
 from tests.conftest import requires_postgres
 from tests.support.concurrency import run_parallel
 from tests.support.factories import (
@@ -98,3 +99,13 @@ def test_usage_endpoint_reports_credits_and_concurrency():  # type: ignore[no-un
     usage = client.get("/v1/usage").json()
     assert usage["credits"] == {"limit": 8, "used": 3, "reserved": 3, "remaining": 2}
     assert usage["concurrency"] == {"limit": 1, "in_flight": 1}
+
+
+@pytest.mark.django_db
+def test_releasing_more_than_is_reserved_changes_nothing_and_is_logged(caplog):  # type: ignore[no-untyped-def]
+    tenant = tenant_with_credits_left(5)
+    month = month_of(timezone.now())
+    CreditPeriod.objects.filter(tenant=tenant, month=month).update(reserved=1)
+    credits_release(tenant=tenant, month=month, amount=2)
+    assert CreditPeriod.objects.get(tenant=tenant, month=month).reserved == 1
+    assert "2 credits of" in caplog.text and "fewer were reserved" in caplog.text
