@@ -32,11 +32,8 @@ def member(n: int) -> tasks.Member:
     return tasks.Member(message, 1, {"queue_url": "q", "receipt_handle": f"r{n}"})
 
 
-def test_an_abandoned_batch_settles_each_message_by_where_its_job_was(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # given a batch run one by one: job 0 ended, job 1 runs past its limit, job 2 has not run,
-    # and a message of another key left for later
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """What `abandon_jobs` sends, deletes, hands back, copies and ends, recorded in order."""
     calls: list[tuple[str, Any]] = []
     monkeypatch.setattr(tasks, "send_event", lambda event: calls.append(("event", event)))
     monkeypatch.setattr(
@@ -49,7 +46,21 @@ def test_an_abandoned_batch_settles_each_message_by_where_its_job_was(
         "hand_back",
         lambda info, after_s: calls.append(("hand back", info["receipt_handle"])),
     )
+    monkeypatch.setattr(
+        tasks,
+        "requeue_as_next_attempt",
+        lambda message, attempt: calls.append(("copy", (message.job_id, attempt + 1))) or True,
+    )
     monkeypatch.setattr(tasks, "end_process", lambda restart: calls.append(("end", restart)))
+    return calls
+
+
+def test_an_abandoned_batch_settles_each_message_by_where_its_job_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a batch run one by one: job 0 ended, job 1 runs past its limit, job 2 has not run,
+    # and a message of another key left for later
+    calls = recorded(monkeypatch)
     members = [member(n) for n in range(3)]
     beats = [Beat(), Beat(), Beat()]
     left = tasks.Later(Taken("gpu.generate", {}, "q", "r9", 1, {}), Beat())  # type: ignore[arg-type]
@@ -81,19 +92,7 @@ def test_a_batch_abandoned_as_its_worker_stops_sends_each_unended_job_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given a batch run one by one: job 0 ended, job 1 runs, job 2 has not run
-    calls: list[tuple[str, Any]] = []
-    monkeypatch.setattr(tasks, "send_event", lambda event: calls.append(("event", event)))
-    monkeypatch.setattr(
-        tasks,
-        "delete_messages",
-        lambda infos: calls.extend(("delete", info["receipt_handle"]) for info in infos),
-    )
-    monkeypatch.setattr(
-        tasks,
-        "requeue_as_next_attempt",
-        lambda message, attempt: calls.append(("copy", (message.job_id, attempt + 1))) or True,
-    )
-    monkeypatch.setattr(tasks, "end_process", lambda restart: calls.append(("end", restart)))
+    calls = recorded(monkeypatch)
     members = [member(n) for n in range(3)]
     # when the watchdog abandons it at the end of the worker's stop grace
     tasks.abandon_jobs(members, [], [Beat(), Beat(), Beat()], "preempted", [1], {0: "succeeded"})  # type: ignore[arg-type]
