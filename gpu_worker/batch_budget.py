@@ -5,7 +5,11 @@ for each batch key (`runner.batch_key`) the worker keeps the seconds of denoisin
 in its last run of that key (`ran`), and a batch takes in only as many images as end within
 `SDSAAS_GPU_BATCH_BUDGET_S` at that rate (`room`). A key this worker never ran has no rate: its
 first job runs alone and measures it. A batch that ran out of memory caps its key at half its
-images (`out_of_memory`), so that the next batch of that key fits instead of failing again.
+images (`out_of_memory`), so that the next batch of that key fits instead of failing again. The
+cap is not for ever (memory held by another model then, fragmentation): after `CAP_LIFT_AFTER`
+batches that filled it without running out, it grows by one image (additive increase,
+multiplicative decrease). A batch that runs out again costs its denoising time only: its jobs run
+one by one (gpu_worker/runner.py).
 
 In-process and per worker: each GPU measures its own speed, and a restarted worker measures again.
 """
@@ -20,6 +24,8 @@ from collections.abc import Hashable
 # The weight of the newest run in the rate: a change of speed (another GPU clock, a warm cache) is
 # followed within a few runs, one slow run does not halve the batches.
 NEWEST_RUN_WEIGHT = 0.5
+# Batches of a key at its memory cap, all without running out, before the cap grows by one image.
+CAP_LIFT_AFTER = 20
 
 
 def _averaged(before: float | None, newest: float) -> float:
@@ -34,6 +40,7 @@ class BatchBudget:
         self._lock = threading.Lock()
         self._image_s: dict[Hashable, float] = {}
         self._max_images: dict[Hashable, int] = {}
+        self._full_runs: dict[Hashable, int] = {}  # batches that filled the cap since it moved
 
     def room(self, key: Hashable, images: int, budget_s: float) -> int:
         """How many more images may join a batch of `key` that holds `images`: those that, at the
@@ -52,11 +59,18 @@ class BatchBudget:
             return
         with self._lock:
             self._image_s[key] = _averaged(self._image_s.get(key), seconds / images)
+            cap = self._max_images.get(key)
+            if cap is None or images < cap:
+                return
+            self._full_runs[key] = self._full_runs.get(key, 0) + 1
+            if self._full_runs[key] >= CAP_LIFT_AFTER:
+                self._max_images[key], self._full_runs[key] = cap + 1, 0
 
     def out_of_memory(self, key: Hashable, images: int) -> None:
         """A batch of `key` of `images` ran out of memory: its batches are held to half that."""
         with self._lock:
             self._max_images[key] = min(self._max_images.get(key, images), max(1, images // 2))
+            self._full_runs[key] = 0
 
 
 # This worker's: the task that takes a batch asks it, the runner that ran it tells it.

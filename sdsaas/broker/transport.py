@@ -57,7 +57,8 @@ info) once its job's work is done and only its report remains: a short ReceiveMe
 reports, and when the task has
 been acked the message is delivered at once from the same callback (`_on_messages_ready`), as if
 the poll had returned two. The message is held only for the job's report; a worker that stops
-meanwhile hands it back at once, as it hands back a poll's answer. Taken ahead only while no
+meanwhile hands it back at once, as it hands back a poll's answer, and so does a report that
+outlasted half the message's invisibility (too little is left to run it). Taken ahead only while no
 other queue of the channel has a poll open (whose answer would wait behind the backlog), and
 never by an idle worker: an idle one long-polls as before.
 
@@ -140,6 +141,9 @@ class Channel(_SqsChannel):
     answer_margin_s = 3.0
     # Between two turns of the HTTP client while a stop waits for an answer.
     answer_tick_s = 0.02
+    # Messages taken ahead are handed back (not left to their timeout) while at least this much
+    # of their invisibility is left: a release that lands later could free another worker's.
+    release_margin_s = 3.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -273,8 +277,13 @@ class Channel(_SqsChannel):
             received, asked_at = answer.result()
             age_s = time.monotonic() - asked_at
             if received and age_s > self.visibility_timeout / 2:
-                # The task's report outlasted half of the messages' invisibility (an outage):
-                # they may be another worker's by now. SQS delivers them again after its timeout.
+                # The task's report outlasted half of the messages' invisibility (an outage): too
+                # little of it is left to run them. Still ours, they are handed back to run now,
+                # here or on another worker; past their invisibility (less a margin for the
+                # call) they may be another worker's, and SQS has made them visible again.
+                if age_s < self.visibility_timeout - self.release_margin_s:
+                    self._release_messages(self._new_queue(qname), qname, received)
+                    return 0
                 logger.warning(
                     "dropped %d messages of %s taken ahead %.0fs ago", len(received), qname, age_s
                 )

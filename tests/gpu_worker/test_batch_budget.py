@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpu_worker.batch_budget import BatchBudget, Takes
+from gpu_worker.batch_budget import CAP_LIFT_AFTER, BatchBudget, Takes
 
 KEY = ("tiny", 512, 512, 25)
 
@@ -66,3 +66,26 @@ def test_a_worker_whose_takes_never_join_still_probes_now_and_then() -> None:
         takes.took(received=4, joined=0)
     limits = [takes.limit(4) for _ in range(2 * Takes.PROBE_EVERY)]
     assert limits.count(1) == 2 and limits.count(0) == 2 * Takes.PROBE_EVERY - 2
+
+
+def test_a_memory_cap_grows_by_one_image_after_enough_batches_fill_it_and_halves_again() -> None:
+    # given a key capped at 4 images by a batch of 8 that ran out of memory
+    budget = BatchBudget()
+    budget.ran(KEY, images=1, seconds=0.1)
+    budget.out_of_memory(KEY, images=8)
+    # when batches below the cap run, however many: the cap stays
+    for _ in range(CAP_LIFT_AFTER):
+        budget.ran(KEY, images=3, seconds=0.3)
+    assert budget.room(KEY, 0, budget_s=60) == 4
+    # and when one batch short of enough fill it, then one more does: it grows by one image
+    for _ in range(CAP_LIFT_AFTER - 1):
+        budget.ran(KEY, images=4, seconds=0.4)
+    assert budget.room(KEY, 0, budget_s=60) == 4
+    budget.ran(KEY, images=4, seconds=0.4)
+    assert budget.room(KEY, 0, budget_s=60) == 5
+    # and a batch at the new cap that runs out halves it, and the count starts again
+    for _ in range(CAP_LIFT_AFTER - 1):
+        budget.ran(KEY, images=5, seconds=0.5)
+    budget.out_of_memory(KEY, images=5)
+    budget.ran(KEY, images=2, seconds=0.2)
+    assert budget.room(KEY, 0, budget_s=60) == 2

@@ -268,3 +268,57 @@ def test_what_a_task_left_for_later_is_taken_by_the_next_task_with_its_holds_let
     # and the fifth message was never received
     rest = sqs.receive_message(QueueUrl=url, MessageSystemAttributeNames=["All"])["Messages"]
     assert [m["Attributes"]["ApproximateReceiveCount"] for m in rest] == ["1"]
+
+
+class SlowReport(Consumer):
+    """The first task's report (after it took the next message ahead) lasts `report_s`, as an
+    outage of the control plane would make it: the transport's clock moves on by that much."""
+
+    def __init__(self, channel: Any, *, report_s: float, clock: list[float]) -> None:
+        super().__init__(channel)
+        self.report_s, self.clock = report_s, clock
+
+    def __call__(self, message: Any) -> None:
+        super().__call__(message)
+        if len(self.seen) == 1:
+            self.channel._ahead[1].result()  # the receive ahead answered before the report ends
+            self.clock[0] += self.report_s
+
+
+@pytest.mark.parametrize(
+    ("report_of_timeout", "visible_again"),
+    [(0.75, True), (1.0, False)],
+    ids=["still-ours-handed-back", "past-its-timeout-left-alone"],
+)
+def test_a_message_taken_ahead_during_a_report_past_half_its_timeout_is_not_run_there(
+    connection: Connection,
+    local_aws: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    report_of_timeout: float,
+    visible_again: bool,
+) -> None:
+    # given a worker whose first task takes the next message ahead, then reports for a fraction
+    # of the messages' invisibility (the clock the transport reads moves; SQS's does not)
+    qname, url = queue_with(2, f"ahead-slow-{int(report_of_timeout * 100)}")
+    clock = [0.0]
+    monkeypatch.setattr(transport.time, "monotonic", lambda: clock[0])
+    channel, consumer = consume(
+        connection,
+        lambda ch: SlowReport(ch, report_s=report_of_timeout * ch.visibility_timeout, clock=clock),
+        qname,
+    )
+    first, _ = channel._receive_now(qname)
+    # when the poll's answer is handled
+    delivered = channel._on_messages_ready(url, qname, {"Messages": first})
+    # then the message taken ahead did not run on this worker (too little of its time is left)
+    assert delivered == 1 and len(consumer.seen) == 1
+    # and, while still its own, the worker made it visible again at once: the next receive gets
+    # it; past its timeout it left it alone (SQS's own clock has not run: it stays invisible)
+    back = (
+        local_aws.client("sqs")
+        .receive_message(QueueUrl=url, MessageSystemAttributeNames=["ApproximateReceiveCount"])
+        .get("Messages", [])
+    )
+    assert [m["Attributes"]["ApproximateReceiveCount"] for m in back] == (
+        ["2"] if visible_again else []
+    )
