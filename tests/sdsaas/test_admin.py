@@ -21,8 +21,8 @@ from tenants.models import ApiKey, CreditPeriod, Plan, Tenant, UsageRecord
 from tenants.services import api_key_issue
 from tests.support.admin import (
     World,
+    admin_permits,
     admin_url,
-    can_add,
     discord_application_with_reply,
     webhook_endpoint_with_message,
 )
@@ -74,17 +74,20 @@ def test_changelist_add_and_change_pages_load(world: World, staff: Client, model
     # then each answers 200 (the add page 403 where adding is not allowed), and lists the object
     assert changelist.status_code == 200
     assert obj in changelist.context["cl"].result_list
-    assert add.status_code == (200 if can_add(model, world.admin_user) else 403)
+    assert add.status_code == (200 if admin_permits(model, world.admin_user, "add") else 403)
     assert change.status_code == 200
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("model", REGISTERED, ids=lambda m: m._meta.label)
 def test_delete_confirmation_pages_load(world: World, staff: Client, model) -> None:  # type: ignore[no-untyped-def]
-    # when the superuser opens the delete page of the object, then it renders (it deletes nothing)
+    # when the superuser opens the delete page of the object, then it renders (it deletes
+    # nothing), or is refused for a ledger's row (credit periods, usage records)
     obj = world.objects[model]
     response = staff.get(admin_url(model, "delete", obj.pk))
-    assert response.status_code == 200
+    assert response.status_code == (
+        200 if admin_permits(model, world.admin_user, "delete") else 403
+    )
     assert model.objects.filter(pk=obj.pk).exists()
 
 
@@ -102,7 +105,7 @@ def test_an_empty_add_form_is_refused_or_redisplayed_never_a_500(
     # when the add form is posted empty
     response = staff.post(admin_url(model, "add"), {})
     # then it is redisplayed with errors (200) or adding is forbidden (403); nothing is created
-    assert response.status_code == (200 if can_add(model, world.admin_user) else 403)
+    assert response.status_code == (200 if admin_permits(model, world.admin_user, "add") else 403)
     assert model.objects.count() == before
 
 

@@ -162,10 +162,11 @@ def admin_url(model: type[Model], page: str, *args: Any) -> str:
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{page}", args=args)
 
 
-def can_add(model: type[Model], user: User) -> bool:
+def admin_permits(model: type[Model], user: User, action: str) -> bool:
+    """Whether the model's admin lets `user` "add" or "delete" (any of) its objects."""
     request = RequestFactory().get("/admin/")
     request.user = user
-    return admin.site._registry[model].has_add_permission(request)
+    return bool(getattr(admin.site._registry[model], f"has_{action}_permission")(request))
 
 
 def page_messages(response: Any) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from tenants.models import ApiKey, Tenant
+from tenants.models import ApiKey, CreditPeriod, Tenant, UsageRecord
 from tenants.services import api_key_issue
 from tests.support.admin import World, admin_url, page_messages
 
@@ -104,3 +104,22 @@ def test_a_key_scopes_are_edited_with_checkboxes(world: World, staff: Client) ->
     key.refresh_from_db()
     assert key.scopes == ["jobs:read", "jobs:write"]
     assert api.post("/v1/jobs", {"model": "tiny", "prompt": "x"}, format="json").status_code == 202
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("model", [CreditPeriod, UsageRecord], ids=lambda m: m.__name__)
+def test_a_ledger_row_cannot_be_deleted_in_the_admin(
+    world: World, staff: Client, model: type[CreditPeriod] | type[UsageRecord]
+) -> None:
+    # given a credit period or a usage record of a tenant
+    row = world.objects[model]
+    # when the superuser confirms its delete page, or runs the bulk delete on it from the list
+    confirmed = staff.post(admin_url(model, "delete", row.pk), {"post": "yes"})
+    bulk = staff.post(
+        admin_url(model, "changelist"),
+        {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"},
+    )
+    # then both are refused, and the row is still there
+    assert confirmed.status_code == 403
+    assert bulk.status_code in (200, 302)  # the list again: the action is not offered
+    assert model.objects.filter(pk=row.pk).exists()
