@@ -202,8 +202,9 @@ def _record(
         if endpoint is not None and endpoint.failing_since is not None:
             _endpoint_recovered(endpoint)
         return "succeeded"
-    if sent is not None and sent.status == 410 and endpoint is not None:
-        endpoint_disable(endpoint, reason="the endpoint answered 410 Gone")
+    if sent is not None and sent.status == 410:  # the receiver is gone: no retry can reach it
+        if endpoint is not None:
+            endpoint_disable(endpoint, reason="the endpoint answered 410 Gone")
         _settle(message, WebhookMessage.Status.FAILED, now=now)
         return "failed"
     due = None

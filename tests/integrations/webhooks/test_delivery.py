@@ -134,6 +134,23 @@ def test_410_gone_disables_the_endpoint_and_tells_the_tenant(receiver: Receiver)
     assert list(endpoint.notices.values_list("kind", flat=True)) == [EndpointNotice.Kind.DISABLED]
 
 
+def test_410_gone_from_a_per_job_webhook_fails_its_message_without_retries(
+    receiver: Receiver,
+) -> None:
+    # given a job whose own webhook URL answers 410 Gone
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
+    receiver.secrets.append(job_secret_issue(tenant=tenant))
+    job = submit(tenant, webhook=receiver.url("/job"), webhook_events_filter=["job.succeeded"])
+    receiver.answers.append((410, {}))
+    succeed(job)
+    # when its message is sent
+    assert run_due(dt.datetime.now(dt.UTC)) == ["failed"]
+    # then it is failed after that one attempt, with nothing left due
+    message = WebhookMessage.objects.get(job=job)
+    assert (message.status, message.attempts, message.due_at) == ("failed", 1, None)
+    assert len(receiver.received) == 1
+
+
 def test_a_receiver_down_for_six_hours_gets_every_event_once_with_working_image_urls(
     receiver: Receiver,
 ) -> None:
