@@ -13,10 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import zlib
 from collections import Counter
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -37,6 +38,8 @@ SENDING_LEASE = dt.timedelta(minutes=2)
 WAITING = [WebhookMessage.Status.PENDING, WebhookMessage.Status.SENDING]
 
 Target = tuple[int | None, str]  # (endpoint id, per-job URL)
+# The first key of the dispatch's advisory locks (PostgreSQL's two-key form), one per target.
+_TARGET_LOCKS = 0x57484B  # "WHK"
 
 
 def next_due(*, attempts: int, now: dt.datetime) -> dt.datetime | None:
@@ -91,6 +94,7 @@ def _reclaim_lost_attempts(*, now: dt.datetime) -> None:
 def _fair_share(due: QuerySet[WebhookMessage]) -> list[int]:
     """Per target with room, its oldest due messages (locked, skipping rows another takes)."""
     targets: set[Target] = set(due.values_list("endpoint_id", "job_url").distinct())
+    _lock_targets(targets)
     in_flight: Counter[Target] = Counter(
         WebhookMessage.objects.filter(status=WebhookMessage.Status.SENDING)
         .filter(_of_targets(targets))
@@ -109,6 +113,22 @@ def _fair_share(due: QuerySet[WebhookMessage]) -> list[int]:
             .values_list("pk", flat=True)[:room]
         )
     return chosen
+
+
+def _lock_targets(targets: set[Target]) -> None:
+    """Serialise the dispatches that choose for the same targets, until the commit: each counts a
+    target's messages in flight once the one before it has marked its own (READ COMMITTED), so
+    that two at once never exceed a target's concurrency. Taken in one order: no deadlock. (A
+    hash that two targets share only serialises them. SQLite has no such lock and runs one
+    writing transaction at a time.)"""
+    if connection.vendor != "postgresql" or not targets:
+        return
+    keys = sorted({zlib.crc32(f"{endpoint}|{url}".encode()) - 2**31 for endpoint, url in targets})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, key) FROM unnest(%s::int4[]) AS key",
+            [_TARGET_LOCKS, keys],
+        )
 
 
 def _of_targets(targets: set[Target]) -> Q:

@@ -4,19 +4,24 @@ redelivery by hand."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
+from django import db
+from django.db import transaction
 
 from integrations.webhooks.models import EndpointNotice, WebhookMessage
 from integrations.webhooks.services.dispatch import (
     JITTER,
     MAX_ATTEMPTS,
     RETRY_DELAYS_S,
+    messages_dispatch,
     messages_prune,
 )
 from integrations.webhooks.services.endpoints import message_redeliver, messages_redeliver_failed
 from jobs.services import lifecycle
+from tests.conftest import requires_postgres
 from tests.support.webhook_receiver import Receiver
 from tests.support.webhooks import run_due, submit, succeed, tenant_with_endpoint
 
@@ -151,3 +156,48 @@ def test_the_delivery_log_keeps_settled_messages_for_its_retention_only(
     assert messages_prune(now=later) == 2  # one message, one attempt
     (left,) = WebhookMessage.objects.filter(endpoint=endpoint)
     assert left.status == "pending" and left.log.count() == 1
+
+
+@requires_postgres
+def test_two_dispatches_at_once_never_exceed_a_target_s_concurrency(
+    receiver: Receiver, settings: Any
+) -> None:
+    # given an endpoint with more messages due than its concurrency
+    cap = settings.WEBHOOK_TARGET_CONCURRENCY
+    tenant, endpoint = tenant_with_endpoint(receiver, ["job.succeeded"])
+    now = dt.datetime.now(dt.UTC)
+    for _ in range(cap + 2):
+        WebhookMessage.objects.create(
+            tenant=tenant, endpoint=endpoint, event_type="job.succeeded", event_at=now, due_at=now
+        )
+    # when one dispatch has chosen its messages and not yet committed, and another runs then
+    chosen: dict[str, int] = {}
+    first_chose, commit_first = threading.Event(), threading.Event()
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                chosen["first"] = messages_dispatch(now=now)
+                first_chose.set()
+                commit_first.wait(10)
+        finally:
+            db.connection.close()
+
+    def second() -> None:
+        try:
+            chosen["second"] = messages_dispatch(now=now)
+        finally:
+            db.connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert first_chose.wait(10)
+    threads[1].start()
+    threads[1].join(0.5)  # it waits for the first to commit (or, unserialised, chose already)
+    commit_first.set()
+    for thread in threads:
+        thread.join(10)
+    # then together they handed over no more than the concurrency
+    assert chosen == {"first": cap, "second": 0}
+    sending = WebhookMessage.objects.filter(endpoint=endpoint, status="sending")
+    assert sending.count() == cap
