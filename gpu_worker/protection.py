@@ -10,7 +10,11 @@ Each protection expires on its own after a job's time limit and stop grace (the 
 `ExpiresInMinutes`), and is renewed at a job's start when less than that is left, so a worker
 that died protected does not block a scale-in for long. Best effort: when the agent does not
 answer, the job runs all the same (unprotected, as every worker was before) and the next job
-tries again. Off where ECS_AGENT_URI is not set (everywhere but ECS).
+tries again; a clear that fails is tried again while the worker stays idle, at growing intervals
+(up to CLEAR_RETRY_MAX_S). A worker that starts (a fresh task, or one started again in place
+after an abandoned job, whose old process could not clear what it had set) clears whatever
+protection its task may hold (`at_start`). Off where ECS_AGENT_URI is not set (everywhere but
+ECS).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 PATH = "/task-protection/v1/state"
 MAX_MINUTES = 2880  # the agent's bound (48 h)
+CLEAR_RETRY_MAX_S = 60.0  # the longest wait between two tries of a clear that failed
 
 
 class AgentError(Exception):
@@ -97,7 +102,20 @@ class ScaleInProtection:
         self._lock = threading.Lock()
         self._busy = 0
         self._protected_until: float | None = None  # monotonic; None: not protected by us
+        # Until when the task may be protected, by us or by a process before us: a clear is
+        # owed while idle (and tried again after a failure) until then. None: nothing owed.
+        self._clear_until: float | None = None
         self._clear_timer: threading.Timer | None = None
+        self._clear_failures = 0  # since the last clear that worked, or the last job
+
+    def at_start(self) -> None:
+        """The worker process starts: its task may still be protected (by a process before it,
+        started again in place), for as long as a protection lasts; cleared as after a job."""
+        with self._lock:
+            if self._agent is None or self._busy:
+                return
+            self._clear_until = self._clock() + self._minutes * 60
+            self._arm_clear(0.0)
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
@@ -124,28 +142,42 @@ class ScaleInProtection:
             except AgentError as exc:
                 logger.warning("the task could not be protected from scale-in: %s", exc)
                 return
-            self._protected_until = self._clock() + self._minutes * 60
+            self._protected_until = self._clear_until = self._clock() + self._minutes * 60
             logger.info("task protected from scale-in for %s min", self._minutes)
 
     def _leave(self) -> None:
         with self._lock:
             self._busy -= 1
-            if self._busy or self._agent is None or self._protected_until is None:
+            if self._busy or self._agent is None or self._clear_until is None:
                 return
-            self._clear_timer = threading.Timer(self._idle_s, self._clear_if_idle)
-            self._clear_timer.daemon = True
-            self._clear_timer.start()
+            self._clear_failures = 0
+            self._arm_clear(self._idle_s)
+
+    def _arm_clear(self, after_s: float) -> None:
+        """Call with the lock held: `_clear_if_idle` in `after_s`."""
+        self._clear_timer = threading.Timer(after_s, self._clear_if_idle)
+        self._clear_timer.daemon = True
+        self._clear_timer.start()
 
     def _clear_if_idle(self) -> None:
         with self._lock:
-            if self._busy or self._agent is None or self._protected_until is None:
+            if self._busy or self._agent is None or self._clear_until is None:
                 return
             try:
                 self._agent.set_protection(enabled=False, expires_in_minutes=0)
-            except AgentError as exc:  # it expires on its own; the next idle time tries again
-                logger.warning("the task's scale-in protection could not be cleared: %s", exc)
+            except AgentError as exc:
+                self._clear_failures += 1
+                retry_s = min(CLEAR_RETRY_MAX_S, self._idle_s * 2**self._clear_failures)
+                if self._clock() + retry_s < self._clear_until:  # else it expires first
+                    self._arm_clear(retry_s)
+                logger.warning(
+                    "the task's scale-in protection could not be cleared (trying again in "
+                    "%.0f s while idle): %s",
+                    retry_s,
+                    exc,
+                )
                 return
-            self._protected_until = None
+            self._protected_until = self._clear_until = None
             logger.info("idle: scale-in protection cleared")
 
 

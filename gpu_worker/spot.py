@@ -104,6 +104,8 @@ def grace_for(action: dict[str, str], *, now: dt.datetime) -> float:
         ends = dt.datetime.fromisoformat(action["time"].replace("Z", "+00:00"))
     except (KeyError, ValueError):
         return 0.0  # a notice without a time we can read: hand the job back at once
+    if ends.tzinfo is None:  # the metadata's times are UTC, written with a Z; without one too
+        ends = ends.replace(tzinfo=dt.UTC)
     left = (ends - now).total_seconds() - HAND_BACK_S
     return max(0.0, min(float(settings.GPU_STOP_GRACE_S), left))
 
@@ -117,7 +119,7 @@ def stop_on_notice(action: dict[str, str]) -> None:
         action.get("time"),
         grace,
     )
-    STOP.begin(grace)  # first: Celery's own stop (below) then keeps this shorter grace
+    STOP.begin(grace)  # the earlier deadline holds, whether ECS's SIGTERM came first or not
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -47,8 +47,10 @@ class StopDeadline:
     at: float | None = None
 
     def begin(self, grace_s: float) -> None:
-        if self.at is None:
-            self.at = time.monotonic() + grace_s
+        """The stop begins, or comes sooner: of two (SIGTERM, a spot notice), the earlier holds."""
+        at = time.monotonic() + grace_s
+        if self.at is None or at < self.at:
+            self.at = at
 
     def passed(self) -> bool:
         return self.at is not None and time.monotonic() >= self.at

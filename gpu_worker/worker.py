@@ -28,11 +28,13 @@ from celery.signals import worker_ready  # noqa: E402
 import gpu_worker.tasks  # noqa: E402, F401  (registers the task)
 from gpu_worker import metrics, spot  # noqa: E402
 from gpu_worker.app import app  # noqa: E402
+from gpu_worker.protection import scale_in_protection  # noqa: E402
 from sdsaas import worker_ops  # noqa: E402
 
 
 @worker_ready.connect
 def _start_watches(**_: object) -> None:
+    scale_in_protection().at_start()
     spot.start_watch()
     metrics.register()
     worker_ops.serve()

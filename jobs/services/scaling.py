@@ -147,12 +147,17 @@ def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
                 _, wakes = WorkerPool.objects.get_or_create(model=model, defaults=woke)
             if wakes:
                 woken.append(model.slug)
-        if woken:
-            _put_metrics([_datum("DesiredWorkers", slug, 1, now) for slug in woken])
-            _ecs_apply(dict.fromkeys(woken, 1), raise_only=True)
-            logger.info("scaling: woke the empty pools of %s", ", ".join(woken))
     except Exception as exc:
         logger.warning("scaling: could not wake the pools of %s now: %s", woken or "", exc)
+    if not woken:
+        return woken
+    # The services first: CloudWatch away must not hold the workers back (it never raises).
+    _ecs_apply(dict.fromkeys(woken, 1), raise_only=True)
+    try:
+        _put_metrics([_datum("DesiredWorkers", slug, 1, now) for slug in woken])
+    except Exception as exc:
+        logger.warning("scaling: the metrics of the woken pools could not be published: %s", exc)
+    logger.info("scaling: woke the empty pools of %s", ", ".join(woken))
     return woken
 
 

@@ -62,7 +62,8 @@ def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_whe
         SDSAAS_WORKER_OPS_PORT=str(ops_port),
     )
     pool.wait_ready(pool.worker)
-    assert agent.states(pool.worker) == []  # an idle worker may be scaled in
+    # (a worker that starts clears what a process before it may have left on its task)
+    wait_for(lambda: agent.states(pool.worker) == [False], 10, "the clear at start")
     # when it runs a job
     job_id = pool.submit(**SHORT_JOB)
     job = finished(pool.client, job_id)
@@ -70,14 +71,16 @@ def test_a_worker_is_protected_from_scale_in_while_it_runs_a_job_and_cleared_whe
     # then its task was protected before the job started, and the protection outlived the job
     ran = Job.objects.get(public_id=job_id)
     assert ran.started_at is not None and ran.completed_at is not None
-    protect = agent.puts[0]
+    protect = agent.puts[1]
     assert protect.enabled and protect.minutes >= 1
     assert protect.at < ran.started_at.timestamp()
     # and once idle, it was cleared: one call each way for the job
     wait_for(
-        lambda: agent.states(pool.worker) == [True, False], 10 + IDLE_S, "the protection cleared"
+        lambda: agent.states(pool.worker) == [False, True, False],
+        10 + IDLE_S,
+        "the protection cleared",
     )
-    [clear] = agent.puts[1:]
+    [clear] = agent.puts[2:]
     assert clear.at >= ran.completed_at.timestamp()
     assert not agent.protected(pool.worker)
     # and its log records are JSON objects (what else it prints is Celery's start banner and

@@ -23,6 +23,9 @@ WORKER = "gpu-a"
 def agent() -> Iterator[RecordingEcsAgent]:
     stand_in = RecordingEcsAgent()
     yield stand_in
+    # a protection left on is cleared within the idle time, not tried again after the test
+    stand_in.down = False
+    wait_until(lambda: not stand_in.protected(WORKER))
     stand_in.close()
 
 
@@ -105,6 +108,41 @@ def test_an_agent_that_fails_leaves_the_job_running_and_the_next_job_tries_again
     agent.down = False
     with protection.busy():
         assert agent.protected(WORKER)
+
+
+def test_a_clear_that_fails_is_tried_again_while_the_worker_stays_idle(
+    agent: RecordingEcsAgent, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given a worker protected for a job
+    protection = protection_of(agent)
+    with protection.busy():
+        pass
+    # when the agent fails the clear once the worker is idle (and answers again later)
+    agent.down = True
+    with caplog.at_level(logging.WARNING, logger="gpu_worker.protection"):
+        wait_until(lambda: "could not be cleared (trying again" in caplog.text)
+    assert agent.states(WORKER) == [True, False]
+    agent.down = False
+    # then, with no further job, the clear is tried again and the task is unprotected
+    wait_until(lambda: not agent.protected(WORKER))
+    assert agent.states(WORKER) == [True, False, False]
+
+
+def test_a_worker_that_starts_clears_a_protection_its_task_may_still_hold(
+    agent: RecordingEcsAgent,
+) -> None:
+    # given a task protected by a process before this one (started again in place mid-job)
+    EcsAgent(agent.uri(WORKER)).set_protection(enabled=True, expires_in_minutes=32)
+    assert agent.protected(WORKER)
+    # when the new process starts, with no job
+    protection_of(agent).at_start()
+    # then the task is unprotected at once, and a job started then is protected again
+    wait_until(lambda: not agent.protected(WORKER))
+    restarted = protection_of(agent)
+    restarted.at_start()
+    with restarted.busy():
+        assert agent.protected(WORKER)
+    assert agent.states(WORKER)[-1] is True
 
 
 def test_an_unreachable_agent_is_a_warning_within_the_client_timeouts(

@@ -5,12 +5,14 @@ tests/e2e/test_elastic_workers.py."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from gpu_worker.spot import HAND_BACK_S, InstanceMetadata, MetadataError, grace_for
+from gpu_worker.watchdog import StopDeadline
 from tests.support.aws_endpoints import FakeImds
 
 
@@ -68,3 +70,22 @@ def test_a_notice_without_a_readable_time_hands_the_job_back_at_once(settings: A
     now = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
     assert grace_for({"action": "stop"}, now=now) == 0
     assert grace_for({"action": "stop", "time": "soon"}, now=now) == 0
+
+
+def test_a_notice_time_written_without_a_zone_is_read_as_utc(settings: Any) -> None:
+    settings.GPU_STOP_GRACE_S = 25
+    now = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
+    assert grace_for({"action": "terminate", "time": "2026-11-29T12:00:40"}, now=now) == (
+        40 - HAND_BACK_S
+    )
+
+
+def test_a_notice_after_ecs_s_sigterm_shortens_the_stop_to_its_own_grace() -> None:
+    # given a worker stopping with ECS's long grace (its SIGTERM came first)
+    stop = StopDeadline()
+    stop.begin(110)
+    # when a spot notice then leaves less, the earlier deadline holds; a later one changes nothing
+    stop.begin(30)
+    assert stop.at is not None and stop.at - time.monotonic() <= 30
+    stop.begin(110)
+    assert stop.at - time.monotonic() <= 30

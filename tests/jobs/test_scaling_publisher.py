@@ -15,7 +15,7 @@ from jobs.services.dispatch import jobs_publish
 from jobs.services.scaling import pools_publish, pools_wake
 from jobs.tasks import scaling_publish
 from sdsaas.broker.sqs import ensure_model_queue
-from tests.support.aws import LocalAws
+from tests.support.aws import LocalAws, free_port
 from tests.support.factories import DiffusionModelFactory, JobFactory, TenantFactory
 
 pytestmark = [pytest.mark.usefixtures("local_aws"), pytest.mark.django_db(transaction=True)]
@@ -244,6 +244,21 @@ def test_a_job_published_for_an_empty_pool_wakes_it_at_once_and_raises_the_ecs_s
     assert (woken.warm_until - woken.hold_until).total_seconds() == pytest.approx(30)
     # and a pool that has workers is left alone
     assert pools_wake(model_ids=[model.pk]) == []
+
+
+def test_cloudwatch_away_does_not_hold_back_the_wake_of_the_ecs_service(
+    local_aws: LocalAws, settings: Any
+) -> None:
+    # given a model's GPU service at 0, and CloudWatch unreachable (a closed port)
+    model = DiffusionModelFactory(slug="sd15")
+    ecs = ecs_service(local_aws, settings, "sd15")
+    settings.CLOUDWATCH_ENDPOINT_URL = f"http://127.0.0.1:{free_port()}"
+    job = JobFactory(model=model, tenant=TenantFactory(), status=Job.Status.STARTING)
+    # when a job for it is published
+    assert jobs_publish(job_ids=[job.pk]) == 1
+    # then its service is raised at once all the same
+    assert WorkerPool.objects.get(model=model).workers == 1
+    assert desired_count(ecs, settings, "sd15") == 1
 
 
 def test_waking_never_fails_the_publish(local_aws: LocalAws, settings: Any) -> None:
