@@ -218,8 +218,8 @@ class JobSecretApi(ApiView):
         responses={201: WebhookSecretSerializer, **error_responses()},
     )
     def post(self, request: Request) -> Response:
-        """Issue the tenant's secret for per-job webhooks (a job's `webhook` field), replacing
-        the previous one at once; shown this once."""
+        """Issue the tenant's secret for per-job webhooks (a job's `webhook` field); shown this
+        once. The one it replaces signs too (a second signature) for the rotation window."""
         secret = job_secret_issue(tenant=request_tenant(request))
         return Response(
             WebhookSecretSerializer({"secret": secret}).data, status=status.HTTP_201_CREATED

@@ -37,7 +37,20 @@ class EventType(models.TextChoices):
     TEST = "webhook.test"
 
 
-class WebhookEndpoint(models.Model):
+class RotatingSecret(models.Model):
+    """A signing secret, encrypted with SDSAAS_WEBHOOK_SECRET_KEYS (webhooks/secrets.py), never
+    stored in clear. After a rotation the previous secret signs too, until it expires
+    (integrations/webhooks/services/endpoints.py, `secret_rotate`)."""
+
+    secret_encrypted = models.TextField()
+    previous_secret_encrypted = models.TextField(blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class WebhookEndpoint(RotatingSecret):
     """A tenant's URL that receives the event types it subscribes to, signed with its secret."""
 
     public_id = models.CharField(max_length=32, unique=True, default=endpoint_public_id)
@@ -46,11 +59,6 @@ class WebhookEndpoint(models.Model):
     events = models.JSONField(default=list, help_text="Event types, e.g. job.succeeded.")
     description = models.CharField(max_length=256, blank=True)
     enabled = models.BooleanField(default=True)
-    # Encrypted with SDSAAS_WEBHOOK_SECRET_KEYS (integrations/webhooks/secrets.py), never stored
-    # in clear. During a rotation window the previous secret signs too, until it expires.
-    secret_encrypted = models.TextField()
-    previous_secret_encrypted = models.TextField(blank=True)
-    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
     # Set when a message used up its schedule; cleared by the next success.
     failing_since = models.DateTimeField(null=True, blank=True)
     disabled_reason = models.CharField(max_length=256, blank=True)
@@ -84,11 +92,10 @@ class EndpointNotice(models.Model):
         return f"{self.endpoint} {self.kind}"
 
 
-class JobWebhookSecret(models.Model):
+class JobWebhookSecret(RotatingSecret):
     """The tenant's secret for per-job webhooks (the `webhook` field of a job)."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="+")
-    secret_encrypted = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -29,9 +29,8 @@ from integrations.webhooks.models import (
     WebhookEndpoint,
     WebhookMessage,
 )
-from integrations.webhooks.secrets import secret_decrypt
 from integrations.webhooks.services.dispatch import MAX_ATTEMPTS, next_due
-from integrations.webhooks.services.endpoints import job_secret
+from integrations.webhooks.services.endpoints import job_secret_get, signing_secrets
 from jobs.serializers import JobSerializer
 from sdsaas import telemetry
 from sdsaas.errors import InvalidInput
@@ -52,16 +51,10 @@ def message_body(message: WebhookMessage) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def signing_secrets(message: WebhookMessage, *, now: dt.datetime) -> list[str]:
-    """The current secret, and the previous one while its rotation window lasts."""
-    endpoint = message.endpoint
-    if endpoint is None:
-        return [job_secret(tenant=message.tenant)]
-    secrets = [secret_decrypt(endpoint.secret_encrypted)]
-    expires = endpoint.previous_secret_expires_at
-    if endpoint.previous_secret_encrypted and expires is not None and now < expires:
-        secrets.append(secret_decrypt(endpoint.previous_secret_encrypted))
-    return secrets
+def message_secrets(message: WebhookMessage, *, now: dt.datetime) -> list[str]:
+    """Its target's secrets that sign now: its endpoint's, or its tenant's per-job secret."""
+    row = message.endpoint or job_secret_get(tenant=message.tenant)
+    return signing_secrets(row, now=now)
 
 
 def signed_headers(message: WebhookMessage, body: bytes, secrets: list[str]) -> dict[str, str]:
@@ -133,7 +126,7 @@ def _unchanged(message: WebhookMessage) -> QuerySet[WebhookMessage]:
 
 def _attempt(message: WebhookMessage, *, started: dt.datetime, now: dt.datetime) -> str:
     endpoint = message.endpoint
-    secrets = signing_secrets(message, now=now)
+    secrets = message_secrets(message, now=now)
     body = message_body(message)
     headers = signed_headers(message, body, secrets)
     url = endpoint.url if endpoint is not None else message.job_url

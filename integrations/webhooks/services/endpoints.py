@@ -9,6 +9,7 @@ import datetime as dt
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from integrations.safe_http import FetchError, check_url
@@ -16,6 +17,7 @@ from integrations.webhooks import selectors
 from integrations.webhooks.models import (
     EventType,
     JobWebhookSecret,
+    RotatingSecret,
     WebhookEndpoint,
     WebhookMessage,
 )
@@ -115,21 +117,34 @@ def endpoint_rotate_secret(*, tenant: Tenant, endpoint_id: str) -> tuple[Webhook
     Rotations of one endpoint take turns (row lock): each secret shown is the one stored."""
     endpoint = selectors.endpoint_get(tenant=tenant, public_id=endpoint_id)
     endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
-    secret = secret_new()
-    endpoint.previous_secret_encrypted = endpoint.secret_encrypted
-    endpoint.previous_secret_expires_at = timezone.now() + dt.timedelta(
-        seconds=settings.WEBHOOK_ROTATION_WINDOW_S
-    )
-    endpoint.secret_encrypted = secret_encrypt(secret)
-    endpoint.save(
-        update_fields=[
-            "previous_secret_encrypted",
-            "previous_secret_expires_at",
-            "secret_encrypted",
-            "updated_at",
-        ]
-    )
+    secret = secret_rotate(endpoint, now=timezone.now())
+    endpoint.save(update_fields=[*SECRET_FIELDS, "updated_at"])
     return endpoint, secret
+
+
+SECRET_FIELDS = ("secret_encrypted", "previous_secret_encrypted", "previous_secret_expires_at")
+
+
+def secret_rotate(row: RotatingSecret, *, now: dt.datetime) -> str:
+    """A new secret in `row` (which the caller locked, and saves), shown this once; the one it
+    replaces signs too for SDSAAS_WEBHOOK_ROTATION_WINDOW_S."""
+    secret = secret_new()
+    if row.secret_encrypted:
+        row.previous_secret_encrypted = row.secret_encrypted
+        row.previous_secret_expires_at = now + dt.timedelta(
+            seconds=settings.WEBHOOK_ROTATION_WINDOW_S
+        )
+    row.secret_encrypted = secret_encrypt(secret)
+    return secret
+
+
+def signing_secrets(row: RotatingSecret, *, now: dt.datetime) -> list[str]:
+    """The secrets that sign now: the current one, and the previous one while its window lasts."""
+    secrets = [secret_decrypt(row.secret_encrypted)]
+    expires = row.previous_secret_expires_at
+    if row.previous_secret_encrypted and expires is not None and now < expires:
+        secrets.append(secret_decrypt(row.previous_secret_encrypted))
+    return secrets
 
 
 def endpoint_send_test(*, tenant: Tenant, endpoint_id: str) -> WebhookMessage:
@@ -186,39 +201,41 @@ def job_webhook_validate(*, tenant: Tenant, url: str) -> None:
         )
 
 
+@transaction.atomic
 def job_secret_issue(*, tenant: Tenant) -> str:
-    """A new secret for the tenant's per-job webhooks, shown this once (the old one stops)."""
-    secret = secret_new()
-    JobWebhookSecret.objects.update_or_create(
-        tenant=tenant, defaults={"secret_encrypted": secret_encrypt(secret)}
+    """A new secret for the tenant's per-job webhooks, shown this once; the one it replaces signs
+    too for the rotation window. Issues of one tenant take turns (row lock)."""
+    row, _ = JobWebhookSecret.objects.select_for_update().get_or_create(
+        tenant=tenant, defaults={"secret_encrypted": ""}
     )
+    secret = secret_rotate(row, now=timezone.now())
+    row.save(update_fields=list(SECRET_FIELDS))
     return secret
 
 
-def job_secret(*, tenant: Tenant) -> str:
-    """The per-job webhook secret, to sign with; InvalidInput if the tenant issued none."""
+def job_secret_get(*, tenant: Tenant) -> JobWebhookSecret:
+    """The tenant's per-job webhook secret, to sign with; InvalidInput if it issued none."""
     found = JobWebhookSecret.objects.filter(tenant=tenant).first()
     if found is None:
         raise InvalidInput(
             "webhook", "issue a per-job webhook secret first: POST /v1/webhooks/job-secret"
         )
-    return secret_decrypt(found.secret_encrypted)
+    return found
 
 
 @transaction.atomic
 def secrets_reencrypt() -> int:
     """Every stored secret under the first key (the keys' rotation); how many were rewritten."""
     count = 0
-    for endpoint in WebhookEndpoint.objects.select_for_update():
-        endpoint.secret_encrypted = secret_reencrypt(endpoint.secret_encrypted)
-        if endpoint.previous_secret_encrypted:
-            endpoint.previous_secret_encrypted = secret_reencrypt(
-                endpoint.previous_secret_encrypted
-            )
-        endpoint.save(update_fields=["secret_encrypted", "previous_secret_encrypted"])
-        count += 1
-    for job_secret_row in JobWebhookSecret.objects.select_for_update():
-        job_secret_row.secret_encrypted = secret_reencrypt(job_secret_row.secret_encrypted)
-        job_secret_row.save(update_fields=["secret_encrypted"])
-        count += 1
+    rows: list[QuerySet[WebhookEndpoint] | QuerySet[JobWebhookSecret]] = [
+        WebhookEndpoint.objects.select_for_update(),
+        JobWebhookSecret.objects.select_for_update(),
+    ]
+    for queryset in rows:
+        for row in queryset:
+            row.secret_encrypted = secret_reencrypt(row.secret_encrypted)
+            if row.previous_secret_encrypted:
+                row.previous_secret_encrypted = secret_reencrypt(row.previous_secret_encrypted)
+            row.save(update_fields=["secret_encrypted", "previous_secret_encrypted"])
+            count += 1
     return count

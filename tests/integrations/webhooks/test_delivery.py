@@ -80,6 +80,23 @@ def test_a_per_job_webhook_gets_only_the_events_of_its_filter(receiver: Receiver
     ]
 
 
+def test_a_per_job_webhook_after_a_new_secret_verifies_with_the_old_and_the_new(
+    receiver: Receiver,
+) -> None:
+    # given a tenant that issued a per-job webhook secret, then a new one
+    tenant = TenantFactory(plan=PlanFactory(max_concurrent_jobs=10))
+    old = job_secret_issue(tenant=tenant)
+    new = job_secret_issue(tenant=tenant)
+    receiver.secrets.extend([old, new])
+    # when a job's own webhook is sent
+    job = submit(tenant, webhook=receiver.url("/job"), webhook_events_filter=["job.succeeded"])
+    succeed(job)
+    run_due(dt.datetime.now(dt.UTC))
+    # then it carries both signatures: a receiver still on the old secret verifies it too
+    [received] = receiver.received
+    assert sorted(received.verified_by) == sorted([old, new])
+
+
 def test_a_receiver_failing_three_times_gets_the_fourth_attempt_on_schedule(
     receiver: Receiver,
 ) -> None:
