@@ -57,7 +57,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     SDSAAS_GPU_COMPILE_CACHE_DIR=/var/cache/sdsaas/compile
 WORKDIR /app
 USER sdsaas
-# The model cache and the compile cache: instance storage, mounted by the task definition.
+# The model cache (instance storage, mounted by the task definition) and the compile cache (the
+# container's own: it does not outlive the task).
 VOLUME ["/var/cache/sdsaas"]
 # The health check is the task definition's (deploy/terraform/gpu.tf): /healthz on
 # SDSAAS_WORKER_OPS_PORT, which the deployment chooses.

@@ -13,6 +13,8 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 COPY requirements/web.txt /tmp/web.txt
+# (setuptools among them: the lock's builds the project below without isolation, not the base
+# image's, which may be too old to build a wheel)
 RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/web.txt
 COPY pyproject.toml /src/
 COPY sdsaas /src/sdsaas

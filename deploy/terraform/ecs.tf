@@ -3,7 +3,8 @@
 
 resource "aws_ecs_cluster" "this" {
   name = var.prefix
-  # RunningTaskCount per service: the GPU scaling policies divide DesiredWorkers by it.
+  # Container Insights: DesiredTaskCount (the GPU scaling policies divide DesiredWorkers by it)
+  # and RunningTaskCount (the dashboard).
   setting {
     name  = "containerInsights"
     value = "enabled"
@@ -64,7 +65,8 @@ locals {
     }
     # Exactly one: two beats would send every periodic task twice.
     scheduler = {
-      command = ["celery", "-A", "sdsaas", "beat"]
+      # Its schedule file where the non-root user may write: /app is root's and read-only.
+      command = ["celery", "-A", "sdsaas", "beat", "-s", "/tmp/celerybeat-schedule"]
       role    = "control"
       cpu     = var.worker_cpu
       memory  = var.worker_memory

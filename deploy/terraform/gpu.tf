@@ -69,6 +69,8 @@ resource "aws_launch_template" "gpu" {
     ECS_IMAGE_PULL_BEHAVIOR=prefer-cached
     CFG
     mkdir -p ${local.gpu_model_cache}
+    # The GPU image runs as uid 10001 (deploy/docker/gpu.Dockerfile): the cache is its to write.
+    chown 10001:10001 ${local.gpu_model_cache}
     EOT
   )
   tag_specifications {
@@ -229,8 +231,10 @@ resource "aws_appautoscaling_target" "gpu" {
 
 # The backstop of the control plane, which sets each service to DesiredWorkers every 10 s itself
 # (README: target tracking alone takes minutes each way). Target tracking on DesiredWorkers /
-# running tasks with target 1 sets the capacity to ceil(current x metric / target) =
-# DesiredWorkers: the same number. Without running tasks the ratio is DesiredWorkers itself.
+# the service's desired tasks with target 1 sets the capacity (the desired count) to
+# ceil(current x metric / target) = DesiredWorkers: the same number. Divided by running tasks
+# instead, it would overshoot while new tasks wait for an instance (6 asked, 1 running: 36).
+# With no desired task the ratio is DesiredWorkers itself.
 resource "aws_appautoscaling_policy" "gpu" {
   for_each           = var.model_slugs
   name               = "${var.prefix}-gpu-${each.key}-desired-workers"
@@ -263,13 +267,13 @@ resource "aws_appautoscaling_policy" "gpu" {
         }
       }
       metrics {
-        id          = "running"
+        id          = "tasks"
         return_data = false
         metric_stat {
           stat = "Average"
           metric {
             namespace   = "ECS/ContainerInsights"
-            metric_name = "RunningTaskCount"
+            metric_name = "DesiredTaskCount"
             dimensions {
               name  = "ClusterName"
               value = aws_ecs_cluster.this.name
@@ -283,8 +287,8 @@ resource "aws_appautoscaling_policy" "gpu" {
       }
       metrics {
         id          = "ratio"
-        label       = "DesiredWorkers per running worker"
-        expression  = "IF(FILL(running, 0) > 0, desired / FILL(running, 0), desired)"
+        label       = "DesiredWorkers per desired task"
+        expression  = "IF(FILL(tasks, 0) > 0, desired / FILL(tasks, 0), desired)"
         return_data = true
       }
     }

@@ -17,6 +17,8 @@ locals {
     "sqs:GetQueueAttributes", "sqs:GetQueueUrl",
   ]
   sqs_send = ["sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+  # The buckets of var.model_weights_s3_arns (object ARNs: arn:aws:s3:::bucket/prefix/*).
+  model_weights_bucket_arns = distinct([for arn in var.model_weights_s3_arns : split("/", arn)[0]])
 }
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -88,14 +90,22 @@ locals {
   }
   # kombu resolves queue names to URLs; ListQueues cannot be limited to a resource.
   sqs_list = { Effect = "Allow", Action = ["sqs:ListQueues"], Resource = ["*"] }
+  scaling_metric_put = {
+    Effect    = "Allow", Action = ["cloudwatch:PutMetricData"], Resource = ["*"]
+    Condition = { StringEquals = { "cloudwatch:namespace" = var.scaling_metric_namespace } }
+  }
+  gpu_services_resize = { Effect = "Allow", Action = ["ecs:UpdateService", "ecs:DescribeServices"], Resource = local.gpu_service_arns }
 
   control_plane_policies = {
     # Publishes jobs to the model queues (and events to the others), stores uploads, presigns
-    # output URLs.
+    # output URLs, and wakes an empty GPU pool at once after a publish (jobs/services/scaling.py
+    # pools_wake: the scaling metric, UpdateService on the GPU services only).
     api = [
       local.kms_use, local.sqs_list,
       { Effect = "Allow", Action = local.sqs_send, Resource = concat(local.model_queue_arns, local.service_queue_arns) },
       { Effect = "Allow", Action = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], Resource = [local.tenants_objects] },
+      local.scaling_metric_put,
+      local.gpu_services_resize,
     ]
     # Applies events, admits and republishes jobs, writes cancel markers, expires objects, reads
     # the model queues' depths and the dead-letter queues, publishes the scaling metric and wakes
@@ -108,16 +118,16 @@ locals {
         Effect    = "Allow", Action = ["s3:ListBucket"], Resource = [local.bucket_arn]
         Condition = { StringLike = { "s3:prefix" = ["tenants/*"] } }
       },
-      {
-        Effect    = "Allow", Action = ["cloudwatch:PutMetricData"], Resource = ["*"]
-        Condition = { StringEquals = { "cloudwatch:namespace" = var.scaling_metric_namespace } }
-      },
-      { Effect = "Allow", Action = ["ecs:UpdateService", "ecs:DescribeServices"], Resource = local.gpu_service_arns },
+      local.scaling_metric_put,
+      local.gpu_services_resize,
     ]
-    # One attempt of one webhook message per task: its own queue; no bucket.
+    # One attempt of one webhook message per task: its own queue, and read access to tenant
+    # objects, which the output URLs in the body it builds at each attempt are presigned with (a
+    # presigned URL can do what its signer can).
     webhooks = [
       local.kms_use, local.sqs_list,
       { Effect = "Allow", Action = concat(local.sqs_consume, ["sqs:SendMessage"]), Resource = [aws_sqs_queue.service["webhooks"].arn] },
+      { Effect = "Allow", Action = ["s3:GetObject"], Resource = [local.tenants_objects] },
     ]
     # Discord replies attach the job's image: its own queue, read access to tenant objects.
     discord = [
@@ -165,16 +175,17 @@ resource "aws_iam_role_policy" "gpu_task" {
     Statement = [
       local.kms_use,
       local.sqs_list,
-      # Its own model's jobs, received and extended by the heartbeat.
-      { Effect = "Allow", Action = local.sqs_consume, Resource = [aws_sqs_queue.model[each.key].arn] },
+      # Its own model's jobs, received and extended by the heartbeat, and sent again as their
+      # next attempt when it is preempted (gpu_worker/tasks.py: a preemption uses no receive).
+      { Effect = "Allow", Action = concat(local.sqs_consume, ["sqs:SendMessage"]), Resource = [aws_sqs_queue.model[each.key].arn] },
       # Its reports (started, progress, finished, failed) to the control plane.
       { Effect = "Allow", Action = local.sqs_send, Resource = [aws_sqs_queue.service["control"].arn] },
       # Weights, and the job's inputs (uploads, fetched images) and cancel marker.
       { Effect = "Allow", Action = ["s3:GetObject"], Resource = concat(["${local.bucket_arn}/models/*", local.tenants_objects], var.model_weights_s3_arns) },
-      {
-        Effect    = "Allow", Action = ["s3:ListBucket"], Resource = [local.bucket_arn]
-        Condition = { StringLike = { "s3:prefix" = ["models/*", "tenants/*"] } }
-      },
+      # Listing: a weights folder, and an honest 404 for a missing key (the cancel check is a
+      # HeadObject, which S3 answers 403 without ListBucket, and an s3:prefix condition never
+      # matches a HeadObject). The names it lists are of objects it may read already.
+      { Effect = "Allow", Action = ["s3:ListBucket"], Resource = concat([local.bucket_arn], local.model_weights_bucket_arns) },
       # Its images, under the job's prefix only.
       { Effect = "Allow", Action = ["s3:PutObject"], Resource = ["${local.bucket_arn}/tenants/*/jobs/*"] },
       # Scale-in protection while it holds a job: the ECS agent's endpoint (ECS_AGENT_URI) calls

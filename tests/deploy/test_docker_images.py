@@ -56,6 +56,14 @@ def test_each_image_installs_its_profile_of_the_lock_by_hash_and_no_data(image: 
     assert not any(re.search(r"\bvar\b|\.safetensors|\.ckpt|models/", c) for c in copies), copies
 
 
+@pytest.mark.parametrize("image", IMAGES)
+def test_each_image_builds_the_project_with_the_lock_s_setuptools(image: str) -> None:
+    # (installed without build isolation: the base image's own may be too old to build a wheel)
+    assert "--no-build-isolation" in dockerfile(image)
+    lock = (ROOT / "requirements" / f"{image}.txt").read_text()
+    assert re.search(r"^setuptools==\S+ \\\n +--hash=sha256:", lock, re.M)
+
+
 def test_the_web_image_has_no_torch_and_no_gpu_code() -> None:
     text = dockerfile("web")
     assert not re.search(r"torch|diffusers|gpu\.txt|dev\.txt", text.split("FROM", 1)[1])

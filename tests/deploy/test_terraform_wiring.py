@@ -104,3 +104,47 @@ def test_a_stop_timeout_shorter_than_the_grace_is_reported() -> None:
         s.locals["gpu_stop_timeout"] = "${min(var.gpu_stop_grace_seconds + 5,120)}"
 
     assert tfconfig.check_stop_timeout(broken(edit))
+
+
+def test_what_a_first_deploy_lacked_is_reported() -> None:
+    # given the stack as a review found it: beat's schedule in root's /app, the API unable to
+    # wake a pool, the webhooks sender presigning what it cannot read, the GPU role without
+    # SendMessage on its own queue and with a ListBucket on a prefix, a root-owned model cache,
+    # and the backstop divided by running tasks
+    def edit(s: tfconfig.Stack) -> None:
+        s.locals["control_plane_services"] = str(s.locals["control_plane_services"]).replace(
+            "'beat', '-s', '/tmp/celerybeat-schedule'", "'beat'"
+        )
+        s.locals["control_plane_policies"]["api"] = s.locals["control_plane_policies"]["api"][:4]
+        s.locals["control_plane_policies"]["webhooks"] = s.locals["control_plane_policies"][
+            "webhooks"
+        ][:3]
+        policy = s.resources["aws_iam_role_policy"]["gpu_task"]
+        policy["policy"] = (
+            str(policy["policy"])
+            .replace(
+                "\"${concat(local.sqs_consume,['sqs:SendMessage'])}\"", "'${local.sqs_consume}'"
+            )
+            .replace(
+                "'Action': ['s3:ListBucket'], 'Resource'",
+                "'Action': ['s3:ListBucket'], 'Condition': {'s3:prefix': 'x'}, 'Resource'",
+            )
+        )
+        template = s.resources["aws_launch_template"]["gpu"]
+        template["user_data"] = str(template["user_data"]).replace("chown", "echo")
+        backstop = str(s.resources["aws_appautoscaling_policy"]["gpu"])
+        s.resources["aws_appautoscaling_policy"]["gpu"] = {
+            "as_written": backstop.replace("DesiredTaskCount", "RunningTaskCount")
+        }
+
+    # then each is named
+    assert tfconfig.check_service_rights(broken(edit)) == [
+        "local.control_plane_services: beat's schedule file is not under /tmp",
+        "control_plane_policies.api: lacks ${local.gpu_services_resize} (pools_wake)",
+        "control_plane_policies.api: lacks ${local.scaling_metric_put} (pools_wake)",
+        "control_plane_policies.webhooks: cannot read the objects it presigns",
+        "aws_iam_role_policy.gpu_task: cannot send to its own queue (preemption)",
+        "aws_iam_role_policy.gpu_task: no unconditional ListBucket (404s)",
+        "aws_launch_template.gpu: the model cache is not the GPU user's",
+        "aws_appautoscaling_policy.gpu: not DesiredWorkers / DesiredTaskCount",
+    ]

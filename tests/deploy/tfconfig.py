@@ -272,6 +272,44 @@ def check_documented(stack: Stack) -> list[str]:
     ]
 
 
+def _statements(policy: str) -> list[str]:
+    """A parsed policy's statements written out, one string each (split where each begins)."""
+    return ["{'Effect'" + part for part in policy.split("{'Effect'")[1:]]
+
+
+def check_service_rights(stack: Stack) -> list[str]:
+    """What each service does at run time, it may do (findings of a review of a first deploy):
+    beat writes its schedule where its non-root user can, the API wakes an empty pool (ECS, the
+    scaling metric), the webhooks sender presigns output URLs (reads tenant objects), a GPU
+    worker sends a preempted job to its own queue, gets a 404 for a missing key (ListBucket with
+    no s3:prefix condition, which a HeadObject never matches) and writes its model cache, and
+    the target-tracking backstop divides by the desired tasks, not the running ones."""
+    problems = []
+    services = str(stack.locals.get("control_plane_services", ""))
+    if "'beat', '-s', '/tmp/" not in services:
+        problems.append("local.control_plane_services: beat's schedule file is not under /tmp")
+    policies = stack.locals.get("control_plane_policies", {})
+    api = str(policies.get("api", ""))
+    for needed in ("${local.gpu_services_resize}", "${local.scaling_metric_put}"):
+        if needed not in api:
+            problems.append(f"control_plane_policies.api: lacks {needed} (pools_wake)")
+    if "s3:GetObject" not in str(policies.get("webhooks", "")):
+        problems.append("control_plane_policies.webhooks: cannot read the objects it presigns")
+    gpu = _statements(str(stack.resource("aws_iam_role_policy", "gpu_task").get("policy", "")))
+    own_queue = [st for st in gpu if "aws_sqs_queue.model[each.key].arn" in st]
+    if not any("sqs:SendMessage" in st for st in own_queue):
+        problems.append("aws_iam_role_policy.gpu_task: cannot send to its own queue (preemption)")
+    if not any("s3:ListBucket" in st and "s3:prefix" not in st for st in gpu):
+        problems.append("aws_iam_role_policy.gpu_task: no unconditional ListBucket (404s)")
+    user_data = str(stack.resource("aws_launch_template", "gpu").get("user_data", ""))
+    if "chown 10001:10001 ${local.gpu_model_cache}" not in user_data:
+        problems.append("aws_launch_template.gpu: the model cache is not the GPU user's")
+    backstop = str(stack.resource("aws_appautoscaling_policy", "gpu"))
+    if "DesiredTaskCount" not in backstop or "RunningTaskCount" in backstop:
+        problems.append("aws_appautoscaling_policy.gpu: not DesiredWorkers / DesiredTaskCount")
+    return problems
+
+
 ALL_CHECKS = (
     check_model_wiring,
     check_service_queues,
@@ -280,5 +318,6 @@ ALL_CHECKS = (
     check_bucket,
     check_tls_listener,
     check_stop_timeout,
+    check_service_rights,
     check_documented,
 )
