@@ -3,12 +3,20 @@
 The address policy (address_is_public) says which addresses a tenant's URL may reach; the
 caller then connects only to the addresses returned here, so a second DNS answer cannot swap
 in another one (DNS rebinding).
+
+A lookup is bounded by the caller's deadline (a send's or a fetch's), else by
+LOOKUP_TIMEOUT_S (a URL checked while an API request waits): the system resolver's own
+timeouts and retries can add up to tens of seconds. A lookup given up on finishes on its thread.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import os
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from integrations.safe_http.errors import FetchError
@@ -110,13 +118,35 @@ def _embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
     return None
 
 
-def resolve(target: Target, exemptions: Exemptions) -> list[str]:
+LOOKUP_TIMEOUT_S = 5.0
+
+
+@functools.cache
+def _lookups(pid: int) -> ThreadPoolExecutor:
+    """This process's lookup threads (one pool per process: none is inherited across a fork)."""
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"dns-{pid}")
+
+
+def resolve(target: Target, exemptions: Exemptions, *, deadline: float | None = None) -> list[str]:
     """The host's addresses, each one checked unless the caller exempts the target; the caller
-    connects only to these."""
+    connects only to these. The lookup ends by `deadline` (time.monotonic()), else within
+    LOOKUP_TIMEOUT_S: a resolver that has not answered by then is a retryable DNS failure."""
+    wait_s = LOOKUP_TIMEOUT_S if deadline is None else max(0.0, deadline - time.monotonic())
+    lookup = _lookups(os.getpid()).submit(
+        socket.getaddrinfo,
+        target.hostname,
+        target.port,
+        type=socket.SOCK_STREAM,
+        proto=socket.IPPROTO_TCP,
+    )
     try:
-        infos = socket.getaddrinfo(
-            target.hostname, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-        )
+        infos = lookup.result(timeout=wait_s)
+    except TimeoutError as exc:
+        raise FetchError(
+            "dns_failed",
+            f"the host {target.hostname} was not resolved within {wait_s:.1f} s",
+            retryable=True,
+        ) from exc
     except (socket.gaierror, UnicodeError) as exc:
         # EAI_AGAIN is the resolver saying "try again": a temporary failure, unlike a name that
         # does not exist.

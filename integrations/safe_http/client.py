@@ -50,7 +50,7 @@ def fetch(
     current = url
     for _hop in range(max_redirects + 1):
         target = parse(current, exemptions)
-        addresses = resolve(target, exemptions)
+        addresses = resolve(target, exemptions, deadline=deadline)
         read = functools.partial(read_response, target, max_bytes=max_bytes, deadline=deadline)
         result = exchange(target, addresses, request, read=read, ca_file=ca_file, deadline=deadline)
         if isinstance(result, Fetched):
@@ -85,7 +85,7 @@ def post(
     deadline = started + timeout
     exemptions = Exemptions.of(http_hosts=allow_http_hosts)
     target = parse(url, exemptions)
-    addresses = resolve(target, exemptions)
+    addresses = resolve(target, exemptions, deadline=deadline)
     request = Request("POST", _with_defaults(headers), body)
     read = functools.partial(
         read_sent, target, max_bytes=max_response_bytes, started=started, deadline=deadline

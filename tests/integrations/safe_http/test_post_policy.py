@@ -3,9 +3,13 @@ that is checked, and what allow_http_hosts lets through."""
 
 from __future__ import annotations
 
+import socket
+import time
+from typing import Any
+
 import pytest
 
-from integrations.safe_http import FetchError, check_url, post
+from integrations.safe_http import FetchError, addresses, check_url, post
 from tests.integrations.safe_http.receiver import BODY, ReceiverServer, post_to
 from tests.integrations.safe_http.support import FakeDns
 from tests.support.https import PINNED_NAME
@@ -197,3 +201,33 @@ def test_a_url_with_a_space_a_control_character_or_a_lone_surrogate_is_refused(u
     with pytest.raises(FetchError) as refused:
         check_url(url)
     assert refused.value.code == "invalid_url"
+
+
+# --- a resolver that does not answer ----------------------------------------------------------
+
+
+def test_a_lookup_that_does_not_answer_ends_at_the_deadline_as_a_retryable_dns_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a resolver that takes 3 s to answer for a name
+    real = socket.getaddrinfo
+
+    def slow(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow.test":
+            time.sleep(3)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    monkeypatch.setattr(addresses, "LOOKUP_TIMEOUT_S", 0.3, raising=False)
+    # when a send with a 0.5 s deadline, and a check at submit, meet it
+    for call, bound_s in (
+        (lambda: post("https://slow.test/hook", body=BODY, headers={}, timeout=0.5), 0.5),
+        (lambda: check_url("https://slow.test/hook"), 0.3),
+    ):
+        started = time.monotonic()
+        with pytest.raises(FetchError) as caught:
+            call()
+        # then each gives up at its bound, as a DNS failure worth another try
+        assert time.monotonic() - started < bound_s + 0.5
+        assert (caught.value.code, caught.value.retryable) == ("dns_failed", True)
+        assert "slow.test" in str(caught.value)
