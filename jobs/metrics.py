@@ -12,10 +12,14 @@ process keeps counters that another process would not see):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import os
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.db.models import Count
@@ -30,6 +34,17 @@ logger = logging.getLogger(__name__)
 
 WINDOW = dt.timedelta(minutes=15)
 STAGES = ("queue_s", "load_s", "inference_s", "encode_s", "upload_s")
+# A scrape waits this long in all for the queues' depths (read at once, on threads of their own);
+# what SQS has not answered by then is left out of that scrape. The scrape holds one of the API's
+# sync workers: an SQS that accepts and never answers must not hold it for the clients' timeouts.
+SQS_WAIT_S = 2.0
+
+
+@functools.cache
+def _queue_readers(pid: int) -> ThreadPoolExecutor:
+    """This process's threads for the queues' depths (none is inherited across a fork); a read
+    given up on finishes on its thread, within the SQS client's own timeouts."""
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"metrics-sqs-{pid}")
 
 
 class JobsCollector(Collector):
@@ -42,10 +57,19 @@ class JobsCollector(Collector):
             "sdsaas_pool_workers", "Workers the scaling policy chose.", labels=["model"]
         )
         sizes = dict(WorkerPool.objects.values_list("model__slug", "workers"))
-        for slug in DiffusionModel.objects.filter(enabled=True).values_list("slug", flat=True):
+        slugs = list(DiffusionModel.objects.filter(enabled=True).values_list("slug", flat=True))
+        readers = _queue_readers(os.getpid())
+        depths = {slug: readers.submit(queue_depth, model_queue_name(slug)) for slug in slugs}
+        deadline = time.monotonic() + SQS_WAIT_S
+        for slug in slugs:
             pools.add_metric([slug], sizes.get(slug, 0))
             try:
-                depth = queue_depth(model_queue_name(slug))
+                depth = depths[slug].result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                logger.warning(
+                    "metrics: the queue of %s did not answer within %ss", slug, SQS_WAIT_S
+                )
+                continue
             except Exception as exc:  # SQS away: the other figures are still worth a scrape
                 logger.warning("metrics: the queue of %s could not be read: %s", slug, exc)
                 continue
@@ -101,5 +125,6 @@ def _seconds(value: Any) -> float | None:
 
 
 def _p95(values: list[float]) -> float:
+    """The nearest-rank 95th percentile: the ceil(0.95 n)-th smallest."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * len(ordered) + 0.5) - 1)]
+    return ordered[-(-95 * len(ordered) // 100) - 1]  # integer ceil: no float rounding

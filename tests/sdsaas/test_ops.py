@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,8 +15,10 @@ from django.test import Client
 from django.utils import timezone
 
 from integrations.webhooks.models import WebhookAttempt, WebhookMessage
+from jobs import metrics
 from jobs.models import Job, WorkerPool
 from sdsaas.broker.sqs import ensure_model_queue, sqs_client
+from tests.integrations.safe_http.receiver import silent_listener
 from tests.support.api_server import api_server
 from tests.support.factories import DiffusionModelFactory, JobFactory, TenantFactory
 
@@ -129,3 +132,31 @@ def test_without_a_token_metrics_are_served_in_debug_only(settings: Any) -> None
     assert scrape(Client()).status_code == 404
     settings.DEBUG = True
     assert scrape(Client()).status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("local_aws")  # its credentials; the endpoint is then replaced
+def test_a_scrape_does_not_wait_on_an_sqs_that_never_answers(settings: Any) -> None:
+    # given two models, and SQS behind an endpoint that accepts connections and never answers
+    settings.METRICS_TOKEN = "metrics-token"
+    for slug in ("sd15", "sdxl"):
+        WorkerPool.objects.create(model=DiffusionModelFactory(slug=slug), workers=1)
+    JobFactory(status=Job.Status.QUEUED)
+    with silent_listener() as port:
+        settings.SQS_ENDPOINT_URL = f"http://127.0.0.1:{port}"
+        # when Prometheus scrapes
+        started = time.monotonic()
+        response = scrape(Client(), authorization="Bearer metrics-token")
+        took_s = time.monotonic() - started
+    # then it is answered within the SQS wait, without the queues, with everything else
+    assert response.status_code == 200
+    assert took_s < metrics.SQS_WAIT_S + 1.5, took_s
+    text = response.content.decode()
+    assert metric(text, "sdsaas_queue_messages", model="sd15", state="visible") is None
+    assert metric(text, "sdsaas_pool_workers", model="sdxl") == 1
+    assert metric(text, "sdsaas_jobs", status="queued") == 1
+
+
+@pytest.mark.parametrize(("n", "rank"), [(1, 1), (3, 3), (20, 19), (21, 20), (100, 95)])
+def test_the_p95_is_the_nearest_rank(n: int, rank: int) -> None:
+    assert metrics._p95([float(v) for v in range(n, 0, -1)]) == rank
