@@ -232,7 +232,10 @@ class PipelineCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, tuple[LoadedModel, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held across a load (minutes, with a compile)
+        # The bytes held, kept beside the items: read without the lock (a metrics scrape must not
+        # wait for a load to end).
+        self._bytes = 0
 
     def get(
         self, key: str, load: Callable[[], Pipeline], expected_bytes: int = 0
@@ -252,6 +255,7 @@ class PipelineCache:
             self._evict_until(self.max_bytes - size)
             model = LoadedModel(pipeline)
             self._items[key] = (model, size)
+            self._bytes += size
             return model, True
 
     def lookup(self, key: str) -> LoadedModel | None:
@@ -265,7 +269,8 @@ class PipelineCache:
     def _evict_until(self, room: int) -> None:
         evicted = False
         while self._items and sum(size for _, size in self._items.values()) > room:
-            key, _ = self._items.popitem(last=False)
+            key, (_, size) = self._items.popitem(last=False)
+            self._bytes -= size
             logger.info("evicted pipeline %s from the cache", key)
             evicted = True
         if evicted:
@@ -277,9 +282,8 @@ class PipelineCache:
         return key in self._items
 
     def bytes_held(self) -> int:
-        """The weights' bytes of the pipelines held."""
-        with self._lock:
-            return sum(size for _, size in self._items.values())
+        """The weights' bytes of the pipelines held; it does not wait for a load under way."""
+        return self._bytes
 
 
 def _img2img(pipeline: Pipeline) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,39 @@ def test_room_is_made_before_a_new_pipeline_is_loaded(tiny_model_dir: Path) -> N
     # then the old one was out of the cache before the new one was loaded
     assert held_while_loading == [False]
     assert cache.lookup("new") is not None and cache.lookup("old") is None
+
+
+def test_the_bytes_held_are_read_without_waiting_for_a_load_under_way(
+    tiny_model_dir: Path,
+) -> None:
+    # given a cache holding one pipeline, loading another on a thread (as a cold start does)
+    def load() -> Any:
+        return inference.load_pipeline(str(tiny_model_dir), CPU)
+
+    size = inference.pipeline_bytes(load())
+    cache = inference.PipelineCache(max_bytes=4 * size)
+    cache.get("held", load)
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> Any:
+        loading.set()
+        release.wait(10)
+        return load()
+
+    thread = threading.Thread(target=cache.get, args=("new", slow_load))
+    thread.start()
+    try:
+        assert loading.wait(10)
+        # when the worker's metrics ask what it holds, then they are answered at once
+        started = time.monotonic()
+        assert cache.bytes_held() == size
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+        thread.join(30)
+    # and once loaded, both count; after an eviction (room for a third of 3 x the size), only
+    # what is left does
+    assert cache.bytes_held() == 2 * size
+    cache.get("third", load, expected_bytes=3 * size)
+    assert "held" not in cache and "new" in cache and "third" in cache
+    assert cache.bytes_held() == 2 * size
