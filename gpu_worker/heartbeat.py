@@ -9,6 +9,7 @@ stops extending at once.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -45,7 +46,13 @@ class VisibilityHeartbeat:
         self.interval_s = interval_s
         self.ceiling_s = ceiling_s
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="visibility-heartbeat", daemon=True)
+        # In the log context of where it was made (the job's ids): a thread starts with none.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._run,),
+            name="visibility-heartbeat",
+            daemon=True,
+        )
 
     def __enter__(self) -> VisibilityHeartbeat:
         self._thread.start()

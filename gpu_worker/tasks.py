@@ -172,7 +172,9 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
             holding.enter_context(scale_in_protection().busy())
             heartbeats = [holding.enter_context(held(delivery_info))]
             batch, later = take_batch(delivered)
-            heartbeats += [holding.enter_context(held(member.delivery_info)) for member in batch]
+            for member in batch:  # each beating in its own job's log context
+                with logs.bound(job_id=member.message.job_id, attempt=member.attempt):
+                    heartbeats.append(holding.enter_context(held(member.delivery_info)))
             members = [delivered, *batch]
             outcomes = run_jobs(
                 [(m.message, m.attempt) for m in members],
@@ -239,7 +241,8 @@ def take_batch(delivered: Member) -> tuple[list[Member], list[Later]]:
             info = delivery_info_of(taken)
             batch.append(Member(message, attempt_of(message, info), info))
         else:
-            heartbeat = visibility_heartbeat(taken.queue_url, taken.receipt_handle)
+            with logs.bound(job_id=message.job_id if message else None):
+                heartbeat = visibility_heartbeat(taken.queue_url, taken.receipt_handle)
             later.append(Later(taken, heartbeat.__enter__()))
     channel.deliver_later([(item.taken, item.heartbeat.stop) for item in later])
     TAKES.took(len(received), len(batch))

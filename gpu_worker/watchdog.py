@@ -17,6 +17,7 @@ watches the job from receive to report:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -96,7 +97,13 @@ class JobWatchdog:
         self.reason: Reason | None = None
         self._outcome_claimed = threading.Lock()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="job-watchdog", daemon=True)
+        # In the log context of where it was made (the job's ids): a thread starts with none.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._run,),
+            name="job-watchdog",
+            daemon=True,
+        )
 
     def __enter__(self) -> JobWatchdog:
         self._started = time.monotonic()

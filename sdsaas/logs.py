@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from celery.signals import task_postrun, task_prerun
+from django.core.signals import request_finished
+from django.dispatch import receiver
 
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "sdsaas_log_context", default=None
@@ -82,17 +84,22 @@ class JsonFormatter(logging.Formatter):
 
 
 class ContextMiddleware:
-    """Each request starts and ends with an empty context (a thread serves many requests)."""
+    """Each request starts with an empty context (a thread serves many requests), and keeps its
+    ids until it is finished (`_clear_request`): Django logs a 4xx or 5xx answer ("Not Found:
+    ...") after the middleware chain has returned, and that line names the tenant too."""
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
         clear()
-        try:
-            return self.get_response(request)
-        finally:
-            clear()
+        return self.get_response(request)
+
+
+@receiver(request_finished)
+def _clear_request(**_: Any) -> None:
+    """The response was sent and closed: nothing of the request outlives it."""
+    clear()
 
 
 @task_prerun.connect

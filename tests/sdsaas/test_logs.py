@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from gpu_worker.watchdog import JobWatchdog
 from sdsaas import logs
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
 
@@ -75,3 +77,32 @@ def test_a_request_binds_its_tenant_and_the_next_request_starts_empty(
     # and nothing of it outlives the request
     logging.getLogger("sdsaas.test").info("later")
     assert "tenant_id" not in records(lines)[-1]
+
+
+@pytest.mark.django_db
+def test_django_s_line_for_a_refused_request_names_the_tenant(lines: io.StringIO) -> None:
+    # given a tenant's key
+    tenant = TenantFactory()
+    # when it asks for a job that does not exist
+    assert api_client_for(tenant).get("/v1/jobs/job_nonesuch").status_code == 404
+    # then the line Django logs for the 404 (after the middleware chain) names the tenant
+    [refused] = [r for r in records(lines) if r["logger"] == "django.request"]
+    assert refused["tenant_id"] == tenant.pk, refused
+    # and nothing of it outlives the request
+    logging.getLogger("sdsaas.test").info("later")
+    assert "tenant_id" not in records(lines)[-1]
+
+
+def test_the_job_watchdog_s_thread_logs_in_the_job_s_context(lines: io.StringIO) -> None:
+    # given a job's watchdog made where the job's ids are bound (the task's thread)
+    with logs.bound(job_id="job_1", attempt=2):
+        guard = JobWatchdog(
+            time_limit_s=0.2, stop_passed=lambda: False, canceled=lambda: False, abandon=print
+        )
+    # when it decides, on its own thread, that the job must end
+    with guard:
+        while guard.reason is None:
+            time.sleep(0.05)
+    # then its record names the job and its attempt
+    [decided] = [r for r in records(lines) if r["logger"] == "gpu_worker.watchdog"]
+    assert (decided["job_id"], decided["attempt"]) == ("job_1", 2), decided
