@@ -27,7 +27,7 @@ from gpu_worker.protection import scale_in_protection
 from gpu_worker.retry import is_transient
 from gpu_worker.runner import batch_key, run_jobs, time_limit_s, timeout_message
 from gpu_worker.watchdog import STOP, Reason
-from sdsaas import logs
+from sdsaas import logs, telemetry
 from sdsaas.broker.sqs import model_queue_name, sqs_client
 from sdsaas.broker.transport import Channel, Taken
 from sdsaas.contract import (
@@ -411,6 +411,7 @@ def end_process(*, restart: bool) -> NoReturn:
     Nothing of the old process survives an exec: its threads, its model and GPU memory go. The
     new worker loads its model again at its first job.
     """
+    telemetry.flush()  # the abandoned job's last spans: exec and _exit skip the exit handlers
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()

@@ -72,6 +72,14 @@ def tracer() -> trace.Tracer:
     return provider.get_tracer("sdsaas") if provider else trace.NoOpTracer()
 
 
+def flush(timeout_s: float = 5.0) -> None:
+    """Export the spans still buffered (otlp batches them up to 5 s): before a process ends
+    without its exit handlers (a GPU worker's exit or exec after an abandoned job)."""
+    provider = _provider(settings.OTEL_EXPORTER, f"sdsaas-{settings.ROLE}")
+    if provider is not None:
+        provider.force_flush(int(timeout_s * 1000))
+
+
 def _parent(traceparent: str) -> Context | None:
     return PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
 

@@ -1,6 +1,7 @@
-"""Loopback stand-ins for the two AWS endpoints a GPU worker talks to on its instance, real HTTP
-on 127.0.0.1 with each call recorded: the ECS agent's task-protection endpoint (make run's own
-stand-in) and the instance metadata service (IMDSv2, answered as the AWS documentation says)."""
+"""Loopback stand-ins for the AWS endpoints a worker talks to on its instance, real HTTP on
+127.0.0.1 with each call recorded: the ECS agent's task-protection endpoint (make run's own
+stand-in), the instance metadata service (IMDSv2, answered as the AWS documentation says), and
+the OTLP/HTTP endpoint of an ADOT collector beside the task (spans, exported to X-Ray)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class _Endpoint:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_PUT = _handle
+            do_GET = do_PUT = do_POST = _handle
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -141,3 +142,10 @@ class FakeImds(_Endpoint):
         if call.method == "GET" and call.path == self.ACTION and self.action is not None:
             return 200, self.action
         return 404, b"Not Found"
+
+
+class OtlpCollector(_Endpoint):
+    """Takes every POST (protobuf spans at /v1/traces) with a 200."""
+
+    def answer(self, call: Call) -> tuple[int, Any]:
+        return 200, b""
