@@ -1,7 +1,9 @@
 """A GPU worker's Prometheus metrics, served with its other operators' endpoints on
 SDSAAS_WORKER_OPS_PORT (sdsaas/worker_ops.py):
 
-- `sdsaas_worker_jobs_total{outcome}`: the runs this process ended, by how they ended;
+- `sdsaas_worker_jobs_total{outcome}`: the runs this process ended, by how they ended (a run
+  whose task raised: `failed`, or `handed_back` when the error was transient and the job goes
+  back to its queue);
 - `sdsaas_worker_pipeline_bytes`: the weights of the pipelines it holds in memory;
 - `sdsaas_gpu_memory_bytes{kind}`: CUDA memory `allocated` by tensors and `reserved` by torch's
   allocator (on a CUDA device only).
@@ -25,6 +27,11 @@ JOBS = Counter("sdsaas_worker_jobs", "Runs this worker ended, by outcome.", ["ou
 def count(outcomes: list[RunOutcome]) -> None:
     for outcome in outcomes:
         JOBS.labels(outcome=outcome.value).inc()
+
+
+def count_raised(runs: int, *, transient: bool) -> None:
+    """Runs whose task raised: failed (a bug: reported as internal_error), or handed back."""
+    JOBS.labels(outcome="handed_back" if transient else RunOutcome.FAILED.value).inc(runs)
 
 
 class MemoryCollector(Collector):

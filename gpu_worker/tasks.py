@@ -185,6 +185,7 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
     except Exception as exc:
         for member in batch:
             settle_after_error(member, exc)
+        metrics.count_raised(1 + len(batch), transient=is_transient(exc))
         if not is_transient(exc):
             raise
         # Not Celery's retry: it publishes a copy whose receive count starts again at 1, so the
