@@ -14,7 +14,7 @@ from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 
 from sdsaas.errors import error_body
-from sdsaas.settings import API_BIND, API_WORKERS
+from sdsaas.settings import API_BIND, API_WORKERS, LOG_FORMAT
 
 bind = API_BIND
 workers = API_WORKERS
@@ -32,6 +32,27 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 # One line per request on stdout, where the container's log driver picks it up.
 accesslog = "-"
+if LOG_FORMAT == "json":
+    # gunicorn's own lines (its access log, boots, a worker's traceback) as one JSON object each
+    # too, like every other line of the process (sdsaas/logs.py). Django's logging, set up when
+    # the worker loads the app, takes the root logger; these two keep their handler.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "sdsaas.logs.JsonFormatter"}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"level": "INFO", "handlers": ["json"]},
+        "loggers": {
+            name: {"level": "INFO", "handlers": ["json"], "propagate": False}
+            for name in ("gunicorn.error", "gunicorn.access")
+        },
+    }
 # The API is run by its process manager (ECS, devstack), not through `gunicornc`; and the socket's
 # default path is one per user, which two servers on one host (tests, `make run`) would share.
 control_socket_disable = True

@@ -542,7 +542,12 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": os.environ.get("SDSAAS_LOG_LEVEL", "INFO")},
-    "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
+    "loggers": {
+        "botocore": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+        # Django's own console handler (debug only) goes: its lines reach the root's, once.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+    },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "plain"
 # `/metrics` (sdsaas/ops.py) answers only `Authorization: Bearer <this>`; empty: debug only.

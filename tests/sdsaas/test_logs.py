@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from gpu_worker.watchdog import JobWatchdog
 from sdsaas import logs
+from tests.support.api_server import api_server
 from tests.support.factories import DiffusionModelFactory, TenantFactory, api_client_for
 
 
@@ -106,3 +111,21 @@ def test_the_job_watchdog_s_thread_logs_in_the_job_s_context(lines: io.StringIO)
     # then its record names the job and its attempt
     [decided] = [r for r in records(lines) if r["logger"] == "gpu_worker.watchdog"]
     assert (decided["job_id"], decided["attempt"]) == ("job_1", 2), decided
+
+
+def test_the_api_server_logs_only_json_lines_in_json_mode(tmp_path: Path) -> None:
+    # given the API under gunicorn with JSON logs
+    log = tmp_path / "gunicorn.log"
+    database = tmp_path / "db.sqlite3"
+    env = {"SDSAAS_LOG_FORMAT": "json", "DATABASE_URL": f"sqlite:///{database}"}
+    with api_server(log, **env) as base:
+        # when a request is served and another refused
+        for path in ("/healthz", "/v1/jobs"):
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(f"{base}{path}", timeout=10).close()
+    # then every line it printed (boot, access log, refusal, stop) is one JSON object
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]
+    loggers = {record["logger"] for record in parsed}
+    assert {"gunicorn.error", "gunicorn.access"} <= loggers, loggers
+    assert any("GET /healthz" in str(record["message"]) for record in parsed)
