@@ -240,9 +240,11 @@ def local_env(*, aws: str, base: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_DEFAULT_REGION": os.environ.get("SDSAAS_AWS_REGION", "us-east-1"),
         "SDSAAS_SWEEP_UNPUBLISHED_AFTER": "5",
-        # Jobs whose messages died with the last run's SQS server are sent again within about half
-        # a minute of this start (moto's queue counts are exact: no lag to wait out).
+        # Jobs whose messages died with the last run's SQS server are sent again within about 20 s
+        # of this start (moto's queue counts are exact: no lag to wait out): the reconciler
+        # looks every 5 s, and acts at its second look, 10 s after the first.
         "SDSAAS_RECONCILE_AFTER_S": os.environ.get("SDSAAS_RECONCILE_AFTER_S", "15"),
+        "SDSAAS_SWEEP_EVERY_S": os.environ.get("SDSAAS_SWEEP_EVERY_S", "5"),
         # A pool keeps its warm worker a minute after its last job here (10 minutes by default),
         # so that a laptop sees the pool go back to zero.
         "SDSAAS_SCALING_KEEP_ALIVE_S": os.environ.get("SDSAAS_SCALING_KEEP_ALIVE_S", "60"),

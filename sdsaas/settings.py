@@ -394,10 +394,12 @@ SWEEP_UNPUBLISHED_AFTER = env_int("SDSAAS_SWEEP_UNPUBLISHED_AFTER", 30, minimum=
 RECONCILE_AFTER_S = env_int("SDSAAS_RECONCILE_AFTER_S", 120, minimum=1)
 # Times one job is published again by the reconciler; lost once more, it fails `message_lost`.
 RECONCILE_MAX_REPUBLISHES = env_int("SDSAAS_RECONCILE_MAX_REPUBLISHES", 3, minimum=0)
+# How often the safety nets run: the sweeps of unpublished and dead-lettered jobs, the reconciler.
+SWEEP_EVERY_S = env_int("SDSAAS_SWEEP_EVERY_S", 15, minimum=1)
 CELERY_BEAT_SCHEDULE = {
-    "sweep-unpublished-jobs": {"task": TASK_SWEEP_UNPUBLISHED, "schedule": 15.0},
-    "sweep-dead-letters": {"task": TASK_SWEEP_DEAD_LETTERS, "schedule": 15.0},
-    "reconcile-lost-jobs": {"task": TASK_RECONCILE_LOST, "schedule": 15.0},
+    "sweep-unpublished-jobs": {"task": TASK_SWEEP_UNPUBLISHED, "schedule": float(SWEEP_EVERY_S)},
+    "sweep-dead-letters": {"task": TASK_SWEEP_DEAD_LETTERS, "schedule": float(SWEEP_EVERY_S)},
+    "reconcile-lost-jobs": {"task": TASK_RECONCILE_LOST, "schedule": float(SWEEP_EVERY_S)},
     "prune-records": {"task": TASK_PRUNE_RECORDS, "schedule": 3600.0},
     # A run that waited in the queue past a few periods is dropped: a newer one is due.
     "publish-scaling": {
