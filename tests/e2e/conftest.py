@@ -280,15 +280,15 @@ def tenant() -> Tenant:
 
 # --- GPU workers of a test's own, to kill and stop (test_worker_failures.py, test_worker_cancel.py)
 
-VISIBILITY_S = 6
+VISIBILITY_S = 5  # the least SDSAAS_SQS_VISIBILITY_TIMEOUT takes; heartbeats every second
 # A job that must end (stop grace, time limit, cancel) ends within this of its bound, whatever
 # its step time: a check (0.2 s), the runner's chance to end it (1 s), then the hand-back.
 STOP_MARGIN_S = 3.0
 # On the tiny model a step takes tens of milliseconds: these jobs run for seconds.
 LONG_JOB = {"width": 256, "height": 256, "steps": 150, "scheduler": "euler"}
-# More than 5 x VISIBILITY_S (the test asserts it ran > 30 s): 60 steps took 28-80 s on two CPU
-# cores, depending on the machine; 100 take ~47 s on the fastest seen.
-LONGER_JOB = {"width": 1024, "height": 1024, "steps": 100, "scheduler": "euler", "num_outputs": 4}
+# More than 5 x VISIBILITY_S (the test asserts it ran > 25 s): a step takes 0.47-1.33 s on two
+# CPU cores, depending on the machine, so 65 steps take 30-86 s.
+LONGER_JOB = {"width": 1024, "height": 1024, "steps": 65, "scheduler": "euler", "num_outputs": 4}
 SHORT_JOB = {"width": 64, "height": 64, "steps": 2}
 # Steps of several seconds each (four 2048x2048 images): a step outlasts every bound tested.
 LONG_STEP_JOB = {"width": 2048, "height": 2048, "steps": 3, "num_outputs": 4, "scheduler": "euler"}
