@@ -43,6 +43,17 @@ locals {
     var.extra_environment,
   )
 
+  # The Celery workers of the control plane serve /healthz on the ops port (sdsaas/worker_ops.py),
+  # which their task definitions check, as the GPU workers' do.
+  celery_worker_env = { SDSAAS_WORKER_OPS_PORT = tostring(local.worker_ops_port) }
+  worker_health_check = {
+    command     = ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${local.worker_ops_port}/healthz', timeout=3)"]
+    interval    = 30
+    timeout     = 5
+    retries     = 3
+    startPeriod = 60
+  }
+
   # The control-plane services: command, role (SDSAAS_ROLE), size and count.
   control_plane_services = merge({
     api = {
@@ -61,7 +72,7 @@ locals {
       memory  = var.worker_memory
       count   = var.control_desired_count
       sg      = aws_security_group.workers.id
-      env     = {}
+      env     = local.celery_worker_env
     }
     # Exactly one: two beats would send every periodic task twice.
     scheduler = {
@@ -83,7 +94,7 @@ locals {
       memory  = var.worker_memory
       count   = var.sender_desired_count
       sg      = aws_security_group.workers.id
-      env     = {}
+      env     = local.celery_worker_env
     }
   })
 }
@@ -109,7 +120,7 @@ resource "aws_ecs_task_definition" "control_plane" {
     operating_system_family = "LINUX"
     cpu_architecture        = "X86_64"
   }
-  container_definitions = jsonencode([{
+  container_definitions = jsonencode([merge({
     name      = each.key
     image     = var.web_image
     essential = true
@@ -131,7 +142,12 @@ resource "aws_ecs_task_definition" "control_plane" {
         awslogs-stream-prefix = each.key
       }
     }
-  }])
+    # (a for with if: an object attribute present or not, where a conditional's two objects
+    # would have to be of one type)
+    }, {
+    for key, check in { healthCheck = local.worker_health_check } :
+    key => check if contains(keys(each.value.env), "SDSAAS_WORKER_OPS_PORT")
+  })])
   tags = local.tags
 }
 

@@ -173,11 +173,11 @@ resource "aws_ecs_task_definition" "gpu" {
     stopTimeout = local.gpu_stop_timeout
     # Alive while the worker process answers; ECS replaces a task that stops answering.
     healthCheck = {
-      command     = ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:${local.worker_ops_port}/healthz', timeout=3)"]
+      command     = local.worker_health_check.command
       interval    = 30
       timeout     = 5
       retries     = 3
-      startPeriod = 120
+      startPeriod = 120 # the model's first load
     }
     mountPoints = [{ sourceVolume = "model-cache", containerPath = local.gpu_model_cache }]
     logConfiguration = {

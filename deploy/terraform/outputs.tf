@@ -80,6 +80,11 @@ output "database_url_secret_arn" {
   value       = aws_secretsmanager_secret.database_url.arn
 }
 
+output "metrics_token_secret_arn" {
+  description = "Secrets Manager ARN of the bearer token for the API's /metrics (give it to the scraper)."
+  value       = aws_secretsmanager_secret.metrics_token.arn
+}
+
 output "bucket_name" {
   description = "The data bucket (SDSAAS_S3_BUCKET); put model weights under models/."
   value       = aws_s3_bucket.data.bucket

@@ -10,6 +10,7 @@ locals {
     SDSAAS_SECRET_KEY          = aws_secretsmanager_secret.django_secret_key.arn
     SDSAAS_WEBHOOK_SECRET_KEYS = aws_secretsmanager_secret.webhook_secret_keys.arn
     SDSAAS_DISCORD_TOKEN_KEYS  = aws_secretsmanager_secret.discord_token_keys.arn
+    SDSAAS_METRICS_TOKEN       = aws_secretsmanager_secret.metrics_token.arn
   }
   # Django needs a SECRET_KEY in every role; the GPU worker signs nothing with it, so it gets one
   # of its own rather than the API's.
@@ -105,4 +106,24 @@ resource "aws_secretsmanager_secret_version" "discord_token_keys" {
   secret_id                = aws_secretsmanager_secret.discord_token_keys.id
   secret_string_wo         = "${ephemeral.aws_secretsmanager_random_password.fernet["discord"].random_password}="
   secret_string_wo_version = 1
+}
+
+# The bearer token Prometheus scrapes the API's /metrics with (without one it answers 404).
+ephemeral "aws_secretsmanager_random_password" "metrics_token" {
+  password_length     = 48
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret" "metrics_token" {
+  #checkov:skip=CKV2_AWS_57:Rotated by raising secrets_version and giving the scraper the new value; a rotation Lambda would change it under running API tasks that read it once at start.
+  name        = "${var.prefix}/metrics-token"
+  description = "SDSAAS_METRICS_TOKEN of the sdsaas API: the bearer token of GET /metrics"
+  kms_key_id  = aws_kms_key.this.arn
+  tags        = local.tags
+}
+
+resource "aws_secretsmanager_secret_version" "metrics_token" {
+  secret_id                = aws_secretsmanager_secret.metrics_token.id
+  secret_string_wo         = ephemeral.aws_secretsmanager_random_password.metrics_token.random_password
+  secret_string_wo_version = var.secrets_version
 }

@@ -148,3 +148,25 @@ def test_what_a_first_deploy_lacked_is_reported() -> None:
         "aws_launch_template.gpu: the model cache is not the GPU user's",
         "aws_appautoscaling_policy.gpu: not DesiredWorkers / DesiredTaskCount",
     ]
+
+
+def test_operators_endpoints_left_out_are_reported() -> None:
+    # given the stack without the metrics token, the ops port of the workers, and their check
+    def edit(s: tfconfig.Stack) -> None:
+        secrets = dict(s.locals["control_plane_secrets"])
+        secrets.pop("SDSAAS_METRICS_TOKEN")
+        s.locals["control_plane_secrets"] = secrets
+        s.locals["control_plane_services"] = str(s.locals["control_plane_services"]).replace(
+            "local.celery_worker_env", "local.nothing", 1
+        )
+        task = str(s.resources["aws_ecs_task_definition"]["control_plane"])
+        s.resources["aws_ecs_task_definition"]["control_plane"] = {
+            "as_written": task.replace("healthCheck", "somethingElse")
+        }
+
+    # then each is named
+    assert tfconfig.check_operators_endpoints(broken(edit)) == [
+        "local.control_plane_secrets: no SDSAAS_METRICS_TOKEN",
+        "local.control_plane_services: a Celery worker without the ops port",
+        "aws_ecs_task_definition.control_plane: no health check for the workers",
+    ]

@@ -310,6 +310,25 @@ def check_service_rights(stack: Stack) -> list[str]:
     return problems
 
 
+def check_operators_endpoints(stack: Stack) -> list[str]:
+    """The API's /metrics has its token (without one it answers 404), and every Celery worker
+    of the control plane serves its ops port and is health-checked on it, as the GPU workers."""
+    problems = []
+    if "SDSAAS_METRICS_TOKEN" not in str(stack.locals.get("control_plane_secrets", "")):
+        problems.append("local.control_plane_secrets: no SDSAAS_METRICS_TOKEN")
+    services = str(stack.locals.get("control_plane_services", ""))
+    # the control worker's entry and the senders' (one entry written for both)
+    if services.count("'env': '${local.celery_worker_env}'") != 2:
+        problems.append("local.control_plane_services: a Celery worker without the ops port")
+    if "SDSAAS_WORKER_OPS_PORT" not in str(stack.locals.get("celery_worker_env", "")):
+        problems.append("local.celery_worker_env: no SDSAAS_WORKER_OPS_PORT")
+    task = str(stack.resource("aws_ecs_task_definition", "control_plane"))
+    plain = re.sub(r"[\\'\"]", "", task)  # the parser's nested quoting, gone
+    if "healthCheck: ${local.worker_health_check}" not in plain:
+        problems.append("aws_ecs_task_definition.control_plane: no health check for the workers")
+    return problems
+
+
 ALL_CHECKS = (
     check_model_wiring,
     check_service_queues,
@@ -319,5 +338,6 @@ ALL_CHECKS = (
     check_tls_listener,
     check_stop_timeout,
     check_service_rights,
+    check_operators_endpoints,
     check_documented,
 )
