@@ -268,7 +268,7 @@ class PipelineCache:
 
     def _evict_until(self, room: int) -> None:
         evicted = False
-        while self._items and sum(size for _, size in self._items.values()) > room:
+        while self._items and self._bytes > room:
             key, (_, size) = self._items.popitem(last=False)
             self._bytes -= size
             logger.info("evicted pipeline %s from the cache", key)
