@@ -6,6 +6,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,20 +187,23 @@ def test_the_step_callback_sees_every_step_and_can_stop_the_job(
         inference.generate(model, request(steps=50), cancel_at_2)
 
 
+@pytest.fixture
+def load_tiny(tiny_model_dir: Path) -> Callable[[], Any]:
+    """Loads the tiny pipeline on the CPU, anew at each call (what a cache's `get` is given)."""
+    return lambda: inference.load_pipeline(str(tiny_model_dir), CPU)
+
+
 def test_the_pipeline_cache_evicts_the_least_recently_used_within_its_bytes(
-    tiny_model_dir: Path,
+    load_tiny: Callable[[], Any],
 ) -> None:
     # given a cache with room for two tiny pipelines
-    def load() -> Any:
-        return inference.load_pipeline(str(tiny_model_dir), CPU)
-
-    size = inference.pipeline_bytes(load())
+    size = inference.pipeline_bytes(load_tiny())
     cache = inference.PipelineCache(max_bytes=2 * size + size // 2)
     # when a, b are loaded, a is used again, and c is loaded
-    assert cache.get("a", load)[1] is True
-    assert cache.get("b", load)[1] is True
-    assert cache.get("a", load)[1] is False
-    assert cache.get("c", load)[1] is True
+    assert cache.get("a", load_tiny)[1] is True
+    assert cache.get("b", load_tiny)[1] is True
+    assert cache.get("a", load_tiny)[1] is False
+    assert cache.get("c", load_tiny)[1] is True
     # then b, the least recently used, made room; a and c stay
     assert "b" not in cache
     assert "a" in cache and "c" in cache
@@ -230,20 +234,19 @@ def test_progress_counts_steps_even_for_second_order_schedulers(
     assert seen[-1] == (4, 4)
 
 
-def test_room_is_made_before_a_new_pipeline_is_loaded(tiny_model_dir: Path) -> None:
+def test_room_is_made_before_a_new_pipeline_is_loaded(
+    load_tiny: Callable[[], Any], tiny_model_dir: Path
+) -> None:
     # given a cache holding one pipeline, with room for one
-    def load() -> Any:
-        return inference.load_pipeline(str(tiny_model_dir), CPU)
-
-    size = inference.pipeline_bytes(load())
+    size = inference.pipeline_bytes(load_tiny())
     cache = inference.PipelineCache(max_bytes=size + size // 2)
-    cache.get("old", load)
+    cache.get("old", load_tiny)
     # when another is loaded, with its expected size from the files on disk
     held_while_loading: list[bool] = []
 
     def load_new() -> Any:
         held_while_loading.append("old" in cache)
-        return load()
+        return load_tiny()
 
     expected = inference.weights_bytes(str(tiny_model_dir))
     assert expected >= size // 2
@@ -254,21 +257,18 @@ def test_room_is_made_before_a_new_pipeline_is_loaded(tiny_model_dir: Path) -> N
 
 
 def test_the_bytes_held_are_read_without_waiting_for_a_load_under_way(
-    tiny_model_dir: Path,
+    load_tiny: Callable[[], Any],
 ) -> None:
     # given a cache holding one pipeline, loading another on a thread (as a cold start does)
-    def load() -> Any:
-        return inference.load_pipeline(str(tiny_model_dir), CPU)
-
-    size = inference.pipeline_bytes(load())
+    size = inference.pipeline_bytes(load_tiny())
     cache = inference.PipelineCache(max_bytes=4 * size)
-    cache.get("held", load)
+    cache.get("held", load_tiny)
     loading, release = threading.Event(), threading.Event()
 
     def slow_load() -> Any:
         loading.set()
         release.wait(10)
-        return load()
+        return load_tiny()
 
     thread = threading.Thread(target=cache.get, args=("new", slow_load))
     thread.start()
@@ -284,6 +284,6 @@ def test_the_bytes_held_are_read_without_waiting_for_a_load_under_way(
     # and once loaded, both count; after an eviction (room for a third of 3 x the size), only
     # what is left does
     assert cache.bytes_held() == 2 * size
-    cache.get("third", load, expected_bytes=3 * size)
+    cache.get("third", load_tiny, expected_bytes=3 * size)
     assert "held" not in cache and "new" in cache and "third" in cache
     assert cache.bytes_held() == 2 * size
