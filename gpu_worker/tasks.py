@@ -43,9 +43,10 @@ logger = logging.getLogger(__name__)
 
 
 class SqsRequest(Request):
-    """Keeps what Celery drops from SQS's delivery info: the receive count and the receipt; and
-    the transport's channel, which takes the queue's next messages for the task
-    (sdsaas/broker/transport.py: `take_ahead`, `take_now`)."""
+    """Keeps what Celery drops from SQS's delivery info: the receive count, the receipt and the
+    trace context (the message's `traceparent` attribute); and the transport's channel, which
+    takes the queue's next messages for the task (sdsaas/broker/transport.py: `take_ahead`,
+    `take_now`)."""
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(message, *args, **kwargs)
@@ -56,6 +57,7 @@ class SqsRequest(Request):
         delivery_info["receive_count"] = int(count)
         delivery_info["receipt_handle"] = sqs_message.get("ReceiptHandle")
         delivery_info["queue_url"] = raw.get("sqs_queue")
+        delivery_info["trace_parent"] = telemetry.traceparent_of(sqs_message)
         delivery_info["channel"] = message.channel
 
 
@@ -76,6 +78,12 @@ def worker_failed(job_id: str, attempt: int, exc: Exception) -> JobFailed:
 
 def receive_count(delivery_info: Any) -> int:
     return int((delivery_info or {}).get("receive_count", 1))
+
+
+def job_message_of(job: dict[str, Any], delivery_info: Any) -> JobMessage:
+    """The job of a delivery: its task's `job` argument, in the trace its message carries."""
+    trace_parent = str((delivery_info or {}).get("trace_parent", ""))
+    return JobMessage.from_wire(job).traced(trace_parent)
 
 
 def attempt_of(message: JobMessage, delivery_info: Any) -> int:
@@ -158,8 +166,8 @@ class Member:
     ignore_result=True,
 )
 def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
-    message = JobMessage.from_wire(job)
     delivery_info = self.request.delivery_info
+    message = job_message_of(job, delivery_info)
     attempt = attempt_of(message, delivery_info)
     logs.bind(attempt=attempt)
     logger.info("job %s attempt %s (contract v%s)", message.job_id, attempt, message.v)
@@ -282,7 +290,7 @@ def job_of(taken: Taken) -> JobMessage | None:
     if taken.task != TASK_GPU_GENERATE:
         return None
     try:
-        return JobMessage.from_wire(taken.kwargs["job"])
+        return job_message_of(taken.kwargs["job"], delivery_info_of(taken))
     except Exception:  # delivered later, Celery's task fails it as it fails any bad message
         return None
 
@@ -293,6 +301,7 @@ def delivery_info_of(taken: Taken) -> dict[str, Any]:
         "queue_url": taken.queue_url,
         "receipt_handle": taken.receipt_handle,
         "receive_count": taken.receive_count,
+        "trace_parent": telemetry.traceparent_of(taken.raw),
     }
 
 
@@ -434,6 +443,7 @@ def requeue_as_next_attempt(message: JobMessage, attempt: int) -> bool:
             TASK_GPU_GENERATE,
             kwargs={"job": message.as_attempt(attempt + 1).to_wire()},
             queue=model_queue_name(message.model.slug),
+            **telemetry.task_options(message.trace_parent),
         )
     except Exception as exc:
         logger.warning("could not requeue preempted job %s: %s", message.job_id, exc)

@@ -378,6 +378,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # No client-side pause on top of the long poll: kombu also pauses this long whenever the
     # prefetch is full, which held the control worker to 2 events a second (its prefetch).
     "polling_interval": 0,
+    # Each receive asks for a message's trace context too (sdsaas/telemetry.py).
+    "fetch_message_attributes": {"MessageAttributeNames": ["traceparent"]},
     # Fail fast: a submit must not hang on a broker that is down (the sweeper publishes later).
     "client-config": {
         "connect_timeout": PUBLISH_CONNECT_TIMEOUT,

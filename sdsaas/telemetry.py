@@ -1,7 +1,8 @@
 """Traces of a job, from the API through SQS to the GPU worker and the webhook (OpenTelemetry).
 
 One trace per job: the API's `job.submit` span is its root, and its W3C `traceparent` is kept
-with the job (`Job.trace_parent`) and sent in the job message (`JobMessage.trace_parent`), so
+with the job (`Job.trace_parent`) and travels with the job's SQS message as its `traceparent`
+message attribute, beside the body (`task_options`, read back by `traceparent_of`), so
 every later piece of work on the job, in any process, is a child of it:
 
 - the GPU worker: `job.queue_wait` (the job's creation to its receive), `job.load_s`,
@@ -20,7 +21,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -37,6 +38,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
+# The SQS message attribute that carries a message's trace context; consumers must ask for it
+# (the broker's `fetch_message_attributes`, sdsaas/settings.py).
+TRACEPARENT_ATTRIBUTE = "traceparent"
 
 
 class JsonLinesExporter(SpanExporter):
@@ -111,6 +115,22 @@ def traceparent() -> str:
     carrier: dict[str, str] = {}
     PROPAGATOR.inject(carrier)
     return carrier.get("traceparent", "")
+
+
+def task_options(traceparent: str) -> dict[str, Any]:
+    """Celery `send_task` options that send `traceparent` as the SQS message's attribute (kombu's
+    SQS transport sends a message's `message_attributes` property as its MessageAttributes);
+    none for an untraced message."""
+    if not traceparent:
+        return {}
+    attribute = {"DataType": "String", "StringValue": traceparent}
+    return {"message_attributes": {TRACEPARENT_ATTRIBUTE: attribute}}
+
+
+def traceparent_of(sqs_message: Mapping[str, Any]) -> str:
+    """The traceparent an SQS message carries as it was received ("" if none)."""
+    attribute = (sqs_message.get("MessageAttributes") or {}).get(TRACEPARENT_ATTRIBUTE) or {}
+    return str(attribute.get("StringValue", ""))
 
 
 def _attributes(attributes: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from jobs import selectors
 from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.common import lock_tenant
 from jobs.services.scaling import pools_wake
+from sdsaas import telemetry
 from sdsaas.background import BackgroundBatches
 from sdsaas.broker.batch import MAX_ENTRIES, Refusal, collecting, send_collected
 from sdsaas.broker.sqs import (
@@ -237,7 +238,7 @@ def _publish_chunk(
     """Send one batch of jobs and mark those SQS took published; how many, None if it failed."""
     try:
         refused = _send_batch(
-            [(task, kwargs) for _, task, kwargs in items],
+            [(task, kwargs, job.trace_parent) for job, task, kwargs in items],
             queue=queue,
             model_slug=model_slug,
             connection=connection,
@@ -261,14 +262,16 @@ def _publish_chunk(
 
 
 def _send_batch(
-    tasks: list[tuple[str, dict[str, Any]]],
+    tasks: list[tuple[str, dict[str, Any], str]],
     *,
     queue: str,
     model_slug: str | None,
     connection: Any,
 ) -> list[Refusal | None]:
-    """Send up to 10 tasks to one queue in one SendMessageBatch call; for each, None if sent, else
-    why SQS refused it. The messages are the ones `send_task` makes (`sdsaas.broker.batch`).
+    """Send up to 10 tasks (name, keyword arguments, the job's traceparent) to one queue in one
+    SendMessageBatch call; for each, None if sent, else why SQS refused it. The messages are the
+    ones `send_task` makes (`sdsaas.broker.batch`), each with its job's trace context in its
+    message attributes.
 
     A queue that does not exist (deleted, purged by recreation, or a local SQS server started anew
     while this process cached its URL) is created again and the batch sent again once: a missing
@@ -278,9 +281,14 @@ def _send_batch(
             ensure_model_queue(model_slug)  # with its dead-letter queue, redrive and timeout
         try:
             with collecting(connection) as collected:
-                for task, kwargs in tasks:
+                for task, kwargs, trace_parent in tasks:
                     celery_app.send_task(
-                        task, kwargs=kwargs, queue=queue, connection=connection, retry=False
+                        task,
+                        kwargs=kwargs,
+                        queue=queue,
+                        connection=connection,
+                        retry=False,
+                        **telemetry.task_options(trace_parent),
                     )
             return send_collected(collected)
         except Exception as exc:

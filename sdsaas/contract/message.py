@@ -90,7 +90,8 @@ class JobMessage:
     # it to its own ceiling (None: only the ceiling).
     time_limit_s: float | None = None
     init_image_key: str = ""  # img2img: the input image's key in the bucket
-    # The W3C traceparent of the job's trace (sdsaas/telemetry.py); empty: not traced.
+    # The W3C traceparent of the job's trace (sdsaas/telemetry.py); empty: not traced. Not in the
+    # body: it travels as the SQS message's `traceparent` attribute, and the worker puts it here.
     trace_parent: str = ""
     v: int = CONTRACT_VERSION
 
@@ -111,7 +112,11 @@ class JobMessage:
         data = wire_dict(self)
         data["input"] = self.input.to_wire()
         data["loras"] = list(data["loras"])
+        del data["trace_parent"]
         return data
 
     def as_attempt(self, attempt: int) -> JobMessage:
         return dataclasses.replace(self, attempt=attempt)
+
+    def traced(self, trace_parent: str) -> JobMessage:
+        return dataclasses.replace(self, trace_parent=trace_parent)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tenants.models import UsageRecord
 from tests.e2e.conftest import Pool, download, finished
+from tests.e2e.test_traces import spans
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_prefix")]
 
@@ -20,9 +23,12 @@ BATCHABLE = {"width": 64, "height": 64, "steps": 3, "scheduler": "euler"}
 
 
 def test_waiting_jobs_of_one_key_run_as_a_batch_each_reported_and_metered_alone(
-    pool: Pool,
+    pool: Pool, settings: Any, tmp_path: Path
 ) -> None:
-    # given four jobs of one batch key and one of another, all waiting before any worker runs
+    # given four jobs of one batch key and one of another, all waiting before any worker runs,
+    # each in a trace of its own
+    exported = tmp_path / "spans.jsonl"
+    settings.OTEL_EXPORTER = f"file:{exported}"
     pool.tenant.plan.max_concurrent_jobs = 5
     pool.tenant.plan.save()
     batchable = [
@@ -31,7 +37,7 @@ def test_waiting_jobs_of_one_key_run_as_a_batch_each_reported_and_metered_alone(
     ]
     apart = pool.submit(**{**BATCHABLE, "steps": 2}, seed=99)
     # when a worker that batches up to 4 starts on that queue
-    pool.start_worker(SDSAAS_GPU_MAX_BATCH="4")
+    pool.start_worker(SDSAAS_GPU_MAX_BATCH="4", SDSAAS_OTEL_EXPORTER=f"file:{exported}")
     jobs = {job_id: finished(pool.client, job_id) for job_id in [*batchable, apart]}
     # then every job succeeded on its first receive, each metered for its own images
     log = pool.log()
@@ -51,3 +57,11 @@ def test_waiting_jobs_of_one_key_run_as_a_batch_each_reported_and_metered_alone(
         for index, url in enumerate(jobs[job_id]["output"]):
             record = json.loads(download(url).text["sdsaas"])
             assert (record["job_id"], record["seed"]) == (job_id, 10 + n + index)
+    # and each job's worker spans are in its own trace, batched or not (its message's attribute)
+    traced = {
+        (x["name"], x["attributes"].get("job_id"), x["context"]["trace_id"])
+        for x in spans(exported)
+    }
+    for job_id in [*batchable, apart]:
+        trace_id = f"0x{pool.job(job_id).trace_parent.split('-')[1]}"
+        assert ("job.inference_s", job_id, trace_id) in traced, job_id

@@ -13,6 +13,7 @@ from unittest import mock
 import pytest
 
 from gpu_worker import tasks
+from sdsaas.broker.sqs import ensure_model_queue, model_queue_name
 from sdsaas.broker.transport import Taken
 from sdsaas.contract import JobFailed, RunOutcome
 from tests.support.aws import LocalAws
@@ -145,3 +146,16 @@ def test_a_batch_s_messages_are_deleted_ten_at_a_time_and_a_bad_receipt_only_log
     assert attributes["ApproximateNumberOfMessages"] == "0"
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
     assert "could not delete the message of a run job" in caplog.text
+
+
+def test_a_preempted_job_s_copy_is_its_next_attempt_in_the_same_trace(local_aws: LocalAws) -> None:
+    # given a traced job of a model whose queue exists, preempted on its first attempt
+    trace_parent = f"00-{'ab' * 16}-{'cd' * 8}-01"
+    message = job_message(Path("/m"), "job_7", seed=7).traced(trace_parent)
+    ensure_model_queue(message.model.slug)
+    # when its copy is sent
+    assert tasks.requeue_as_next_attempt(message, 1)
+    # then the queue holds it as attempt 2, its trace context in the message's attributes
+    [task] = local_aws.drain_tasks(model_queue_name(message.model.slug))
+    assert task["kwargs"]["job"]["attempt"] == 2
+    assert task["attributes"]["traceparent"]["StringValue"] == trace_parent

@@ -71,6 +71,21 @@ def test_the_message_carries_a_time_limit_from_the_model_and_the_request(local_a
     assert task["kwargs"]["job"]["time_limit_s"] == 100 + 0.5 * 20 * 2 * 2
 
 
+def test_the_job_s_trace_context_travels_in_its_message_s_attributes(local_aws, settings, tmp_path):  # type: ignore[no-untyped-def]
+    # given traces recorded
+    settings.OTEL_EXPORTER = f"file:{tmp_path / 'spans.jsonl'}"
+    DiffusionModelFactory(slug="traced")
+    # when a job is submitted
+    job_id = submit(api_client_for(TenantFactory()), "traced").json()["id"]
+    # then its message carries the job's traceparent as the SQS attribute, not in its body
+    trace_parent = Job.objects.get(public_id=job_id).trace_parent
+    assert trace_parent.startswith("00-"), trace_parent
+    [task] = local_aws.drain_tasks(model_queue_name("traced"))
+    attribute = {"DataType": "String", "StringValue": trace_parent}
+    assert task["attributes"] == {"traceparent": attribute}
+    assert trace_parent not in str(task["kwargs"])
+
+
 def swept_tenant(local_aws, settings):  # type: ignore[no-untyped-def]
     """A tenant of two slots, free, whose jobs the sweeper publishes at once; its client and the
     model's queue, which exists (a first job created it while the endpoint was up)."""

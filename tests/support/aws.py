@@ -139,7 +139,8 @@ class LocalAws:
             return None
 
     def drain_tasks(self, queue_name: str) -> list[dict[str, Any]]:
-        """Receive every message of a queue and decode the Celery tasks (name and kwargs)."""
+        """Receive every message of a queue and decode the Celery tasks (name, kwargs and the
+        message's SQS attributes)."""
         url = self.queue_url(queue_name)
         if url is None:
             return []
@@ -147,10 +148,15 @@ class LocalAws:
         tasks: list[dict[str, Any]] = []
         while True:
             batch = sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=300, WaitTimeSeconds=0
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=300,
+                WaitTimeSeconds=0,
+                MessageAttributeNames=["All"],
             ).get("Messages", [])
             if not batch:
                 return tasks
             for message in batch:
                 task, kwargs = decode_task(message["Body"])
-                tasks.append({"task": task, "kwargs": kwargs})
+                attributes = message.get("MessageAttributes", {})
+                tasks.append({"task": task, "kwargs": kwargs, "attributes": attributes})
