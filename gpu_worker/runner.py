@@ -97,6 +97,19 @@ class JobRun:
     device: torch.device = field(default_factory=inference.pick_device)
     timings: dict[str, float] = field(default_factory=dict)
 
+    def queued(self, received: dt.datetime) -> None:
+        """Keep the job's wait in its queue (its creation to its receive) for its metrics, and
+        record it in the job's trace: once, however many times its batch runs it."""
+        seconds = (received - dt.datetime.fromisoformat(self.message.created_at)).total_seconds()
+        self.timings["queue_s"] = round(seconds, 3)
+        telemetry.record(
+            "job.queue_wait",
+            parent=self.message.trace_parent,
+            started_s_ago=seconds,
+            job_id=self.message.job_id,
+            attempt=self.attempt,
+        )
+
     def timed(self, name: str, started: float) -> None:
         """Keep a step's seconds for the job's metrics, and record it in the job's trace."""
         seconds = time.monotonic() - started
@@ -176,6 +189,7 @@ def run_jobs(
     `work_done` is called when the images are stored and only the report of the jobs' success
     remains (the worker takes its next message ahead then).
     """
+    received = dt.datetime.now(dt.UTC)
     runs = [JobRun(message=m, attempt=a, storage=storage, send=send) for m, a in members]
     outcomes: dict[int, RunOutcome] = {}
     live: list[int] = []
@@ -185,6 +199,7 @@ def run_jobs(
             logger.info("job %s was canceled before it started", run.message.job_id)
             outcomes[index] = RunOutcome.CANCELED
         else:
+            run.queued(received)
             live.append(index)
     # Before anything that may kill the worker (loading the model), on the events thread: a cold
     # load takes seconds, a warm one none, and then the jobs are not at risk.
@@ -233,20 +248,8 @@ def _run_live(
 ) -> bool:
     """Run `runs[i]` for each of `indexes` as one batch, filling in `outcomes`; False, with no
     outcome filled in, when a batch of several failed for what one job could cause."""
-    now = dt.datetime.now(dt.UTC)
     batch = [runs[index] for index in indexes]
     key = batch_key(batch[0].message)
-    queue_s = [
-        (now - dt.datetime.fromisoformat(run.message.created_at)).total_seconds() for run in batch
-    ]
-    for run, waited in zip(batch, queue_s, strict=True):
-        telemetry.record(
-            "job.queue_wait",
-            parent=run.message.trace_parent,
-            started_s_ago=waited,
-            job_id=run.message.job_id,
-            attempt=run.attempt,
-        )
     checks = [cancel_check(run) for run in batch]
     watchdog = JobWatchdog(
         time_limit_s=min(
@@ -277,8 +280,8 @@ def _run_live(
     if work_done is not None:
         work_done()
     succeeded = []
-    for index, run, waited, stored in zip(indexes, batch, queue_s, keys, strict=True):
-        metrics = {"queue_s": round(waited, 3), "batch_size": float(len(batch)), **run.timings}
+    for index, run, stored in zip(indexes, batch, keys, strict=True):
+        metrics = {**run.timings, "batch_size": float(len(batch))}
         succeeded.append(
             JobSucceeded(run.message.job_id, run.attempt, output_keys=stored, metrics=metrics)
         )

@@ -286,13 +286,15 @@ def test_jobs_run_as_one_batch_are_each_reported_with_their_own_images(
 
 
 def test_a_batch_that_fails_for_one_jobs_reason_runs_its_jobs_one_by_one(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, settings: Any, tmp_path: Path
 ) -> None:
-    # given a batch that the pipeline refuses as a whole (as out of memory would)
+    # given a batch that the pipeline refuses as a whole (as out of memory would), traced
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise inference.InvalidRequest("no room for this batch")
 
     monkeypatch.setattr(inference, "generate_batch", refused)
+    exported = tmp_path / "spans.jsonl"
+    settings.OTEL_EXPORTER = f"file:{exported}"
     events = Events()
     jobs = [message(tiny_model_dir, f"job_fallback_{n}", seed=n) for n in range(2)]
     # when it runs, then each job runs alone and succeeds on its own
@@ -300,10 +302,13 @@ def test_a_batch_that_fails_for_one_jobs_reason_runs_its_jobs_one_by_one(
         [(job, 1) for job in jobs], storage=default_storage, abandon=abandon_batch, send=events
     )
     assert outcomes == ["succeeded", "succeeded"]
-    assert sorted(kw["job_id"] for _, name, kw in events if name == JobSucceeded.TASK) == [
-        "job_fallback_0",
-        "job_fallback_1",
-    ]
+    succeeded = [kw for _, name, kw in events if name == JobSucceeded.TASK]
+    assert sorted(kw["job_id"] for kw in succeeded) == ["job_fallback_0", "job_fallback_1"]
+    # and each waited in its queue once: one queue wait in its metrics and its trace
+    assert all(kw["metrics"]["queue_s"] >= 0 for kw in succeeded)
+    spans = [json.loads(line) for line in exported.read_text().splitlines()]
+    waits = sorted(s["attributes"]["job_id"] for s in spans if s["name"] == "job.queue_wait")
+    assert waits == ["job_fallback_0", "job_fallback_1"]
 
 
 def test_a_batch_out_of_memory_halves_its_key_s_batches_and_its_jobs_alone_teach_the_rate(
