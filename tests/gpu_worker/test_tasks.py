@@ -156,6 +156,6 @@ def test_a_preempted_job_s_copy_is_its_next_attempt_in_the_same_trace(local_aws:
     # when its copy is sent
     assert tasks.requeue_as_next_attempt(message, 1)
     # then the queue holds it as attempt 2, its trace context in the message's attributes
-    [task] = local_aws.drain_tasks(model_queue_name(message.model.slug))
+    [task] = local_aws.drain_tasks(model_queue_name(message.model.slug), attributes=True)
     assert task["kwargs"]["job"]["attempt"] == 2
     assert task["attributes"]["traceparent"]["StringValue"] == trace_parent

@@ -80,7 +80,7 @@ def test_the_job_s_trace_context_travels_in_its_message_s_attributes(local_aws, 
     # then its message carries the job's traceparent as the SQS attribute, not in its body
     trace_parent = Job.objects.get(public_id=job_id).trace_parent
     assert trace_parent.startswith("00-"), trace_parent
-    [task] = local_aws.drain_tasks(model_queue_name("traced"))
+    [task] = local_aws.drain_tasks(model_queue_name("traced"), attributes=True)
     attribute = {"DataType": "String", "StringValue": trace_parent}
     assert task["attributes"] == {"traceparent": attribute}
     assert trace_parent not in str(task["kwargs"])

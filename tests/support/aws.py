@@ -138,9 +138,9 @@ class LocalAws:
         except sqs.exceptions.QueueDoesNotExist:
             return None
 
-    def drain_tasks(self, queue_name: str) -> list[dict[str, Any]]:
-        """Receive every message of a queue and decode the Celery tasks (name, kwargs and the
-        message's SQS attributes)."""
+    def drain_tasks(self, queue_name: str, *, attributes: bool = False) -> list[dict[str, Any]]:
+        """Receive every message of a queue and decode the Celery tasks (name and kwargs; with
+        `attributes`, the message's SQS attributes too)."""
         url = self.queue_url(queue_name)
         if url is None:
             return []
@@ -158,5 +158,6 @@ class LocalAws:
                 return tasks
             for message in batch:
                 task, kwargs = decode_task(message["Body"])
-                attributes = message.get("MessageAttributes", {})
-                tasks.append({"task": task, "kwargs": kwargs, "attributes": attributes})
+                tasks.append({"task": task, "kwargs": kwargs})
+                if attributes:
+                    tasks[-1]["attributes"] = message.get("MessageAttributes", {})
