@@ -44,12 +44,24 @@ class DiffusionModelAdmin(admin.ModelAdmin):
     list_filter = ["family", "enabled"]
     search_fields = ["slug", "name"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # A model's slug names its queue and GPU service (deploy/terraform): renamed, its jobs
+        # would go to a queue no worker reads.
+        return ["slug"] if obj is not None else []
+
 
 @admin.register(LoraAdapter)
 class LoraAdapterAdmin(admin.ModelAdmin):
     list_display = ["slug", "family", "default_weight", "enabled", "owner"]
     list_select_related = ["owner"]
     list_filter = ["family", "enabled"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # Jobs name their LoRAs by slug; a job whose LoRA is gone cannot be sent to a GPU.
+        return ["slug"] if obj is not None else []
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # retired by disabling it: jobs accepted with it still run
 
 
 @admin.register(Upload)

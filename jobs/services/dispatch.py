@@ -170,8 +170,10 @@ def jobs_publish(*, job_ids: Iterable[int], claimed: dt.datetime | None = None) 
     The jobs of one queue go together, in SendMessageBatch calls of up to 10 (`_send_batch`), and
     each call's jobs are marked published in one UPDATE. A failure leaves `published_at` empty for
     the sweeper: the job is committed, the caller (an API request after commit) must not fail,
-    and the broker's outage must not lose it. `claimed`: the jobs were claimed by the sweeper
-    (their `published_at` set to it); those it does not send are unpublished again.
+    and the broker's outage must not lose it. A job whose message cannot be made (a bug) is
+    logged and left unpublished, without holding the others back. `claimed`: the jobs were
+    claimed by the sweeper (their `published_at` set to it); those it does not send are
+    unpublished again.
     """
     job_ids = list(job_ids)
     unpublished = Q(published_at__isnull=True) if claimed is None else Q(published_at=claimed)
@@ -179,26 +181,34 @@ def jobs_publish(*, job_ids: Iterable[int], claimed: dt.datetime | None = None) 
     jobs = Job.objects.select_related("model").filter(
         unpublished, id__in=job_ids, status=Job.Status.STARTING
     )
-    for job in jobs.order_by("id"):
-        kwargs: dict[str, Any]
-        destination: tuple[str, str | None]
-        if job.init_image_url and not job.init_image_key:
-            # The control worker fetches the image into S3 first; it then marks the job
-            # unpublished again and publishes it to its model's queue.
-            task, kwargs = TASK_FETCH_INPUT_IMAGE, {"job_pk": job.pk}
-            destination = (control_queue_name(), None)
-        else:
-            task, kwargs = TASK_GPU_GENERATE, {"job": job_message(job=job).to_wire()}
-            destination = (model_queue_name(job.model.slug), job.model.slug)
-        by_queue.setdefault(destination, []).append((job, task, kwargs))
-    sent, to_wake = _publish_by_queue(by_queue, unpublished=unpublished)
-    if claimed is not None:
-        Job.objects.filter(id__in=job_ids, published_at=claimed).update(published_at=None)
+    try:
+        for job in jobs.order_by("id"):
+            try:
+                destination, task, kwargs = _task_of(job)
+            except Exception:
+                logger.exception("the message of %s could not be made", job.public_id)
+                continue
+            by_queue.setdefault(destination, []).append((job, task, kwargs))
+        sent, to_wake = _publish_by_queue(by_queue, unpublished=unpublished)
+    finally:
+        if claimed is not None:
+            Job.objects.filter(id__in=job_ids, published_at=claimed).update(published_at=None)
     if to_wake:  # scale from zero: a model's first job in a while does not wait for the beat
         # After the caller's commit: the wake's calls to CloudWatch and ECS must not hold its
         # locks, nor its failure roll it back.
         transaction.on_commit(lambda: pools_wake(model_ids=to_wake))
     return sent
+
+
+def _task_of(job: Job) -> tuple[tuple[str, str | None], str, dict[str, Any]]:
+    """Where a job's task goes (its queue, and its model's slug for a model queue), its name and
+    its keyword arguments."""
+    if job.init_image_url and not job.init_image_key:
+        # The control worker fetches the image into S3 first; it then marks the job unpublished
+        # again and publishes it to its model's queue.
+        return (control_queue_name(), None), TASK_FETCH_INPUT_IMAGE, {"job_pk": job.pk}
+    message = job_message(job=job).to_wire()
+    return (model_queue_name(job.model.slug), job.model.slug), TASK_GPU_GENERATE, {"job": message}
 
 
 def _publish_by_queue(
@@ -207,7 +217,9 @@ def _publish_by_queue(
     unpublished: Q,
 ) -> tuple[int, set[int]]:
     """Send each queue's jobs in chunks; how many were sent, and the models (ids) of the GPU
-    jobs sent. Stops at the first chunk that fails: the broker is down for the rest too."""
+    jobs sent. A queue's first chunk that fails ends that queue's sends (SQS, or that queue, is
+    down for the rest of them too), not the other queues': a queue that keeps failing (one not
+    created yet) must not hold every other model's jobs back."""
     sent, models = 0, set[int]()
     with publisher_pool().acquire(block=True, timeout=30) as connection:
         for (queue, model_slug), items in by_queue.items():
@@ -220,7 +232,7 @@ def _publish_by_queue(
                     unpublished=unpublished,
                 )
                 if published is None:
-                    return sent, models
+                    break
                 sent += published
                 if published and model_slug is not None:
                     models.add(items[0][0].model_id)

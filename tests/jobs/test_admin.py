@@ -17,7 +17,7 @@ from django.core.signals import setting_changed
 from django.test import Client
 from django.utils.timezone import localtime
 
-from jobs.models import Job, JobEvent
+from jobs.models import DiffusionModel, Job, JobEvent, LoraAdapter
 from jobs.services.submit import job_submit
 from tenants.models import CreditPeriod
 from tests.support.admin import World, admin_url, page_messages
@@ -177,6 +177,25 @@ def test_a_live_job_cannot_be_deleted_so_its_credit_cannot_leak(
         assert page.status_code == 403
         assert Job.objects.filter(pk=job.pk).exists()
     assert CreditPeriod.objects.get(tenant=world.tenant).reserved == reserved
+
+
+@pytest.mark.django_db
+def test_a_model_or_lora_keeps_its_slug_and_a_lora_is_disabled_not_deleted(
+    world: World, staff: Client
+) -> None:
+    # given a model and a LoRA, which queued jobs name by slug
+    for model in (DiffusionModel, LoraAdapter):
+        obj = world.objects[model]
+        # when the superuser opens its page, then its slug is shown, not editable
+        page = staff.get(admin_url(model, "change", obj.pk)).context["adminform"]
+        assert "slug" not in page.form.fields and "slug" in page.readonly_fields
+    # and a LoRA cannot be deleted, only disabled
+    lora = world.objects[LoraAdapter]
+    assert staff.get(admin_url(LoraAdapter, "delete", lora.pk)).status_code == 403
+    assert (
+        "enabled"
+        in staff.get(admin_url(LoraAdapter, "change", lora.pk)).context["adminform"].form.fields
+    )
 
 
 # --- the job page --------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from jobs.models import Job
 from jobs.services import dispatch
 from jobs.services.lifecycle import job_mark_succeeded
 from jobs.tasks import sweep_unpublished
-from sdsaas.broker.sqs import model_queue_name
+from sdsaas.broker.sqs import ensure_model_queue, model_queue_name
 from tests.conftest import requires_postgres
 from tests.support.api import own_keys
 from tests.support.factories import (
     DiffusionModelFactory,
+    LoraFactory,
     PlanFactory,
     TenantFactory,
     api_client_for,
@@ -127,6 +128,59 @@ def test_publish_failure_is_repaired_by_the_sweeper_exactly_once(local_aws, sett
     # and when one finishes, the third is admitted and published right away
     job_mark_succeeded(job_public_id=ids[0], attempt=1, output_keys=own_keys(ids[0]), metrics={})
     assert [t["kwargs"]["job"]["job_id"] for t in local_aws.drain_tasks(queue)] == [ids[2]]
+
+
+def left_to_the_sweeper(local_aws, *submits):  # type: ignore[no-untyped-def]
+    """The public ids of jobs submitted (client, body) while the SQS endpoint is down: their
+    publish failed."""
+    local_aws.proxy.stop()
+    try:
+        responses = [client.post("/v1/jobs", body, format="json") for client, body in submits]
+    finally:
+        local_aws.proxy.start()
+    assert [r.status_code for r in responses] == [202] * len(submits)
+    return [r.json()["id"] for r in responses]
+
+
+def test_a_queue_that_keeps_failing_holds_back_no_other_queue_s_jobs(local_aws, settings):  # type: ignore[no-untyped-def]
+    # given queues managed by Terraform, and a model added to the catalog before its queue was
+    settings.SWEEP_UNPUBLISHED_AFTER = 0
+    DiffusionModelFactory(slug="tiny")
+    DiffusionModelFactory(slug="fresh")
+    ensure_model_queue("tiny")
+    settings.SQS_MANAGE_QUEUES = False
+    clients = [api_client_for(TenantFactory()) for _ in range(2)]
+    # and a job of each left to the sweeper, the queueless model's first (the lower id)
+    stuck, good = left_to_the_sweeper(
+        local_aws,
+        (clients[0], {"model": "fresh", "prompt": "a"}),
+        (clients[1], {"model": "tiny", "prompt": "a"}),
+    )
+    # when the sweeper runs, then the other model's job is published, the first one waits
+    assert sweep_unpublished() == 1
+    [task] = local_aws.drain_tasks(model_queue_name("tiny"))
+    assert task["kwargs"]["job"]["job_id"] == good
+    assert Job.objects.get(public_id=stuck).published_at is None
+
+
+def test_a_job_whose_message_cannot_be_made_holds_back_no_other_job(local_aws, settings, caplog):  # type: ignore[no-untyped-def]
+    # given two jobs left to the sweeper, the first naming a LoRA since gone from the catalog
+    settings.SWEEP_UNPUBLISHED_AFTER = 0
+    DiffusionModelFactory(slug="tiny")
+    lora = LoraFactory(slug="ink")
+    clients = [api_client_for(TenantFactory()) for _ in range(2)]
+    poison, good = left_to_the_sweeper(
+        local_aws,
+        (clients[0], {"model": "tiny", "prompt": "a", "loras": [{"slug": "ink"}]}),
+        (clients[1], {"model": "tiny", "prompt": "a"}),
+    )
+    lora.delete()
+    # when the sweeper runs, then the other job is published, the first logged and left
+    assert sweep_unpublished() == 1
+    [task] = local_aws.drain_tasks(model_queue_name("tiny"))
+    assert task["kwargs"]["job"]["job_id"] == good
+    assert Job.objects.get(public_id=poison).published_at is None
+    assert f"the message of {poison} could not be made" in caplog.text
 
 
 def test_the_background_publisher_publishes_admitted_jobs_off_the_requests_thread(  # type: ignore[no-untyped-def]
