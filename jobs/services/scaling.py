@@ -1,7 +1,8 @@
 """The scaling publisher: each model's GPU pool sized by the policy (jobs/scaling.py) and
 published to CloudWatch, and scale from zero at once.
 
-Every SCALING_PERIOD_S (`pools_publish`, on the beat scheduler), per enabled model:
+Every SCALING_PERIOD_S (`pools_publish`, on the beat scheduler), per enabled model (and per
+disabled one while it has workers or jobs in flight: the jobs it accepted still run):
 
 - the backlog: its queue's visible (and delayed) and in-flight messages (SQS attributes) and its
   admitted jobs not yet published (the database);
@@ -79,7 +80,8 @@ def scaling_policy() -> ScalingPolicy:
 def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
     """Size every enabled model's pool, publish the metrics (one PutMetricData per 140 models)
     and, on ECS, apply the sizes to the GPU services. A model whose queue SQS cannot tell about
-    now is left for the next run."""
+    now is left for the next run. A disabled model takes no new job, but the jobs it accepted
+    still run: its pool is sized while it has workers or jobs in flight."""
     now = now or timezone.now()
     policy = scaling_policy()
     unpublished = dict(
@@ -88,8 +90,10 @@ def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
         .annotate(n=Count("id"))
     )
     reports = []
-    # A model disabled while its pool had workers is still sized, until its pool is empty.
-    pooled = DiffusionModel.objects.filter(Q(enabled=True) | Q(pool__workers__gt=0))
+    in_flight = Job.objects.filter(status__in=Job.IN_FLIGHT).values("model_id")
+    pooled = DiffusionModel.objects.filter(
+        Q(enabled=True) | Q(pool__workers__gt=0) | Q(pk__in=in_flight)
+    )
     for model in pooled.order_by("slug"):
         try:
             depth = queue_depth(model_queue_name(model.slug))
@@ -130,7 +134,8 @@ def pools_publish(*, now: dt.datetime | None = None) -> list[PoolReport]:
 
 def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
     """Scale from zero: the pools of these models that were empty get one worker now. Their
-    slugs. Called after a publish; never raises (the next `pools_publish` sizes them anyway)."""
+    slugs. Called after a publish (of a disabled model's too: a job it accepted before still
+    runs); never raises (the next `pools_publish` sizes them anyway)."""
     now = timezone.now()
     woke = _pool_fields(scaling_policy().next_pool(PoolState(), needed=1, now=_seconds(now)))
     woken: list[str] = []
@@ -141,7 +146,7 @@ def pools_wake(*, model_ids: Iterable[int]) -> list[str]:
                 "model_id", flat=True
             )
         )
-        for model in DiffusionModel.objects.filter(pk__in=set(model_ids) - awake, enabled=True):
+        for model in DiffusionModel.objects.filter(pk__in=set(model_ids) - awake):
             wakes = WorkerPool.objects.filter(model=model, workers=0).update(**woke)
             if not wakes:
                 _, wakes = WorkerPool.objects.get_or_create(model=model, defaults=woke)

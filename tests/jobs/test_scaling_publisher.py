@@ -271,11 +271,11 @@ def test_waking_never_fails_the_publish(local_aws: LocalAws, settings: Any) -> N
     assert WorkerPool.objects.get(model=model).workers == 1
 
 
-def test_a_model_disabled_while_its_pool_had_workers_is_sized_down_to_zero(
+def test_a_disabled_model_s_pool_runs_the_jobs_it_accepted_and_otherwise_goes_to_zero(
     local_aws: LocalAws,
 ) -> None:
     # given a model whose pool has 2 workers, one of them kept warm for 10 more minutes, then
-    # disabled (nothing more will come)
+    # disabled (no new job will come)
     model = DiffusionModelFactory(slug="sd15")
     WorkerPool.objects.create(
         model=model, workers=2, hold_until=NOW, warm_until=NOW + dt.timedelta(minutes=10)
@@ -284,7 +284,9 @@ def test_a_model_disabled_while_its_pool_had_workers_is_sized_down_to_zero(
     # when the publisher runs, then the pool still goes to zero, and is then left alone
     assert [(r.model, r.workers) for r in pools_publish(now=NOW)] == [("sd15", 0)]
     assert pools_publish(now=NOW + dt.timedelta(seconds=10)) == []
-    # and a job published for it anyway does not wake it
+    # and a job it accepted before, admitted and published now, wakes it and keeps it sized
     job = JobFactory(model=model, tenant=TenantFactory(), status=Job.Status.STARTING)
     assert jobs_publish(job_ids=[job.pk]) == 1
-    assert WorkerPool.objects.get(model=model).workers == 0
+    assert WorkerPool.objects.get(model=model).workers == 1
+    later = NOW + dt.timedelta(seconds=20)
+    assert [(r.model, r.workers) for r in pools_publish(now=later)] == [("sd15", 1)]
