@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -120,14 +121,26 @@ def _apply(event: Event) -> None:
             raise TypeError(f"no service applies {type(event).__name__}")
 
 
-@shared_task(
-    bind=True, name=TASK_JOB_EVENTS, ignore_result=True, max_retries=5, default_retry_delay=5
-)
+# A GPU worker's event is the only word of what its job did (the worker has deleted its message):
+# one that cannot be applied now (the database away for a failover, one to two minutes on RDS
+# Multi-AZ) is tried again after 5, 10, 20, 40, then every 60 s: about 5 minutes in all.
+EVENT_MAX_RETRIES = 8
+
+
+def _event_retry(task: Task, exc: Exception, **kwargs: Any) -> Exception:
+    """The retry of an event task that failed; its database connection closed if it broke, so
+    that the retry opens a new one."""
+    close_old_connections()
+    countdown = min(60, 5 * 2**task.request.retries)
+    return task.retry(exc=exc, countdown=countdown, **kwargs)
+
+
+@shared_task(bind=True, name=TASK_JOB_EVENTS, ignore_result=True, max_retries=EVENT_MAX_RETRIES)
 def job_events(self: Task, events: list[dict[str, Any]]) -> None:
     """Events a worker sent together, applied in order, each on its own (its own transaction).
     One that fails is logged and the others are still applied; then the task is tried again,
-    later, with the ones that failed (its database connection closed if it broke, so the retry
-    opens a new one). A kind this release does not know (a newer worker's) is skipped."""
+    later, with the ones that failed (`_event_retry`). A kind this release does not know (a newer
+    worker's) is skipped."""
     failed: list[dict[str, Any]] = []
     first_error: Exception | None = None
     for data in events:
@@ -141,38 +154,45 @@ def job_events(self: Task, events: list[dict[str, Any]]) -> None:
             logger.exception(
                 "could not apply a %r event of job %r", data.get("kind"), data.get("job_id")
             )
-            close_old_connections()
             failed.append(data)
             first_error = first_error or exc
-    if failed:
-        raise self.retry(kwargs={"events": failed}, exc=first_error)
+    if first_error is not None:
+        raise _event_retry(self, first_error, kwargs={"events": failed})
 
 
-@shared_task(name=JobReceived.TASK, ignore_result=True)
-def job_received(**fields: Any) -> None:
-    _apply(JobReceived.from_wire(fields))
+def _apply_one(task: Task, event: Callable[[], Event]) -> None:
+    """An event sent alone, as its own task: applied, or tried again later as `job_events`'."""
+    try:
+        _apply(event())
+    except Exception as exc:
+        raise _event_retry(task, exc) from exc
 
 
-@shared_task(name=JobStarted.TASK, ignore_result=True)
-def job_started(**fields: Any) -> None:
-    _apply(JobStarted.from_wire(fields))
+@shared_task(bind=True, name=JobReceived.TASK, ignore_result=True, max_retries=EVENT_MAX_RETRIES)
+def job_received(self: Task, **fields: Any) -> None:
+    _apply_one(self, lambda: JobReceived.from_wire(fields))
 
 
-@shared_task(name=JobProgress.TASK, ignore_result=True)
-def job_progress(**fields: Any) -> None:
-    _apply(JobProgress.from_wire(fields))
+@shared_task(bind=True, name=JobStarted.TASK, ignore_result=True, max_retries=EVENT_MAX_RETRIES)
+def job_started(self: Task, **fields: Any) -> None:
+    _apply_one(self, lambda: JobStarted.from_wire(fields))
 
 
-@shared_task(name=JobSucceeded.TASK, ignore_result=True)
-def job_succeeded(**fields: Any) -> None:
-    _apply(JobSucceeded.from_wire(fields))
+@shared_task(bind=True, name=JobProgress.TASK, ignore_result=True, max_retries=EVENT_MAX_RETRIES)
+def job_progress(self: Task, **fields: Any) -> None:
+    _apply_one(self, lambda: JobProgress.from_wire(fields))
 
 
-@shared_task(name=JobFailed.TASK, ignore_result=True)
-def job_failed(**fields: Any) -> None:
-    _apply(JobFailed.from_wire(fields))
+@shared_task(bind=True, name=JobSucceeded.TASK, ignore_result=True, max_retries=EVENT_MAX_RETRIES)
+def job_succeeded(self: Task, **fields: Any) -> None:
+    _apply_one(self, lambda: JobSucceeded.from_wire(fields))
 
 
-@shared_task(name=JobPreempted.TASK, ignore_result=True)
-def job_preempted(**fields: Any) -> None:
-    _apply(JobPreempted.from_wire(fields))
+@shared_task(bind=True, name=JobFailed.TASK, ignore_result=True, max_retries=EVENT_MAX_RETRIES)
+def job_failed(self: Task, **fields: Any) -> None:
+    _apply_one(self, lambda: JobFailed.from_wire(fields))
+
+
+@shared_task(bind=True, name=JobPreempted.TASK, ignore_result=True, max_retries=EVENT_MAX_RETRIES)
+def job_preempted(self: Task, **fields: Any) -> None:
+    _apply_one(self, lambda: JobPreempted.from_wire(fields))

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from kombu.serialization import dumps, loads
 
 from jobs import tasks
@@ -242,6 +243,30 @@ def test_events_sent_together_are_applied_in_order_past_an_unknown_kind_and_a_fa
     assert job.output_keys == [key]
     assert JobEvent.objects.filter(job=job, kind="started").exists()
     assert calls == {"started": 1, "progress": 2}
+
+
+def test_an_outcome_sent_alone_is_applied_on_a_retry_after_the_database_failed_it(
+    local_aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a received job whose success fails to apply once (the database away a moment)
+    job = run_job_to_processing(local_aws, version_fields={})
+    mark_succeeded, calls = tasks.lifecycle.job_mark_succeeded, []
+
+    def refused_once(**fields: Any) -> bool:
+        calls.append(fields["job_public_id"])
+        if len(calls) == 1:
+            raise OperationalError("the server closed the connection unexpectedly")
+        return mark_succeeded(**fields)
+
+    monkeypatch.setattr(tasks.lifecycle, "job_mark_succeeded", refused_once)
+    key = f"tenants/{job.tenant_id}/jobs/{job.public_id}/0.png"
+    succeeded = JobSucceeded(job.public_id, 1, output_keys=[key], metrics={"inference_s": 1.0})
+    # when it arrives as its own task (run eagerly, its retry too)
+    tasks.job_succeeded.apply(kwargs=over_the_wire(succeeded.to_wire())).get()
+    # then the retry applied it: the job succeeded
+    job.refresh_from_db()
+    assert (job.status, job.output_keys) == (Job.Status.SUCCEEDED, [key])
+    assert calls == [job.public_id, job.public_id]
 
 
 def test_a_worker_of_the_release_before_versioning_is_told_apart(local_aws: Any) -> None:
