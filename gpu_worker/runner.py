@@ -68,6 +68,16 @@ class TimedOut(Exception):
     """The job ran past its time limit: it fails as `timeout`."""
 
 
+class PartlyRun(Exception):
+    """A batch raised what is no outcome of a job (`error`: S3 away, a bug) after some of its
+    jobs had ended: how those ended (`outcomes`, by index), which their messages must follow."""
+
+    def __init__(self, error: Exception, outcomes: dict[int, RunOutcome]) -> None:
+        super().__init__(f"{error.__class__.__name__} after {len(outcomes)} job(s) ended")
+        self.error = error
+        self.outcomes = outcomes
+
+
 # How the runner ends a job the watchdog decided must end.
 ENDED_BY: dict[Reason, type[Exception]] = {
     "timeout": TimedOut,
@@ -183,7 +193,8 @@ def run_jobs(
     job was canceled (a job canceled alone is reported at its end, and the control plane, for
     which it is final, drops the report), and it is preempted as a whole. A batch that fails for
     what one job could cause (invalid input, out of memory) runs its jobs again one by one, so
-    that each succeeds or fails on its own.
+    that each succeeds or fails on its own. What is no outcome of a job (S3 away past its
+    patience, a bug) is raised: as `PartlyRun`, with how the others ended, once any job ended.
 
     `abandon` is what the watchdog does when the work does not stop in time (see `Abandon`);
     `work_done` is called when the images are stored and only the report of the jobs' success
@@ -204,12 +215,19 @@ def run_jobs(
     # Before anything that may kill the worker (loading the model), on the events thread: a cold
     # load takes seconds, a warm one none, and then the jobs are not at risk.
     send([JobReceived(runs[index].message.job_id, runs[index].attempt) for index in live])
-    if live and not _run_live(runs, live, outcomes, abandon, work_done):
-        logger.info("batch of %d failed for one job's reason: its jobs run one by one", len(live))
-        for index in live:
-            _run_live(runs, [index], outcomes, abandon, None)
-        if work_done is not None:
-            work_done()
+    try:
+        if live and not _run_live(runs, live, outcomes, abandon, work_done):
+            logger.info(
+                "batch of %d failed for one job's reason: its jobs run one by one", len(live)
+            )
+            for index in live:
+                _run_live(runs, [index], outcomes, abandon, None)
+            if work_done is not None:
+                work_done()
+    except Exception as exc:
+        if outcomes:
+            raise PartlyRun(exc, dict(outcomes)) from exc
+        raise
     return [outcomes[index] for index in range(len(runs))]
 
 

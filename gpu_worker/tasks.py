@@ -25,7 +25,7 @@ from gpu_worker.events import send_event
 from gpu_worker.heartbeat import VisibilityHeartbeat
 from gpu_worker.protection import scale_in_protection
 from gpu_worker.retry import is_transient
-from gpu_worker.runner import batch_key, run_jobs, time_limit_s, timeout_message
+from gpu_worker.runner import PartlyRun, batch_key, run_jobs, time_limit_s, timeout_message
 from gpu_worker.watchdog import STOP, Reason
 from sdsaas import logs, telemetry
 from sdsaas.broker.sqs import model_queue_name, sqs_client
@@ -81,9 +81,10 @@ def receive_count(delivery_info: Any) -> int:
 
 
 def job_message_of(job: dict[str, Any], delivery_info: Any) -> JobMessage:
-    """The job of a delivery: its task's `job` argument, in the trace its message carries."""
-    trace_parent = str((delivery_info or {}).get("trace_parent", ""))
-    return JobMessage.from_wire(job).traced(trace_parent)
+    """The job of a delivery: its task's `job` argument, in the trace its message carries (in
+    its body if it was sent before the trace moved to the message's attributes)."""
+    message = JobMessage.from_wire(job)
+    return message.traced(str((delivery_info or {}).get("trace_parent") or message.trace_parent))
 
 
 def attempt_of(message: JobMessage, delivery_info: Any) -> int:
@@ -191,28 +192,48 @@ def generate(self: Task, job: dict[str, Any]) -> RunOutcome:
                 work_done=take_ahead_of(delivered),
             )
     except Exception as exc:
-        for member in batch:
-            settle_after_error(member, exc)
-        metrics.count_raised(1 + len(batch), transient=is_transient(exc))
-        if not is_transient(exc):
-            raise
+        # The jobs that ended before it (a batch run one by one) are settled as they ended.
+        error, ended = (exc.error, exc.outcomes) if isinstance(exc, PartlyRun) else (exc, {})
+        members = [delivered, *batch]
+        delivered_done = settle_ended(members, ended)
+        for index, member in enumerate(members[1:], start=1):
+            if index not in ended:
+                settle_after_error(member, error)
+        metrics.count_raised(len(members) - len(ended), transient=is_transient(error))
+        if 0 in ended:  # the task's own job ended: its batch's error is only logged
+            logger.error("a job of the batch failed after this one ended", exc_info=error)
+            return delivered_outcome(ended[0], delivered_done)
+        if not is_transient(error):
+            raise error from None
         # Not Celery's retry: it publishes a copy whose receive count starts again at 1, so the
         # copy would run under an attempt older than the one the job row holds, and be fenced.
         hand_back(delivery_info, after_s=RETRY_AFTER_S)
-        raise Reject(f"transient: {exc.__class__.__name__}", requeue=False) from exc
-    metrics.count(outcomes)
-    members = [delivered, *batch]
-    done = [done_with(member, outcome) for member, outcome in zip(members, outcomes, strict=True)]
+        raise Reject(f"transient: {error.__class__.__name__}", requeue=False) from error
+    delivered_done = settle_ended([delivered, *batch], dict(enumerate(outcomes)))
+    return delivered_outcome(outcomes[0], delivered_done)
+
+
+def settle_ended(members: list[Member], ended: dict[int, RunOutcome]) -> bool:
+    """Settle the messages of the jobs that ended (by index), as Celery settles a delivered
+    one's, and count them; whether the task's own message (index 0) was deleted with them."""
+    metrics.count(list(ended.values()))
+    done = {index: done_with(members[index], outcome) for index, outcome in ended.items()}
     # The delivered message is deleted with the batch's: Celery's ack then sends nothing.
-    deleted = delete_messages([m.delivery_info for m, d in zip(members, done, strict=True) if d])
-    if not done[0]:
-        # Handed back, neither acked nor deleted (the model queues have a redrive policy, so
-        # kombu keeps a rejected message): SQS redelivers it, and the next receive is attempt + 1.
-        raise Reject("preempted: the worker is stopping", requeue=False)
+    deleted = delete_messages([members[index].delivery_info for index in done if done[index]])
+    delivery_info = members[0].delivery_info
     channel, mine = channel_of(delivery_info), sqs_message_of(delivery_info)
     if channel is not None and mine is not None and mine[1] in deleted:
         channel.deleted_by_task(mine[1])
-    return outcomes[0]
+    return done.get(0, False)
+
+
+def delivered_outcome(outcome: RunOutcome, done: bool) -> RunOutcome:
+    """The task's result: its own job's outcome, once its message was settled."""
+    if not done:
+        # Handed back, neither acked nor deleted (the model queues have a redrive policy, so
+        # kombu keeps a rejected message): SQS redelivers it, and the next receive is attempt + 1.
+        raise Reject("preempted: the worker is stopping", requeue=False)
+    return outcome
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ on a slow device), and loading a model or uploading has no steps at all. So a da
 watches the job from receive to report:
 
 1. Every CHECK_S it decides whether the job must end: the job's time limit passed (`timeout`),
-   the worker's stop grace passed (`preempted`), or the job was canceled (`canceled`).
+   the worker's stop grace passed (`preempted`), or the job was canceled (`canceled`). Whether
+   it was canceled is asked of storage by a thread of its own, so that a slow answer (S3 having
+   trouble: up to a minute and a half a call) never holds the time limit or the stop back.
 2. The runner sees the decision at its next step and ends the job in-process, as it always did.
 3. If the job still runs INTERRUPT_WAIT_S later, nothing in-process will end it soon: the thread
    claims the job's outcome (so the runner can no longer report anything), settles it (an event
@@ -75,11 +77,11 @@ class Abandoned(Exception):
 class JobWatchdog:
     """Context manager around the work of one job; `reason` is set once the job must end.
 
-    `stop_passed` and `canceled` are asked every CHECK_S (`canceled` may be slow: it asks
-    storage). `abandon(reason)` runs on the watchdog's thread when the runner did not end the
-    job in time; it ends the process (or, in tests, returns: the context then raises Abandoned).
-    Whoever is first owns the job's outcome: the watchdog when it abandons, the runner when its
-    work leaves the context (the runner then reports).
+    `stop_passed` is asked every CHECK_S, and `canceled` as often as it answers, at most every
+    CHECK_S (it may be slow: it asks storage). `abandon(reason)` runs on the watchdog's thread
+    when the runner did not end the job in time; it ends the process (or, in tests, returns: the
+    context then raises Abandoned). Whoever is first owns the job's outcome: the watchdog when it
+    abandons, the runner when its work leaves the context (the runner then reports).
     """
 
     def __init__(
@@ -97,17 +99,25 @@ class JobWatchdog:
         self.reason: Reason | None = None
         self._outcome_claimed = threading.Lock()
         self._done = threading.Event()
-        # In the log context of where it was made (the job's ids): a thread starts with none.
+        self._cancel_seen = threading.Event()
+        # In the log context of where they were made (the job's ids): a thread starts with none.
         self._thread = threading.Thread(
             target=contextvars.copy_context().run,
             args=(self._run,),
             name="job-watchdog",
             daemon=True,
         )
+        self._cancel_thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._watch_cancel,),
+            name="job-cancel-check",
+            daemon=True,  # may be left in a slow call to storage: its answer is then not needed
+        )
 
     def __enter__(self) -> JobWatchdog:
         self._started = time.monotonic()
         self._thread.start()
+        self._cancel_thread.start()
         return self
 
     def __exit__(
@@ -129,12 +139,16 @@ class JobWatchdog:
             return "timeout"
         if self._stop_passed():
             return "preempted"
-        try:
-            canceled = self._canceled()
-        except Exception:  # asked again at the next check; the watchdog must not die of it
-            logger.exception("the cancel check failed")
-            return None
-        return "canceled" if canceled else None
+        return "canceled" if self._cancel_seen.is_set() else None
+
+    def _watch_cancel(self) -> None:
+        while not self._done.wait(CHECK_S):
+            try:
+                if self._canceled():
+                    self._cancel_seen.set()
+                    return
+            except Exception:  # asked again at the next check; the thread must not die of it
+                logger.exception("the cancel check failed")
 
     def _run(self) -> None:
         decided_at = 0.0

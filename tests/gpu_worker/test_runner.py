@@ -311,6 +311,35 @@ def test_a_batch_that_fails_for_one_jobs_reason_runs_its_jobs_one_by_one(
     assert waits == ["job_fallback_0", "job_fallback_1"]
 
 
+def test_a_batch_run_one_by_one_that_then_raises_says_how_the_jobs_before_ended(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a batch refused as a whole, whose second job's upload then fails for good (S3 away)
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise inference.InvalidRequest("no room for this batch")
+
+    upload = runner.upload
+
+    def outage_for_the_second(run: runner.JobRun, encoded: Any) -> list[str]:
+        if run.message.job_id == "job_partly_1":
+            raise OSError("S3 away")
+        return upload(run, encoded)
+
+    monkeypatch.setattr(inference, "generate_batch", refused)
+    monkeypatch.setattr(runner, "upload", outage_for_the_second)
+    jobs = [message(tiny_model_dir, f"job_partly_{n}", seed=n) for n in range(3)]
+    # when it runs, then the error is raised with how the first job ended: it succeeded
+    with pytest.raises(runner.PartlyRun) as raised:
+        runner.run_jobs(
+            [(job, 1) for job in jobs],
+            storage=default_storage,
+            abandon=abandon_batch,
+            send=Events(),
+        )
+    assert raised.value.outcomes == {0: "succeeded"}
+    assert isinstance(raised.value.error, OSError)
+
+
 def test_a_batch_out_of_memory_halves_its_key_s_batches_and_its_jobs_alone_teach_the_rate(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,14 +5,17 @@ and the process's end are recorded instead of made: what is checked is which mes
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from gpu_worker import tasks
+from gpu_worker.runner import PartlyRun
 from sdsaas.broker.sqs import ensure_model_queue, model_queue_name
 from sdsaas.broker.transport import Taken
 from sdsaas.contract import JobFailed, RunOutcome
@@ -109,6 +112,38 @@ def test_a_batch_abandoned_as_its_worker_stops_sends_each_unended_job_again(
         ("delete", "r1"),
         ("copy", ("job_2", 2)),
         ("delete", "r2"),
+    ]
+
+
+def test_jobs_that_ended_before_their_batch_raised_are_settled_as_they_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a task whose batch ran one by one: its own job and the next one succeeded, then the
+    # third job's upload failed for good after an S3 outage (no outcome of the job)
+    calls = recorded(monkeypatch)
+    delivered, *batch = [member(n) for n in range(3)]
+    monkeypatch.setattr(tasks, "held", lambda info: contextlib.nullcontext())
+    monkeypatch.setattr(tasks, "take_batch", lambda member: (batch, []))
+    ended = {0: RunOutcome.SUCCEEDED, 1: RunOutcome.SUCCEEDED}
+    outage = EndpointConnectionError(endpoint_url="https://s3")
+
+    def partly_run(*args: Any, **kwargs: Any) -> list[RunOutcome]:
+        raise PartlyRun(outage, ended)
+
+    monkeypatch.setattr(tasks, "run_jobs", partly_run)
+    # when the task runs
+    tasks.generate.push_request(delivery_info=delivered.delivery_info)
+    try:
+        outcome = tasks.generate.run(job=delivered.message.to_wire())
+    finally:
+        tasks.generate.pop_request()
+    # then its own job's outcome stands, the two that succeeded are deleted (not run again),
+    # and only the third is handed back to be tried again later
+    assert outcome == RunOutcome.SUCCEEDED
+    assert [call for call in calls if call[0] != "event"] == [
+        ("delete", "r0"),
+        ("delete", "r1"),
+        ("hand back", "r2"),
     ]
 
 

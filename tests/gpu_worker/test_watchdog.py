@@ -87,6 +87,40 @@ def test_a_failing_cancel_check_does_not_stop_the_watchdog() -> None:
     assert calls == 3
 
 
+def test_a_slow_cancel_check_holds_back_neither_the_stop_nor_the_time_limit() -> None:
+    # given storage that takes seconds to answer each cancel check (S3 having trouble)
+    answered = threading.Event()
+
+    def slow() -> bool:
+        answered.wait(5)
+        return False
+
+    stop = threading.Event()
+    guard = JobWatchdog(
+        time_limit_s=0.6, stop_passed=stop.is_set, canceled=slow, abandon=Abandons()
+    )
+    try:
+        with guard:
+            # when the stop grace passes while a check waits, then the job must end at once
+            time.sleep(0.3)
+            stop.set()
+            deadline = time.monotonic() + 2 * watchdog.CHECK_S + 0.3
+            while guard.reason is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert guard.reason == "preempted"
+        # and, with no stop, its time limit ends it while a check waits as well
+        stop.clear()
+        with JobWatchdog(
+            time_limit_s=0.4, stop_passed=stop.is_set, canceled=slow, abandon=Abandons()
+        ) as timed:
+            deadline = time.monotonic() + 0.4 + 2 * watchdog.CHECK_S + 0.3
+            while timed.reason is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert timed.reason == "timeout"
+    finally:
+        answered.set()
+
+
 def test_work_that_ends_in_time_leaves_no_decision() -> None:
     abandons = Abandons()
     with JobWatchdog(time_limit_s=5, stop_passed=never, canceled=never, abandon=abandons) as guard:
