@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from jobs import selectors
@@ -51,12 +51,30 @@ class Reconciled:
     failed: list[str]
 
 
-def _queue_of(job: Job) -> str:
-    """The queue an admitted job's message is on: its model's, or the control queue while its
-    img2img image is still to be fetched."""
-    if job.init_image_url and not job.init_image_key:
-        return control_queue_name()
-    return model_queue_name(job.model.slug)
+# The most lost-looking jobs a run looks at (the oldest first); the next run takes the others.
+RECONCILE_WINDOW = 500
+# An admitted job whose message is on the control queue: its img2img image is still to be fetched.
+FETCHING = Q(init_image_key="") & ~Q(init_image_url="")
+
+
+def _on_empty_queues(silent: QuerySet[Job]) -> Q:
+    """Which of the `silent` jobs are on a queue that holds no message (`_holds_no_message`):
+    each queue they are on asked once (a queue SQS cannot tell about now counts as not empty:
+    the next run asks again)."""
+    queues = {
+        model_queue_name(slug): Q(model__slug=slug) & ~FETCHING
+        for slug in set(silent.exclude(FETCHING).values_list("model__slug", flat=True).distinct())
+    }
+    if silent.filter(FETCHING).exists():
+        queues[control_queue_name()] = FETCHING
+    on_empty = Q(pk__in=[])
+    for queue, jobs in queues.items():
+        try:
+            if _holds_no_message(queue):
+                on_empty |= jobs
+        except Exception as exc:  # SQS away: nothing can be told, the next run tries again
+            logger.warning("reconciler: cannot read %s (%s)", queue, exc)
+    return on_empty
 
 
 def _holds_no_message(queue: str) -> bool:
@@ -101,19 +119,12 @@ def jobs_reconcile_lost(*, silent_for: dt.timedelta) -> Reconciled:
     """
     now = timezone.now()
     since = now - silent_for
-    silent = selectors.jobs_silent_in_flight(since=since).select_related("model")
-    empty: dict[str, bool] = {}
+    silent = selectors.jobs_silent_in_flight(since=since)
     lost: dict[int, list[int]] = {}
-    for job in silent.order_by("id")[:500]:
-        queue = _queue_of(job)
-        if queue not in empty:
-            try:
-                empty[queue] = _holds_no_message(queue)
-            except Exception as exc:  # SQS away: nothing can be told, the next run tries again
-                logger.warning("reconciler: cannot read %s (%s)", queue, exc)
-                empty[queue] = False
-        if empty[queue]:
-            lost.setdefault(job.tenant_id, []).append(job.pk)
+    # The queues first, then the jobs: a backlog on one model does not hide another's lost jobs.
+    looking = silent.filter(_on_empty_queues(silent)).order_by("id")
+    for job_pk, tenant_id in looking.values_list("pk", "tenant_id")[:RECONCILE_WINDOW]:
+        lost.setdefault(tenant_id, []).append(job_pk)
     done = Reconciled(unseen=[], republished=[], failed=[])
     looked_before = now - dt.timedelta(seconds=RECONCILE_CONFIRM_S)
     silent_s = int(silent_for.total_seconds())

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs.models import Job, JobEvent
+from jobs.services import reconcile
 from jobs.services.dispatch import jobs_publish
 from jobs.services.lifecycle import (
     job_mark_failed,
@@ -202,6 +203,23 @@ def test_a_backlog_a_held_message_or_a_dead_letter_is_never_touched(setup, local
     assert not JobEvent.objects.filter(kind="unseen").exists()
     # and once the queue and its dead-letter queue hold nothing, both are published again
     assert sorted(look_twice().republished) == sorted(jobs)
+
+
+def test_a_backlog_on_one_model_hides_no_lost_job_of_another(setup, local_aws, monkeypatch):  # type: ignore[no-untyped-def]
+    # given a model whose jobs wait in its queue, more than a run looks at, and then one job of
+    # another model whose message is gone
+    tenant, client = setup
+    tenant.plan.max_concurrent_jobs = 10
+    tenant.plan.save()
+    monkeypatch.setattr(reconcile, "RECONCILE_WINDOW", 3)
+    waiting = [submit_job(client) for _ in range(3)]
+    DiffusionModelFactory(slug="quiet")
+    lost = submit_job(client, model="quiet")
+    lose_messages(local_aws, model_queue_name("quiet"))
+    age()
+    # when the reconciler looks twice, then the lost job is published again, the others wait
+    assert look_twice().republished == [lost]
+    assert [state(job) for job in waiting] == [("starting", 1)] * 3
 
 
 def test_a_recent_job_or_one_with_a_recent_event_is_not_taken_for_lost(setup, local_aws):  # type: ignore[no-untyped-def]
