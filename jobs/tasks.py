@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from jobs.services import dispatch, idempotency, image_fetch, lifecycle, reconcile, scaling
 from sdsaas.contract import (
@@ -123,8 +123,10 @@ def _apply(event: Event) -> None:
 
 # A GPU worker's event is the only word of what its job did (the worker has deleted its message):
 # one that cannot be applied now (the database away for a failover, one to two minutes on RDS
-# Multi-AZ) is tried again after 5, 10, 20, 40, then every 60 s: about 5 minutes in all.
+# Multi-AZ) is tried again after 5, 10, 20, 40, then every 60 s: about 5 minutes in all. Any
+# other error (a bug, a row that breaks a constraint) would fail again: it is not retried.
 EVENT_MAX_RETRIES = 8
+TRANSIENT = (OperationalError, InterfaceError)
 
 
 def _event_retry(task: Task, exc: Exception, **kwargs: Any) -> Exception:
@@ -139,8 +141,8 @@ def _event_retry(task: Task, exc: Exception, **kwargs: Any) -> Exception:
 def job_events(self: Task, events: list[dict[str, Any]]) -> None:
     """Events a worker sent together, applied in order, each on its own (its own transaction).
     One that fails is logged and the others are still applied; then the task is tried again,
-    later, with the ones that failed (`_event_retry`). A kind this release does not know (a newer
-    worker's) is skipped."""
+    later, with those that failed for a passing reason (`_event_retry`). A kind this release does
+    not know (a newer worker's) is skipped."""
     failed: list[dict[str, Any]] = []
     first_error: Exception | None = None
     for data in events:
@@ -154,8 +156,9 @@ def job_events(self: Task, events: list[dict[str, Any]]) -> None:
             logger.exception(
                 "could not apply a %r event of job %r", data.get("kind"), data.get("job_id")
             )
-            failed.append(data)
-            first_error = first_error or exc
+            if isinstance(exc, TRANSIENT):
+                failed.append(data)
+                first_error = first_error or exc
     if first_error is not None:
         raise _event_retry(self, first_error, kwargs={"events": failed})
 
@@ -164,7 +167,7 @@ def _apply_one(task: Task, event: Callable[[], Event]) -> None:
     """An event sent alone, as its own task: applied, or tried again later as `job_events`'."""
     try:
         _apply(event())
-    except Exception as exc:
+    except TRANSIENT as exc:
         raise _event_retry(task, exc) from exc
 
 

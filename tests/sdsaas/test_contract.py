@@ -221,7 +221,7 @@ def test_events_sent_together_are_applied_in_order_past_an_unknown_kind_and_a_fa
     def refused_once(**fields: Any) -> bool:
         calls["progress"] += 1
         if calls["progress"] == 1:
-            raise RuntimeError("refused")
+            raise OperationalError("the database refused")
         return mark_progress(**fields)
 
     monkeypatch.setattr(tasks.lifecycle, "job_mark_started", started)
@@ -266,6 +266,26 @@ def test_an_outcome_sent_alone_is_applied_on_a_retry_after_the_database_failed_i
     # then the retry applied it: the job succeeded
     job.refresh_from_db()
     assert (job.status, job.output_keys) == (Job.Status.SUCCEEDED, [key])
+    assert calls == [job.public_id, job.public_id]
+
+
+def test_an_event_that_fails_for_a_bug_is_not_tried_again(
+    local_aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a received job whose success cannot be applied for a reason that will not pass
+    job = run_job_to_processing(local_aws, version_fields={})
+    calls: list[str] = []
+
+    def broken(**fields: Any) -> bool:
+        calls.append(fields["job_public_id"])
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tasks.lifecycle, "job_mark_succeeded", broken)
+    succeeded = JobSucceeded(job.public_id, 1, output_keys=[], metrics={})
+    # when it arrives alone, and together with others, then each fails once, without a retry
+    alone = tasks.job_succeeded.apply(kwargs=over_the_wire(succeeded.to_wire()))
+    together = tasks.job_events.apply(kwargs=over_the_wire({"events": events_to_wire([succeeded])}))
+    assert alone.failed() and together.successful()
     assert calls == [job.public_id, job.public_id]
 
 
