@@ -200,7 +200,9 @@ class LoadedModel:
             self.pipeline.set_adapters(
                 [slug for slug, _, _ in loras], adapter_weights=[w for _, _, w in loras]
             )
-        elif self.adapters:
+        elif any(self.pipeline.get_list_adapters().values()):
+            # What the pipeline holds, not only what `adapters` knows: no other job's LoRA, or
+            # part of one, may ever shape this job's images.
             self.pipeline.disable_lora()
 
     def _unload(self, slug: str) -> None:
@@ -214,12 +216,15 @@ class LoadedModel:
                 # (the recent ones, by name: `apply_loras`).
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 self.pipeline.load_lora_weights(path, adapter_name=slug)
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            if out_of_memory(exc):
-                raise  # out of memory stays out of memory
-            # A LoRA half loaded (UNet yes, text encoder no) would block its name for good.
+        except Exception as exc:
+            # A LoRA half loaded (UNet yes, text encoder no), whatever stopped it, would stay
+            # active in the pipeline unknown to `adapters`, and block its name for good.
             if any(slug in names for names in self.pipeline.get_list_adapters().values()):
                 self.pipeline.delete_adapters([slug])
+            if out_of_memory(exc) or not isinstance(
+                exc, (RuntimeError, ValueError, KeyError, OSError)
+            ):
+                raise  # out of memory stays out of memory; anything else is a bug
             raise InvalidRequest(
                 f"LoRA {slug!r} does not fit this model ({exc.__class__.__name__})"
             ) from exc

@@ -27,7 +27,9 @@ def local_copy(source_uri: str, sha256: str) -> str:
 
 
 def load_model(model: ModelRef, device: torch.device) -> inference.LoadedModel:
-    key = f"{model.slug}@{model.revision}"
+    # The weights themselves, not only the catalog's label for them: an entry whose source or
+    # hash was changed under the same revision must not be served the old weights from memory.
+    key = f"{model.slug}@{model.revision}:{model.sha256 or model.source_uri}"
     cached = CACHE.lookup(key)
     if cached is not None:
         return cached

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gpu_worker import inference
-from sdsaas.contract import Scheduler
+from gpu_worker import inference, loading
+from gpu_worker.build_model import build_lora
+from sdsaas.contract import ModelRef, Scheduler
 
 CPU = torch.device("cpu")
 
@@ -287,3 +288,42 @@ def test_the_bytes_held_are_read_without_waiting_for_a_load_under_way(
     cache.get("third", load_tiny, expected_bytes=3 * size)
     assert "held" not in cache and "new" in cache and "third" in cache
     assert cache.bytes_held() == 2 * size
+
+
+def test_a_lora_that_fails_half_loaded_shapes_no_later_job(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # given a pipeline whose first LoRA runs out of memory loading its text encoder's half, after
+    # its UNet's (out of memory is not the request's fault: it is raised as it is)
+    failure = torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    loaded = inference.LoadedModel(inference.load_pipeline(str(tiny_model_dir), CPU))
+    plain = pixels(inference.generate(loaded, request(seed=7))[0])
+    lora = tmp_path / "style.safetensors"
+    build_lora("tiny", lora, seed=0)
+    encoder = loaded.pipeline.text_encoder
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise failure
+
+    encoder.load_adapter = fails
+    with pytest.raises(type(failure)):
+        inference.generate(loaded, request(seed=7, loras=(("style", str(lora), 1.0),)))
+    del encoder.load_adapter
+    # when another tenant's job without LoRAs runs on it, then its image is the plain one
+    assert pixels(inference.generate(loaded, request(seed=7))[0]) == plain
+    # and the LoRA loads on its next job
+    styled = inference.generate(loaded, request(seed=7, loras=(("style", str(lora), 1.0),)))
+    assert pixels(styled[0]) != plain
+
+
+def test_a_catalog_entry_given_other_weights_under_its_revision_is_not_served_the_old_ones(
+    tiny_model_dir: Path,
+) -> None:
+    # given a model loaded and cached on this worker
+    ref = ModelRef("tiny-moved", "sd15", str(tiny_model_dir), "r1", "")
+    assert loading.load_model(ref, CPU) is loading.load_model(ref, CPU)
+    # when the catalog points the same slug and revision at other weights (gone, here), then the
+    # worker loads those, and does not answer with the cached pipeline of the old ones
+    moved = ModelRef("tiny-moved", "sd15", str(tiny_model_dir / "gone"), "r1", "")
+    with pytest.raises(inference.InvalidRequest):
+        loading.load_model(moved, CPU)
