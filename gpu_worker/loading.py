@@ -3,6 +3,7 @@ per process and kept in memory while they fit (inference.PipelineCache)."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,17 +34,31 @@ def load_model(model: ModelRef, device: torch.device) -> inference.LoadedModel:
     cached = CACHE.lookup(key)
     if cached is not None:
         return cached
-    path = local_copy(model.source_uri, model.sha256)
-    if not (Path(path) / "model_index.json").is_file():
-        raise inference.InvalidRequest(f"no diffusers pipeline at {model.source_uri}")
-    loaded, _ = CACHE.get(
-        key,
-        lambda: inference.load_pipeline(
-            path, device, OPTIMIZATIONS, compile_cache_dir=settings.GPU_COMPILE_CACHE_DIR
-        ),
-        expected_bytes=inference.weights_bytes(path),
-    )
-    return loaded
+    for last_try in (False, True):
+        path = local_copy(model.source_uri, model.sha256)
+        if not (Path(path) / "model_index.json").is_file():
+            raise inference.InvalidRequest(f"no diffusers pipeline at {model.source_uri}")
+        try:
+            loaded, _ = CACHE.get(
+                key,
+                partial(
+                    inference.load_pipeline,
+                    path,
+                    device,
+                    OPTIMIZATIONS,
+                    compile_cache_dir=settings.GPU_COMPILE_CACHE_DIR,
+                ),
+                expected_bytes=inference.weights_bytes(path),
+            )
+            return loaded
+        except Exception as exc:
+            # A copy that went bad on this host would fail every job of the model here: it is
+            # downloaded again, once, if it no longer holds what the catalog names.
+            if last_try or inference.out_of_memory(exc):
+                raise
+            if not MODEL_STORE.discard_if_corrupt(model.source_uri, model.sha256):
+                raise
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def local_loras(loras: tuple[LoraRef, ...]) -> inference.LoraFiles:

@@ -24,7 +24,9 @@ Cache contract (`cache_dir`):
 - `<sha256>/<name>` is a verified copy, `<name>` being the file's or the folder's last segment.
   It appears by one atomic `rename` of a temp dir, after every file was fsynced and the digest
   matched, so a crash at any point leaves either no entry or a complete one. A present entry
-  is a hit and S3 is not asked at all (it is content addressed: same hash, same bytes).
+  is a hit and S3 is not asked at all (it is content addressed: same hash, same bytes). It is
+  not hashed again, except after it failed to load: `discard_if_corrupt` then removes it if
+  its bytes changed on disk, and the next call downloads it anew (gpu_worker/loading.py).
 - `.tmp/<sha256>-*` are downloads in progress or left by a dead process; never a hit, removed by
   the next download of that hash.
 - `.locks/<sha256>.lock`: `flock` held while downloading, so threads and processes sharing the

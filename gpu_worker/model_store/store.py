@@ -94,6 +94,24 @@ class ModelStore:
             return self._s3_path(source_uri, expected)
         return self._local_source(source_uri, expected)
 
+    def discard_if_corrupt(self, source_uri: str, sha256: str) -> bool:
+        """After a cached copy of an S3 source failed to load: hash it again, and if it no longer
+        holds what the catalog names (a disk fault, a hand's copy), remove it, so that the next
+        `local_path` downloads it again. Whether it was removed. A hit is otherwise never hashed
+        again (that would cost more than the job); a local source is its operator's, left as is.
+        """
+        expected = sha256.strip().lower()
+        if not source_uri.startswith("s3://") or not _SHA256.fullmatch(expected):
+            return False
+        entry = self.cache_dir / expected
+        with self._locked(expected):
+            hit = self._hit(entry)
+            if hit is None or digest(hit) == expected:
+                return False
+            logger.error("the cached copy of %s no longer matches its sha256: removed", source_uri)
+            shutil.rmtree(entry)
+            return True
+
     # -- local sources --
 
     def _local_source(self, source_uri: str, expected: str) -> Path:

@@ -18,7 +18,7 @@ import torch
 from django.conf import settings
 from safetensors.torch import load_file, save_file
 
-from gpu_worker import inference
+from gpu_worker import inference, loading
 from gpu_worker.model_store import (
     ModelIntegrityError,
     ModelNotFound,
@@ -27,6 +27,7 @@ from gpu_worker.model_store import (
     digest,
     push,
 )
+from sdsaas.contract import ModelRef
 from tests.support.model_store import PART, read_folder, write_folder
 
 
@@ -130,6 +131,24 @@ def test_large_object_is_fetched_with_parallel_ranged_gets(
     # and every part was asked of the version that was listed, so no two versions mix
     etag = s3.head_object(Bucket=settings.S3_BUCKET, Key=f"{dest.split('/', 3)[3]}big.safetensors")
     assert gets.if_match == [etag["ETag"]] * len(gets.ranges)
+
+
+def test_a_cached_copy_that_went_bad_is_fetched_again_when_it_fails_to_load(
+    tiny_model_dir: Path, s3: Any, store: ModelStore, dest: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the tiny pipeline fetched from S3 once, then one of its weight files damaged on disk
+    source_uri, sha256 = push(s3, tiny_model_dir, dest)
+    path = store.local_path(source_uri, sha256)
+    damaged = next(path.rglob("*.safetensors"))
+    damaged.chmod(0o644)
+    damaged.write_bytes(b"\0" * 64)
+    monkeypatch.setattr(loading, "MODEL_STORE", store)
+    # when a job loads the model, then it loads: the copy was found bad and fetched again
+    model = ModelRef(f"tiny-{sha256[:8]}-damaged", "sd15", source_uri, "r1", sha256)
+    assert loading.load_model(model, torch.device("cpu")).pipeline.unet.config.sample_size == 8
+    assert digest(store.local_path(source_uri, sha256)) == sha256
+    # and a sound copy that fails to load for another reason is kept
+    assert not store.discard_if_corrupt(source_uri, sha256)
 
 
 def test_second_call_is_a_cache_hit_even_from_a_new_store_and_with_s3_emptied(
