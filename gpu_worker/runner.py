@@ -385,7 +385,12 @@ def _init_image(run: JobRun) -> Image.Image | None:
         with run.storage.open(key, "rb") as handle:
             return bytes(handle.read())
 
-    data = retry_through_outage("input image download", read)
+    try:
+        data = retry_through_outage("input image download", read)
+    except FileNotFoundError as exc:  # expired from the bucket since it was named (its lifecycle)
+        raise inference.InvalidRequest(
+            "the input image is no longer stored: upload it again"
+        ) from exc
     try:
         return decode_input_image(data)[0]
     except UnreadableImage as exc:

@@ -26,7 +26,7 @@ from jobs.services.lifecycle import job_cancel
 from jobs.services.submit import job_submit
 from jobs.services.uploads import upload_create
 from sdsaas.api import ApiView, NewestFirstPagination, error_responses
-from sdsaas.errors import InvalidInput
+from sdsaas.errors import InvalidInput, PayloadTooLarge
 from tenants.authentication import request_tenant
 from tenants.selectors import usage_summary
 
@@ -164,6 +164,17 @@ class LoraListApi(ApiView):
         return Response(_listing(LoraSerializer(loras, many=True).data))
 
 
+# What a multipart body carries beside its file: the part headers, boundaries, other fields.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def declared_length(request: Request) -> int:
+    try:
+        return max(0, int(request.META.get("CONTENT_LENGTH") or 0))
+    except ValueError:
+        return 0
+
+
 class UploadCreateApi(ApiView):
     required_scopes = {"POST": WRITE}
     parser_classes = [MultiPartParser]
@@ -175,6 +186,10 @@ class UploadCreateApi(ApiView):
         responses={201: UploadSerializer, **error_responses(409, 413, 415, 422, 429)},
     )
     def post(self, request: Request) -> Response:
+        # A body too long to hold a file within the cap is refused before it is parsed: the
+        # parser would first write all of it to a temporary file.
+        if declared_length(request) > settings.UPLOAD_MAX_BYTES + MULTIPART_OVERHEAD_BYTES:
+            raise PayloadTooLarge(f"file exceeds {settings.UPLOAD_MAX_BYTES} bytes")
         payload = UploadInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         # One byte past the cap is enough for the service to refuse it (413); reading the whole

@@ -54,6 +54,11 @@ MAX_STEPS_CEILING = 150
 # --- Input images: what an img2img job may be given, decoded the same way on both sides. -----
 
 INPUT_IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}  # Pillow's name -> extension
+# A progressive JPEG is decoded over the whole image once per scan, and a scan costs ~35 bytes of
+# file: tens of thousands of them make a small file that takes minutes to decode. Encoders write
+# about ten (libjpeg's progressive script), a thumbnail in its metadata one more.
+MAX_JPEG_SCANS = 100
+_JPEG_START_OF_SCAN = b"\xff\xda"  # never in entropy-coded data, where 0xFF is stuffed (0xFF00)
 
 
 class UnreadableImage(ValueError):
@@ -73,6 +78,8 @@ def decode_input_image(data: bytes, *, max_pixels: int | None = None) -> tuple[I
                 raise UnreadableImage(
                     f"image of {image.width}x{image.height} exceeds {max_pixels} pixels"
                 )
+            if image.format == "JPEG" and data.count(_JPEG_START_OF_SCAN) > MAX_JPEG_SCANS:
+                raise UnreadableImage(f"is a JPEG of more than {MAX_JPEG_SCANS} scans")
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, UnreadableImage):

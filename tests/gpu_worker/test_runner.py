@@ -34,6 +34,7 @@ from sdsaas.contract import (
     Event,
     FailureCode,
     JobFailed,
+    JobKind,
     JobMessage,
     JobProgress,
     JobReceived,
@@ -187,6 +188,18 @@ def test_a_missing_model_fails_as_invalid_input_after_the_delivery_was_reported(
         {"job_id": job.job_id, "attempt": 2, "v": CONTRACT_VERSION},
     )
     assert (failed, failed_kwargs["code"]) == (JobFailed.TASK, "invalid_input")
+
+
+def test_an_input_image_gone_from_the_bucket_fails_as_invalid_input(tiny_model_dir: Path) -> None:
+    # given an img2img job whose input image expired from the bucket since it was submitted
+    job = message(tiny_model_dir, "job_runner_expired_input", strength=0.5)
+    job = replace(job, kind=JobKind.IMG2IMG, init_image_key=f"{job.output_prefix}input.png")
+    events = Events()
+    # when it runs, then it fails as the request's fault, saying what to do
+    outcome = runner.run_job(job, attempt=1, storage=default_storage, abandon=abandon, send=events)
+    assert outcome == "failed"
+    [failed] = [kw for _, name, kw in events if name == JobFailed.TASK]
+    assert failed["code"] == "invalid_input" and "upload it again" in failed["message"]
 
 
 def test_cpu_and_gpu_out_of_memory_are_both_recognised() -> None:

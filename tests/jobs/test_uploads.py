@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+from rest_framework.parsers import MultiPartParser
 from rest_framework.test import APIClient
 
 from jobs import apis
@@ -17,7 +20,7 @@ from sdsaas.contract import TASK_FETCH_INPUT_IMAGE
 from tenants.models import CreditPeriod
 from tests.support.api import assert_error
 from tests.support.factories import JobFactory, TenantFactory, api_client_for
-from tests.support.images import image_bytes, single_colour_png
+from tests.support.images import image_bytes, many_scans_jpeg, single_colour_png
 
 pytestmark = pytest.mark.usefixtures("local_aws")
 
@@ -239,6 +242,21 @@ def test_only_a_key_with_write_scope_can_upload(local_aws, tenant, scopes, statu
 
 
 @pytest.mark.django_db
+def test_a_jpeg_of_too_many_scans_is_400_and_a_progressive_one_is_stored(local_aws, tenant, client):  # type: ignore[no-untyped-def]
+    # given a small JPEG of thousands of scans, each decoded over the whole image (CPU seconds
+    # to minutes), and a progressive JPEG as encoders write them
+    bomb = many_scans_jpeg(256, 2000)
+    progressive = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(progressive, "JPEG", progressive=True)
+    # when both are uploaded, then the bomb is refused before decoding, naming `file`
+    response = upload(client, bomb, name="bomb.jpg")
+    assert_error(response, 400, "invalid_input", field="file")
+    assert "scans" in response.json()["error"]["message"]
+    assert upload(client, progressive.getvalue(), name="ok.jpg").status_code == 201
+    assert Upload.objects.count() == 1
+
+
+@pytest.mark.django_db
 def test_an_oversized_file_is_not_read_whole_into_memory(  # type: ignore[no-untyped-def]
     local_aws, tenant, client, settings, monkeypatch
 ):
@@ -252,11 +270,26 @@ def test_an_oversized_file_is_not_read_whole_into_memory(  # type: ignore[no-unt
         return real_upload_create(data=data, **kwargs)
 
     monkeypatch.setattr(apis, "upload_create", spy)
-    # when a 1 MB file is uploaded
-    response = upload(client, image_bytes("PNG").ljust(1024 * 1024, b"\x00"))
+    parsed: list[int] = []
+    real_parse = MultiPartParser.parse
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        parsed.append(1)
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr(MultiPartParser, "parse", parse)
+    # when a file a few KB over the cap is uploaded (its body within the multipart allowance)
+    response = upload(client, image_bytes("PNG").ljust(8 * 1024, b"\x00"))
     # then it is a 413, decided on at most cap + 1 bytes rather than on the whole body
     assert_error(response, 413, "payload_too_large")
     assert seen and max(seen) <= settings.UPLOAD_MAX_BYTES + 1
+    # and when a 1 MB file is uploaded, then it is a 413 before its body is even parsed (the
+    # parser writes a body to a temporary file first, whatever its size)
+    seen.clear()
+    parsed.clear()
+    response = upload(client, image_bytes("PNG").ljust(1024 * 1024, b"\x00"))
+    assert_error(response, 413, "payload_too_large")
+    assert seen == [] and parsed == []
 
 
 # --- idempotency ---------------------------------------------------------------------------------

@@ -45,3 +45,28 @@ def single_colour_png(width: int, height: int) -> bytes:
 def _chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def many_scans_jpeg(side: int, scans: int) -> bytes:
+    """A valid progressive greyscale JPEG, then `scans` more scans of one EOB run each: a few
+    dozen bytes a scan, each decoded over every 8x8 block of the image (the scan bomb)."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buffer, "JPEG", progressive=True, quality=90)
+    base = buffer.getvalue()
+    start = base.index(b"\xff\xda")
+    head, body = base[:start], base[start:-2]  # up to the first scan; the scans, without EOI
+    # An AC table with one 1-bit code for symbol 0xE0 (an EOB run of 14 more bits).
+    dht = b"\xff\xc4" + struct.pack(">H", 20) + bytes([0x11, 1] + [0] * 15 + [0xE0])
+    bits, left = "", ((side + 7) // 8) ** 2
+    while left > 0:
+        bits += "0" + "1" * 14  # EOBRUN = 2^14 + 16383 blocks
+        left -= 32767
+    bits += "1" * (-len(bits) % 8)
+    data = bytearray()
+    for index in range(0, len(bits), 8):
+        data.append(int(bits[index : index + 8], 2))
+        if data[-1] == 0xFF:
+            data.append(0)  # byte stuffing
+    # One component (1), DC table 0 / AC table 1, spectral 1..63, no approximation.
+    scan = b"\xff\xda" + struct.pack(">H", 8) + bytes([1, 1, 0x01, 1, 63, 0]) + bytes(data)
+    return head + body + dht + scan * scans + b"\xff\xd9"
