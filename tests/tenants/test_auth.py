@@ -280,6 +280,21 @@ def test_read_only_key_cannot_submit_and_write_only_key_cannot_list(
     assert key_client(read).get("/v1/jobs").status_code == 200
 
 
+def test_head_needs_what_get_needs_and_options_describes_the_endpoint(
+    tenant: Tenant, job: Job
+) -> None:
+    # given a read-only and a write-only key
+    _, read = api_key_issue(tenant=tenant, scopes=["jobs:read"])
+    _, write = api_key_issue(tenant=tenant, scopes=["jobs:write"])
+    # when each asks HEAD of a job and OPTIONS of the job list
+    path = f"/v1/jobs/{job.public_id}"
+    heads = [key_client(key).head(path).status_code for key in (read, write)]
+    options = [key_client(key).options("/v1/jobs").status_code for key in (read, write)]
+    # then HEAD is the read key's as GET is, and OPTIONS answers either key
+    assert heads == [200, 403]
+    assert options == [200, 200]
+
+
 def test_issuing_a_key_with_an_unknown_scope_is_refused(tenant: Tenant) -> None:
     with pytest.raises(InvalidInput, match="scopes"):
         api_key_issue(tenant=tenant, scopes=["jobs:read", "admin"])
