@@ -111,21 +111,16 @@ class JobRun:
         """Keep the job's wait in its queue (its creation to its receive) for its metrics, and
         record it in the job's trace: once, however many times its batch runs it."""
         seconds = (received - dt.datetime.fromisoformat(self.message.created_at)).total_seconds()
-        self.timings["queue_s"] = round(seconds, 3)
-        telemetry.record(
-            "job.queue_wait",
-            parent=self.message.trace_parent,
-            started_s_ago=seconds,
-            job_id=self.message.job_id,
-            attempt=self.attempt,
-        )
+        self._kept("queue_s", seconds, span="job.queue_wait")
 
     def timed(self, name: str, started: float) -> None:
         """Keep a step's seconds for the job's metrics, and record it in the job's trace."""
-        seconds = time.monotonic() - started
+        self._kept(name, time.monotonic() - started, span=f"job.{name}")
+
+    def _kept(self, name: str, seconds: float, *, span: str) -> None:
         self.timings[name] = round(seconds, 3)
         telemetry.record(
-            f"job.{name}",
+            span,
             parent=self.message.trace_parent,
             started_s_ago=seconds,
             job_id=self.message.job_id,
